@@ -1,0 +1,60 @@
+"""File-system primitives with the guarantees lkctl promises: atomic writes, locks, private dirs."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_output", "atomic_write", "file_lock", "private_dir"]
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make sure the leaf is 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an flock on `path` (created 0600 if missing) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644, *, binary: bool = True) -> Iterator[IO[bytes]]:
+    """Write to a temp file beside `path`; it replaces `path` only if the block completes.
+
+    A crash or an exception leaves the old file (or nothing) at `path`, never a half-written one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically (temp file + fsync + rename)."""
+    with atomic_output(path, mode) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
