@@ -1,0 +1,1 @@
+"""Running images: host probing, QEMU argv, VM state, lifecycle."""

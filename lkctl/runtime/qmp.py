@@ -1,0 +1,70 @@
+"""A minimal QMP client: enough to ask a guest to power down and to check QEMU is alive and ours."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from lkctl.errors import VmError
+
+__all__ = ["qmp_command"]
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    target = os.fspath(path)
+    dir_fd = None
+    if len(target.encode()) > 100:
+        # sun_path is limited to 108 bytes: reach a deep socket through a short /proc/self/fd/N alias
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        target = f"/proc/self/fd/{dir_fd}/{path.name}"
+    try:
+        sock.connect(target)
+    except OSError as e:
+        sock.close()
+        raise VmError(f"cannot reach QEMU's control socket {path}: {e.strerror or e}") from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return sock
+
+
+def _read_message(f: Any) -> dict[str, Any]:
+    line = f.readline()
+    if not line:
+        raise VmError("QEMU closed its control socket")
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise VmError("unexpected QMP message")
+    return msg
+
+
+def qmp_command(path: Path, command: str, arguments: dict[str, Any] | None = None, *, timeout: float = 5.0) -> Any:
+    """Run one QMP command and return its `return` value (events arriving meanwhile are skipped)."""
+    deadline = time.monotonic() + timeout
+    sock = _connect(path, timeout)
+    with contextlib.closing(sock), sock.makefile("rwb") as f:
+        _read_message(f)  # greeting
+        for cmd, args in (("qmp_capabilities", None), (command, arguments)):
+            req: dict[str, Any] = {"execute": cmd}
+            if args:
+                req["arguments"] = args
+            f.write(json.dumps(req).encode() + b"\n")
+            f.flush()
+            while True:
+                if time.monotonic() > deadline:
+                    raise VmError(f"QEMU did not answer {command} within {timeout:.0f}s")
+                msg = _read_message(f)
+                if "event" in msg:
+                    continue
+                if "error" in msg:
+                    raise VmError(f"QEMU refused {cmd}: {msg['error'].get('desc', msg['error'])}")
+                result = msg.get("return")
+                break
+        return result

@@ -1,0 +1,244 @@
+"""Per-VM state on disk, and status derived from live facts.
+
+Layout: `<state_dir>/vms/<id>/` (0700) holds `vm.json` (the record), `qemu.pid`, `qmp.sock`, `console.log`, the
+keys and `known_hosts`. Records are written atomically under a lock and carry a format version; a record of a newer
+format is refused with a message rather than misread.
+
+A VM is `running` only if its pidfile names a live process that started when we recorded it (same boot, same
+start time) and whose command line carries the VM's id — a reused PID is never taken for our VM and never
+signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lkctl import paths
+from lkctl.errors import StateError, VmNotFound
+from lkctl.fsutil import atomic_write, file_lock, private_dir
+
+__all__ = [
+    "STATE_VERSION",
+    "ProcessIdentity",
+    "VmRecord",
+    "all_records",
+    "find_vm",
+    "is_our_process",
+    "load_record",
+    "new_vm_id",
+    "process_identity",
+    "read_pidfile",
+    "remove_record",
+    "save_record",
+    "vm_status",
+    "vms_dir",
+    "vms_lock",
+]
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """What identifies one process across PID reuse."""
+
+    pid: int
+    start: str  # start time (clock ticks since boot on Linux, `ps lstart` elsewhere)
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    """The persisted facts about one VM. Status is not stored: it is derived (see vm_status)."""
+
+    id: str
+    name: str
+    image: str
+    image_format: str
+    created: str
+    memory: int
+    cpus: int
+    ssh_port: int
+    ports: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    accel: str = ""
+    pid: int = 0
+    pid_start: str = ""
+    boot_id: str = ""
+    exit_reason: str = ""  # set when lkctl saw the VM end badly (start failure, readiness timeout)
+    version: int = STATE_VERSION
+
+    @property
+    def dir(self) -> Path:
+        return vms_dir() / self.id
+
+    def identity(self) -> ProcessIdentity | None:
+        return ProcessIdentity(self.pid, self.pid_start, self.boot_id) if self.pid else None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> VmRecord:
+        version = data.get("version")
+        if version != STATE_VERSION:
+            raise StateError(
+                f"{where} has state format {version!r}, this lkctl reads format {STATE_VERSION}; "
+                f"use the lkctl that created it or remove {where.parent}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as e:
+            raise StateError(f"{where} is not a valid VM record ({e}); remove {where.parent}") from None
+
+
+def vms_dir() -> Path:
+    return paths.state_dir() / "vms"
+
+
+@contextlib.contextmanager
+def vms_lock() -> Iterator[None]:
+    """The lock that serialises creating, naming and removing VMs."""
+    private_dir(paths.state_dir())
+    private_dir(vms_dir())
+    with file_lock(vms_dir() / ".lock"):
+        yield
+
+
+def new_vm_id(taken: set[str]) -> str:
+    while True:
+        vm_id = secrets.token_hex(4)
+        if vm_id not in taken:
+            return vm_id
+
+
+def save_record(record: VmRecord) -> None:
+    private_dir(record.dir)
+    atomic_write(record.dir / "vm.json", json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
+
+
+def load_record(vm_dir: Path) -> VmRecord | None:
+    path = vm_dir / "vm.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StateError(f"{path} is unreadable ({e}); remove {vm_dir} to forget that VM") from None
+    if not isinstance(data, dict):
+        raise StateError(f"{path} is not a VM record; remove {vm_dir}")
+    return VmRecord.from_json(data, path)
+
+
+def all_records() -> list[VmRecord]:
+    """Every VM with a record, oldest first."""
+    root = vms_dir()
+    if not root.is_dir():
+        return []
+    records = [r for d in root.iterdir() if d.is_dir() and (r := load_record(d)) is not None]
+    return sorted(records, key=lambda r: (r.created, r.id))
+
+
+def remove_record(record: VmRecord) -> None:
+    shutil.rmtree(record.dir, ignore_errors=True)
+
+
+def find_vm(target: str) -> VmRecord:
+    """The VM whose id or name is `target`, or whose id or name starts with it (uniquely)."""
+    if not target:
+        raise VmNotFound("no VM given: name a VM by its ID, name or a unique ID prefix (see vm.ps --all)")
+    records = all_records()
+    for r in records:
+        if target in (r.id, r.name):
+            return r
+    matches = [r for r in records if r.id.startswith(target) or r.name.startswith(target)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise VmNotFound(f"no VM matches {target!r} (see vm.ps --all)")
+    listing = ", ".join(f"{r.id} ({r.name})" for r in matches)
+    raise VmNotFound(f"{target!r} is ambiguous: it matches {listing}; give more characters")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_identity(pid: int) -> ProcessIdentity | None:
+    """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
+    if pid <= 0:
+        return None
+    stat_path = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self/stat").exists():
+        try:
+            stat = stat_path.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        return ProcessIdentity(pid, fields[19], _boot_id())
+    try:  # macOS and other systems without /proc
+        out = subprocess.run(
+            ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return None
+    if not out or out.startswith("Z"):
+        return None
+    return ProcessIdentity(pid, out.split(None, 1)[1], "")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        return subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+        ).stdout
+    return ""
+
+
+def is_our_process(record: VmRecord) -> bool:
+    """True if the recorded QEMU is alive and is really ours (not a reused PID)."""
+    ident = record.identity()
+    if ident is None:
+        return False
+    live = process_identity(ident.pid)
+    if live is None or live.start != ident.start:
+        return False
+    if ident.boot_id and live.boot_id and ident.boot_id != live.boot_id:
+        return False
+    return f"lkctl-{record.id}" in _cmdline(ident.pid)
+
+
+def read_pidfile(vm_dir: Path) -> int:
+    try:
+        return int((vm_dir / "qemu.pid").read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def vm_status(record: VmRecord) -> str:
+    """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started)."""
+    if is_our_process(record):
+        return "running"
+    if record.exit_reason:
+        return "error"
+    return "stopped" if record.pid else "created"

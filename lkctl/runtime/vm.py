@@ -1,0 +1,402 @@
+"""VM lifecycle: run (detached or foreground), stop, logs, exec. Library functions; tasks are thin adapters."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from lkctl import proc
+from lkctl.errors import ConfigError, VmError
+from lkctl.runtime import state
+from lkctl.runtime.host import HostCaps, probe_host
+from lkctl.runtime.qemu import CONSOLE_LOG, QMP_SOCKET, BootImage, PortForward, VmSpec, qemu_argv
+from lkctl.runtime.qmp import qmp_command
+from lkctl.runtime.state import VmRecord
+from lkctl.settings import Settings
+
+__all__ = [
+    "RunOptions",
+    "console_tail",
+    "exec_in_vm",
+    "follow_console",
+    "run_vm",
+    "ssh_target",
+    "stop_vm",
+]
+
+READY_MARKER = b"lkctl-init: ready"
+_PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `vm.run` was asked for. Zero values mean "the setting's default" (or "pick a free port")."""
+
+    name: str = ""
+    memory: int = 0
+    cpus: int = 0
+    ssh_port: int = 0
+    ports: tuple[PortForward, ...] = ()
+    detach: bool = True
+    ready_timeout: float = 0.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _port_free(ip: str, port: int, proto: str = "tcp") -> bool:
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind) as s:
+        try:
+            s.bind((ip, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise ConfigError(f"cannot bind {ip}:{port}: {e.strerror}") from None
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_ports(ssh_port: int, ports: Sequence[PortForward]) -> None:
+    seen: set[tuple[str, int, str]] = set()
+    wanted = [PortForward(ssh_port, 22)] if ssh_port else []
+    for p in [*wanted, *ports]:
+        key = (p.host_ip, p.host_port, p.proto)
+        if key in seen:
+            raise ConfigError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is forwarded twice")
+        seen.add(key)
+        if not _port_free(p.host_ip, p.host_port, p.proto):
+            raise ConfigError(f"port {p.host_ip}:{p.host_port}/{p.proto} is already in use; choose another host port")
+
+
+def console_tail(record: VmRecord, lines: int = 20) -> str:
+    path = record.dir / CONSOLE_LOG
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode(errors="replace").replace("\r", "")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _console_bytes(record: VmRecord) -> bytes:
+    try:
+        return (record.dir / CONSOLE_LOG).read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def ssh_target(record: VmRecord):  # type: ignore[no-untyped-def]  # SshTarget lives behind a lazy import
+    from lkctl.ssh import SshTarget
+
+    return SshTarget(
+        host="127.0.0.1",
+        port=record.ssh_port,
+        user="root",
+        client_key=record.dir / "id_ed25519",
+        known_hosts=record.dir / "known_hosts",
+        label=record.name,
+    )
+
+
+def _diagnose(record: VmRecord, why: str) -> str:
+    console = _console_bytes(record)
+    if not console.strip():
+        reason = "the guest printed nothing on its console (no kernel output)"
+    elif b"Kernel panic" in console:
+        reason = "the guest kernel panicked"
+    elif b"lkctl-init:" not in console:
+        reason = "the kernel started but lkctl's init never ran (is the init image in the YAML?)"
+    elif READY_MARKER not in console:
+        reason = "init started but did not finish starting services"
+    else:
+        reason = "init reported ready but sshd did not answer (is an sshd service in the YAML?)"
+    tail = console_tail(record)
+    msg = f"VM {record.name} did not become ready: {why}; {reason}."
+    if tail:
+        msg += f"\nlast console lines ({record.dir / CONSOLE_LOG}):\n{tail}"
+    return msg
+
+
+def _start_qemu(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, env=proc.minimal_env(), timeout=60, check=False
+    )
+
+
+def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings, host: HostCaps) -> VmRecord:
+    from lkctl import ssh
+
+    with state.vms_lock():
+        records = state.all_records()
+        if opts.name:
+            clash = next((r for r in records if r.name == opts.name), None)
+            if clash is not None:
+                raise ConfigError(
+                    f"the name {opts.name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
+                    f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
+                )
+        vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
+        record = VmRecord(
+            id=vm_id,
+            name=opts.name or vm_id,
+            image=image_label,
+            image_format=boot.format.value,
+            created=_now(),
+            memory=opts.memory or settings.vm.memory,
+            cpus=opts.cpus or settings.vm.cpus,
+            ssh_port=0,
+            ports=[str(p) for p in opts.ports],
+            accel=host.accel.value,
+        )
+        state.save_record(record)  # reserves the name and id under the lock
+    try:
+        ssh.generate_keys(record.dir)
+    except BaseException:
+        state.remove_record(record)
+        raise
+    return record
+
+
+def _spec(record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int) -> VmSpec:
+    mac_tail = ":".join(record.id[i : i + 2] for i in range(0, 8, 2))
+    return VmSpec(
+        vm_id=record.id,
+        boot=boot,
+        memory=record.memory,
+        cpus=record.cpus,
+        ssh_port=ssh_port,
+        ports=opts.ports,
+        mac=f"52:54:{mac_tail}",
+        guest_files=(
+            ("ssh/authorized_keys", Path("id_ed25519.pub")),
+            ("ssh/ssh_host_ed25519_key", Path("ssh_host_ed25519_key")),
+        ),
+        cmdline_extra=settings.vm.cmdline_extra,
+        daemonize=opts.detach,
+    )
+
+
+def _launch(
+    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps
+) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
+    """Start QEMU (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
+    from lkctl import ssh
+
+    for attempt in range(3):
+        ssh_port = opts.ssh_port or _free_port()
+        _check_ports(ssh_port, opts.ports)
+        argv = qemu_argv(_spec(record, boot, opts, settings, ssh_port), host)
+        ssh.write_known_hosts(
+            record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
+        )
+        record = dataclasses.replace(record, ssh_port=ssh_port, argv=argv)
+        state.save_record(record)
+        child: subprocess.Popen[bytes] | None = None
+        if opts.detach:
+            result = _start_qemu(argv, record.dir)
+            rc, err = result.returncode, result.stderr.decode(errors="replace").strip()
+        else:
+            with open(record.dir / "qemu.log", "wb") as log:
+                child = subprocess.Popen(
+                    argv, cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                    env=proc.minimal_env(), start_new_session=True,
+                )  # fmt: skip
+            rc, err = 0, ""
+            deadline = time.monotonic() + 30
+            while not state.read_pidfile(record.dir) and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if child.poll() is not None:
+                rc, err = child.returncode, (record.dir / "qemu.log").read_text(errors="replace").strip()
+        if rc == 0:
+            pid = state.read_pidfile(record.dir)
+            ident = state.process_identity(pid)
+            if ident is None:
+                raise VmError(f"QEMU for VM {record.name} exited right after starting; see {record.dir / 'qemu.log'}")
+            record = dataclasses.replace(record, pid=pid, pid_start=ident.start, boot_id=ident.boot_id)
+            state.save_record(record)
+            return record, child
+        last = err.splitlines()[-1] if err else f"exit status {rc}"
+        if "host forwarding rule" in err and not opts.ssh_port and attempt < 2:
+            continue  # someone took the free port between our check and QEMU's bind
+        raise VmError(f"QEMU failed to start VM {record.name}: {last}")
+    raise AssertionError("unreachable")
+
+
+def _wait_ready(record: VmRecord, timeout: float) -> None:
+    from lkctl import ssh
+    from lkctl.errors import SshError
+
+    def check_console() -> None:
+        console = _console_bytes(record)
+        for marker in _PANIC_MARKERS:
+            if marker in console:
+                raise VmError(_diagnose(record, "the guest failed while booting"))
+
+    try:
+        ssh.wait_ready(
+            ssh_target(record), timeout=timeout, alive=lambda: state.is_our_process(record), on_tick=check_console
+        )
+    except SshError as e:
+        if not state.is_our_process(record):
+            raise VmError(_diagnose(record, "QEMU exited while the guest was booting")) from None
+        raise VmError(_diagnose(record, str(e))) from None
+
+
+def run_vm(
+    boot: BootImage,
+    image_label: str,
+    opts: RunOptions,
+    settings: Settings,
+    *,
+    console: IO[bytes] | None = None,
+) -> tuple[VmRecord, int]:
+    """Boot `boot` as a new VM. Detached: returns once the guest answers SSH (exit status 0). Foreground: streams
+    the console to `console` until the VM ends and returns its record and an exit status (0 = clean power-off).
+
+    Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason.
+    """
+    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
+    if opts.ssh_port or opts.ports:
+        _check_ports(opts.ssh_port, opts.ports)
+    record = _create(boot, image_label, opts, settings, host)
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        record, child = _launch(record, boot, opts, settings, host)
+        if opts.detach:
+            _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
+            return record, 0
+        assert child is not None
+        return record, _foreground(record, child, console, settings)
+    except BaseException as e:
+        if record.pid:
+            _kill(record)
+        if child is not None and child.poll() is None:
+            proc.shutdown_process(child)
+        if not record.pid:
+            state.remove_record(record)  # never started: leave nothing behind
+        else:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            state.save_record(dataclasses.replace(record, exit_reason=reason))
+        raise
+
+
+def _foreground(record: VmRecord, child: subprocess.Popen[bytes], out: IO[bytes] | None, settings: Settings) -> int:
+    """Copy the console to `out` until QEMU exits; Ctrl-C powers the guest off gracefully."""
+    try:
+        for chunk in follow_console(record, from_start=True, alive=lambda: child.poll() is None):
+            if out is not None:
+                out.write(chunk)
+                out.flush()
+    except KeyboardInterrupt:
+        stop_vm(record, timeout=settings.vm.stop_timeout)
+        child.wait()
+        return 130
+    return child.wait()
+
+
+def _wait_gone(record: VmRecord, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not state.is_our_process(record):
+            return True
+        time.sleep(0.05)
+    return not state.is_our_process(record)
+
+
+def _signal(record: VmRecord, sig: signal.Signals) -> None:
+    # re-check identity right before signalling: a reused PID is never signalled
+    if state.is_our_process(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, sig)
+
+
+def _kill(record: VmRecord) -> None:
+    _signal(record, signal.SIGTERM)
+    if not _wait_gone(record, 5):
+        _signal(record, signal.SIGKILL)
+        _wait_gone(record, 5)
+
+
+def stop_vm(record: VmRecord, *, timeout: float = 30.0) -> str:
+    """Power the VM off: ACPI shutdown over QMP, then SIGTERM, then SIGKILL. Returns how it ended."""
+    if not state.is_our_process(record):
+        return "not running"
+    with contextlib.suppress(VmError):
+        qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
+        if _wait_gone(record, timeout):
+            return "powered off"
+    _signal(record, signal.SIGTERM)
+    if _wait_gone(record, 5):
+        return "terminated"
+    _signal(record, signal.SIGKILL)
+    if _wait_gone(record, 5):
+        return "killed"
+    raise VmError(f"VM {record.name} (pid {record.pid}) survived SIGKILL; check it with ps")
+
+
+def follow_console(
+    record: VmRecord, *, from_start: bool = True, alive: Callable[[], bool] | None = None, poll: float = 0.1
+) -> Iterator[bytes]:
+    """Yield console output as it arrives, until the VM is gone and everything has been read."""
+    is_alive = alive or (lambda: state.is_our_process(record))
+    path = record.dir / CONSOLE_LOG
+    while not path.exists():
+        if not is_alive():
+            return
+        time.sleep(poll)
+    with open(path, "rb") as f:
+        if not from_start:
+            f.seek(0, os.SEEK_END)
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not is_alive():
+                rest = f.read()
+                if rest:
+                    yield rest
+                return
+            time.sleep(poll)
+
+
+def exec_in_vm(
+    record: VmRecord,
+    argv: Sequence[str],
+    *,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run `argv` in the guest over SSH (host key pinned); returns the remote exit status unchanged."""
+    from lkctl import ssh
+
+    if not argv:
+        raise ConfigError("no command given: vm.exec NAME -- COMMAND [ARGS...]")
+    status = state.vm_status(record)
+    if status != "running":
+        raise VmError(f"VM {record.name} is not running (status: {status})")
+    return int(ssh.exec_command(ssh_target(record), list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
+                                timeout=timeout))  # fmt: skip

@@ -1,0 +1,94 @@
+"""lkctl's settings, declared once with their defaults.
+
+Precedence, lowest to highest: these defaults → invoke config under the `lkctl` key (`invoke.yaml`, `lkctl.yaml`,
+`-f file`) → environment `LKCTL_<SECTION>_<KEY>` (e.g. `LKCTL_VM_MEMORY=2048`) → task flags. A user who calls the
+library or our tasks from their own `tasks.py` gets the same defaults because they live here, in code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lkctl.errors import ConfigError
+
+__all__ = ["BuildSettings", "Settings", "VmSettings", "invoke_defaults", "load_settings"]
+
+
+@dataclass(frozen=True)
+class VmSettings:
+    """How VMs are started and stopped."""
+
+    memory: int = 1024  # MB
+    cpus: int = 1
+    accel: str = "auto"  # auto | kvm | hvf | tcg
+    qemu: str = ""  # path to qemu-system-<arch>; empty = look it up on PATH
+    ready_timeout: float = 180.0  # seconds `vm.run -d` waits for the guest to answer SSH
+    stop_timeout: float = 30.0  # seconds a guest gets to power off after ACPI shutdown before SIGTERM
+    cmdline_extra: str = ""  # appended to every kernel command line
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How images are built."""
+
+    arch: str = "amd64"
+
+
+@dataclass(frozen=True)
+class Settings:
+    vm: VmSettings = field(default_factory=VmSettings)
+    build: BuildSettings = field(default_factory=BuildSettings)
+
+
+def invoke_defaults() -> dict[str, Any]:
+    """The defaults as an invoke config fragment (`{"lkctl": {...}}`) for Collection.configure."""
+    return {"lkctl": dataclasses.asdict(Settings())}
+
+
+def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{origin}: lkctl.{section}.{name} must be a {type(default).__name__}, got {value!r}"
+        ) from None
+
+
+def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from an invoke config mapping (its `lkctl` key) and the environment, over the code defaults."""
+    env = os.environ if env is None else env
+    tree = dict((config or {}).get("lkctl") or {})
+    sections: dict[str, Any] = {}
+    for sec_field in dataclasses.fields(Settings):
+        sec_default = getattr(Settings(), sec_field.name)
+        given = dict(tree.get(sec_field.name) or {})
+        known = {f.name for f in dataclasses.fields(sec_default)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ConfigError(
+                f"config: unknown setting lkctl.{sec_field.name}.{unknown[0]} (known: {', '.join(sorted(known))})"
+            )
+        values = {}
+        for f in dataclasses.fields(sec_default):
+            default = getattr(sec_default, f.name)
+            value = default
+            if f.name in given and given[f.name] is not None:
+                value = _coerce(sec_field.name, f.name, given[f.name], default, "config")
+            env_name = f"LKCTL_{sec_field.name}_{f.name}".upper()
+            if env.get(env_name):
+                value = _coerce(sec_field.name, f.name, env[env_name], default, f"environment {env_name}")
+            values[f.name] = value
+        sections[sec_field.name] = type(sec_default)(**values)
+    return Settings(**sections)
