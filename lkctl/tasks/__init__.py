@@ -1,0 +1,15 @@
+"""lkctl's invoke collections. In your own tasks.py: `from lkctl.tasks import ns` (or add `vm`/`image`)."""
+
+from __future__ import annotations
+
+from invoke.collection import Collection
+
+from lkctl.settings import invoke_defaults
+from lkctl.tasks import image, vm
+
+__all__ = ["image", "ns", "vm"]
+
+ns = Collection()
+ns.add_collection(vm.ns)
+ns.add_collection(image.ns)
+ns.configure(invoke_defaults())
