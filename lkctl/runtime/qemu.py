@@ -6,6 +6,7 @@ working directory), which keeps unix-socket paths under the 108-byte limit where
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -75,6 +76,10 @@ def parse_port(text: str) -> PortForward:
     elif len(parts) == 3:
         host_ip, host, guest = parts
         host_ip = host_ip.strip("[]") or "127.0.0.1"
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise ConfigError(f"--port {text}: {host_ip!r} is not an IP address") from None
     else:
         raise ConfigError(f"--port {text}: expected HOST:GUEST, e.g. --port 8080:80")
     try:
