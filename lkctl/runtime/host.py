@@ -25,7 +25,7 @@ from lkctl.errors import ConfigError
 from lkctl.fsutil import atomic_write
 from lkctl.proc import find_program
 
-__all__ = ["Accel", "HostCaps", "guest_arch", "probe_accel", "probe_host", "qemu_binary_name"]
+__all__ = ["Accel", "HostCaps", "guest_arch", "probe_accel", "probe_host", "qemu_binary_name", "require_qemu"]
 
 
 class Accel(StrEnum):
@@ -143,12 +143,19 @@ def probe_accel(qemu: str, *, kernel: Path | None = None, cache: bool = True) ->
     return chosen
 
 
+def require_qemu(qemu: str = "") -> str:
+    """The QEMU binary to use, or ProgramMissing/ConfigError now — before any slow work."""
+    if qemu:
+        if not os.access(qemu, os.X_OK):
+            raise ConfigError(f"QEMU binary {qemu} does not exist or is not executable (setting lkctl.vm.qemu)")
+        return qemu
+    return find_program(qemu_binary_name(guest_arch()))
+
+
 def probe_host(*, accel: str = "auto", qemu: str = "", kernel: Path | None = None) -> HostCaps:
     """Find QEMU for the host's architecture and pick the accelerator (`accel` overrides the probe)."""
     arch = guest_arch()
-    binary = qemu or find_program(qemu_binary_name(arch))
-    if qemu and not os.access(qemu, os.X_OK):
-        raise ConfigError(f"QEMU binary {qemu} does not exist or is not executable (setting lkctl.vm.qemu)")
+    binary = require_qemu(qemu)
     if accel == "auto":
         chosen = probe_accel(binary, kernel=kernel)
     else:

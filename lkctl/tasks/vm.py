@@ -53,12 +53,14 @@ def run(
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     from lkctl.images import resolve_image
+    from lkctl.runtime.host import require_qemu
     from lkctl.runtime.qemu import parse_port
     from lkctl.runtime.vm import RunOptions, run_vm
 
     if template and image and template != image:
         raise ConfigError("give either --image or --template, not both")
     settings = settings_from(c)
+    require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     opts = RunOptions(
         name=name,
         memory=memory,
