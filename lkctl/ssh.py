@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from lkctl.errors import ConfigError, SshError, StateError
 from lkctl.fsutil import atomic_write, file_lock, private_dir
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "ByteSink",
     "SshTarget",
     "VmKeys",
     "copy_from",
@@ -341,6 +342,14 @@ def wait_ready(
 # --- running commands ----------------------------------------------------------------------------------------
 
 
+class ByteSink(Protocol):
+    """Where remote output goes: any binary stream (a file, sys.stdout.buffer, BytesIO, a pipe)."""
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+    def flush(self) -> None: ...
+
+
 def remote_command(
     argv: Sequence[str] | None = None,
     *,
@@ -382,8 +391,8 @@ def exec_command(
     *,
     command: str | None = None,
     stdin: IO[bytes] | None = None,
-    stdout: IO[bytes] | None = None,
-    stderr: IO[bytes] | None = None,
+    stdout: ByteSink | None = None,
+    stderr: ByteSink | None = None,
     pty: bool = False,
     env: Mapping[str, str] | None = None,
     workdir: str | None = None,
@@ -405,19 +414,25 @@ def exec_command(
         with _translated_errors(target, CONNECT_TIMEOUT):
             channel = _session(client, CONNECT_TIMEOUT)
             if pty:
-                size = os.get_terminal_size(out.fileno()) if _isatty(out) else os.terminal_size((80, 24))
+                fd = _tty_fd(out)
+                size = os.get_terminal_size(fd) if fd is not None else os.terminal_size((80, 24))
                 channel.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
             channel.exec_command(line)
-        return _pump(channel, target, stdin, out, err, deadline, raw=pty and stdin is not None and _isatty(stdin))
+        return _pump(channel, target, stdin, out, err, deadline, raw=pty and _tty_fd(stdin) is not None)
     finally:
         client.close()
 
 
-def _isatty(stream: IO[bytes]) -> bool:
+def _tty_fd(stream: object) -> int | None:
+    """The stream's file descriptor if it is a terminal, else None (BytesIO, pipes, files)."""
+    fileno = getattr(stream, "fileno", None)
+    if fileno is None:
+        return None
     try:
-        return os.isatty(stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        return False
+        fd = fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return fd if isinstance(fd, int) and os.isatty(fd) else None
 
 
 @contextlib.contextmanager
@@ -430,7 +445,7 @@ def _raw_terminal(stream: IO[bytes] | None, enabled: bool) -> Iterator[None]:
 
     fd = stream.fileno()
     saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
+    tty.setraw(fd, termios.TCSANOW)  # not the default TCSAFLUSH: keep what the user typed ahead
     try:
         yield
     finally:
@@ -441,8 +456,8 @@ def _pump(
     channel: paramiko.Channel,
     target: SshTarget,
     stdin: IO[bytes] | None,
-    out: IO[bytes],
-    err: IO[bytes],
+    out: ByteSink,
+    err: ByteSink,
     deadline: float | None,
     *,
     raw: bool,
@@ -450,7 +465,7 @@ def _pump(
     """Copy stdin to the channel and its stdout/stderr back, each in its own thread, then return the status."""
     failures: list[BaseException] = []
 
-    def copy_out(recv: Callable[[int], bytes], sink: IO[bytes]) -> None:
+    def copy_out(recv: Callable[[int], bytes], sink: ByteSink) -> None:
         try:
             while data := recv(_CHUNK):
                 sink.write(data)
@@ -469,16 +484,16 @@ def _pump(
         with contextlib.suppress(OSError):
             channel.shutdown_write()
 
-    if stdin is None:
-        channel.shutdown_write()
-    else:
-        # Daemon: a read from a terminal cannot be interrupted, and must not keep the process alive.
-        threading.Thread(target=copy_in, args=(stdin,), daemon=True, name="lkctl-ssh-stdin").start()
     readers = [
         threading.Thread(target=copy_out, args=(channel.recv, out), daemon=True, name="lkctl-ssh-stdout"),
         threading.Thread(target=copy_out, args=(channel.recv_stderr, err), daemon=True, name="lkctl-ssh-stderr"),
     ]
     with _raw_terminal(stdin, raw):
+        if stdin is None:
+            channel.shutdown_write()
+        else:
+            # Daemon: a read from a terminal cannot be interrupted, and must not keep the process alive.
+            threading.Thread(target=copy_in, args=(stdin,), daemon=True, name="lkctl-ssh-stdin").start()
         for t in readers:
             t.start()
         for t in readers:

@@ -103,7 +103,8 @@ def test_write_known_hosts_is_0600_and_paramiko_finds_the_pinned_key(tmp_path: P
     assert mode(path) == 0o600
     assert path.read_text().endswith("\n") and path.read_text().count("\n") == 1
     pins = paramiko.HostKeys(str(path))
-    assert pins.lookup("[127.0.0.1]:2222")["ssh-ed25519"] == paramiko.PKey.from_path(keys.host_key)
+    pinned = pins.lookup("[127.0.0.1]:2222")
+    assert pinned is not None and pinned["ssh-ed25519"] == paramiko.PKey.from_path(keys.host_key)
     assert pins.lookup("127.0.0.1") is None
 
 
