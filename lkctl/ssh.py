@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import os
 import posixpath
 import re
@@ -145,20 +144,10 @@ class SshTarget:
     known_hosts: Path
     label: str  # the VM's name, for messages
 
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if _is_ipv6(self.host) else self.host
-        return f"{host}:{self.port}"
-
     def describe(self) -> str:
-        return f"VM {self.label} at {self.address}"
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
+        """`VM t1 at 127.0.0.1:2222`, the subject of every message about this connection."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"VM {self.label} at {host}:{self.port}"
 
 
 class _NotYet(SshError):
@@ -321,20 +310,22 @@ def wait_ready(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SshError(f"gave up waiting for SSH on {target.describe()} after {timeout:g} s: {last}")
+        attempt = min(CONNECT_TIMEOUT, max(remaining, 0.1))
         try:
-            client = _connect(target, min(CONNECT_TIMEOUT, max(remaining, 0.1)))
+            client = _connect(target, attempt)
             try:
-                channel = _session(client, max(remaining, 0.1))
-                channel.exec_command("true")
-                if channel.recv_exit_status() == 0:
-                    return
+                with _translated_errors(target, attempt):  # the session may still drop while the guest boots
+                    channel = _session(client, attempt)
+                    channel.exec_command("true")
+                    if not channel.status_event.wait(attempt):
+                        raise _NotYet(f"{target.describe()} did not run `true` within {attempt:g} s")
+                    if channel.recv_exit_status() == 0:
+                        return
                 last = "`true` failed on the guest"
             finally:
                 client.close()
         except _NotYet as e:
             last = e.message
-        except (OSError, EOFError) as e:  # the session dropped after login: still booting
-            last = f"connection to {target.describe()} dropped: {e}"
         time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
         delay = min(delay * 1.6, 2.0)
 
@@ -510,23 +501,17 @@ def _pump(
 # --- copying -------------------------------------------------------------------------------------------------
 
 
-def _split_remote(remote: str, local_name: str) -> tuple[str, str]:
-    """(directory, name) on the guest: `dir/` means "into dir, keeping the local name"."""
-    if not remote:
-        raise ConfigError("remote path is empty")
-    if remote.endswith("/"):
-        return remote.rstrip("/") or "/", local_name
-    return posixpath.dirname(remote) or ".", posixpath.basename(remote)
-
-
 def copy_to(target: SshTarget, local: Path, remote: str, *, timeout: float | None = None) -> None:
     """Copy a file or directory tree to `remote` on the guest (tar over the SSH channel; no sftp needed).
 
     `remote` names the copy; a trailing `/` copies into that directory instead. Files arrive owned by root.
     """
-    if not local.exists():
-        raise ConfigError(f"cannot copy {local} to VM {target.label}: no such file or directory")
-    directory, name = _split_remote(remote, local.name)
+    if not local.exists() or not remote:
+        raise ConfigError(f"cannot copy {local} to VM {target.label}:{remote!r}: no such file, or no destination")
+    if remote.endswith("/"):  # into that directory, keeping the local name
+        directory, name = remote.rstrip("/") or "/", local.name
+    else:
+        directory, name = posixpath.dirname(remote) or ".", posixpath.basename(remote)
     read_fd, write_fd = os.pipe()
     failures: list[BaseException] = []
 
@@ -584,15 +569,18 @@ def copy_from(target: SshTarget, remote: str, local: Path, *, timeout: float | N
         return tarfile.data_filter(renamed, dest)
 
     def consume() -> None:
-        try:
-            with os.fdopen(read_fd, "rb") as pipe, tarfile.open(fileobj=pipe, mode="r|") as tar:
-                for member in tar:
-                    tar.extract(member, local.parent, filter=rename)
-        except tarfile.ReadError as e:
-            if "empty file" not in str(e):  # guest tar failed before writing anything: its status says why
+        with os.fdopen(read_fd, "rb") as pipe:
+            try:
+                with tarfile.open(fileobj=pipe, mode="r|") as tar:
+                    for member in tar:
+                        tar.extract(member, local.parent, filter=rename)
+            except tarfile.ReadError as e:
+                if "empty file" not in str(e):  # guest tar failed before writing anything: its status says why
+                    failures.append(e)
+            except BaseException as e:
                 failures.append(e)
-        except BaseException as e:
-            failures.append(e)
+            while pipe.read(_CHUNK):  # after a refused entry, keep the guest's tar from blocking on a full pipe
+                pass
 
     consumer = threading.Thread(target=consume, daemon=True, name="lkctl-ssh-untar")
     consumer.start()

@@ -452,3 +452,14 @@ def test_copy_from_a_missing_remote_path_says_what_failed(guest: Guest, tmp_path
     with pytest.raises(SshError, match=r"^copying VM t1:/nonexistent/x to .* failed \(status \d+\)"):
         copy_from(guest.target, "/nonexistent/x", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_copy_from_refuses_a_link_that_escapes_the_destination(guest: Guest, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "big").write_bytes(os.urandom(1024 * 1024))  # after the bad entry: the pipe must keep draining
+    (remote / "a-evil").symlink_to("/etc/passwd")
+
+    with pytest.raises(SshError, match=r"^copying VM t1:.* failed: .*a-evil.* is a link to an absolute path"):
+        copy_from(guest.target, str(remote), tmp_path / "back", timeout=30)
+    assert not (tmp_path / "back" / "a-evil").is_symlink()
