@@ -100,6 +100,8 @@ def _probe_kernel(qemu: str, accel: Accel, kernel: Path) -> bool:
     finally:
         proc.kill()
         proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _probe_boot_sector(qemu: str, accel: Accel) -> bool:

@@ -50,6 +50,7 @@ class RunOptions:
     ports: tuple[PortForward, ...] = ()
     detach: bool = True
     ready_timeout: float = 0.0
+    wait_ssh: bool = True  # detached only: False returns as soon as QEMU runs (for images without sshd)
 
 
 def _now() -> str:
@@ -284,7 +285,8 @@ def run_vm(
     try:
         record, child = _launch(record, boot, opts, settings, host)
         if opts.detach:
-            _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
+            if opts.wait_ssh:
+                _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
             return record, 0
         assert child is not None
         return record, _foreground(record, child, console, settings)
