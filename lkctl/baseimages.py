@@ -1,0 +1,580 @@
+"""lkctl's base images (kernel, init, sshd), made from this machine's Debian packages.
+
+LinuxKit YAML names OCI images for its kernel, init and services. So that no registry is needed, lkctl makes
+`lkctl.local/kernel`, `lkctl.local/init` and `lkctl.local/sshd` from the host's /boot kernel, busybox-static and
+dropbear-bin. Each image is data (`images/<name>/recipe.yml`: files, trees, symlinks, dirs, plus typed `busybox`,
+`elf` and `kernel` steps) run here into one deterministic layer (sorted, fixed mtime, uid/gid 0) in the local OCI
+store, tagged `latest` and with a content tag. A stamp in the store (recipe contents + every host file used, by
+path, size and mtime) makes a second run a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from lkctl import paths
+from lkctl.errors import BuildError, ImageError
+from lkctl.fsutil import atomic_write, file_lock
+from lkctl.oci.layout import Store
+from lkctl.oci.reference import parse_reference
+from lkctl.proc import ProgramMissing, find_program, run
+
+__all__ = [
+    "BASE_IMAGES",
+    "base_image_name",
+    "build_all",
+    "ensure_base_image",
+    "filter_module_index",
+    "is_base_image",
+    "select_modules",
+]
+
+log = logging.getLogger("lkctl.baseimages")
+
+#: short name → repository of every image lkctl makes itself
+BASE_IMAGES: Mapping[str, str] = MappingProxyType(
+    {"kernel": "lkctl.local/kernel", "init": "lkctl.local/init", "sshd": "lkctl.local/sshd"}
+)
+
+_STAMP_FORMAT = 1
+_MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated files
+_BOOT = Path("/boot")
+_MODULES = Path("/lib/modules")
+_KO = re.compile(r"\.ko(\.(xz|gz|zst))?$")
+
+
+def base_image_name(ref: str) -> str | None:
+    """The short name (`kernel`, `init`, `sshd`) if `ref` names one of lkctl's base images, else None."""
+    try:
+        name = parse_reference(ref).name
+    except ImageError:
+        return None
+    return next((short for short, repo in BASE_IMAGES.items() if repo == name), None)
+
+
+def is_base_image(ref: str) -> bool:
+    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd}[:tag]`)."""
+    return base_image_name(ref) is not None
+
+
+# -- the file tree of one layer ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    kind: str  # file | dir | symlink
+    mode: int = 0o644
+    data: bytes | None = None
+    host: Path | None = None
+    target: str = ""
+
+
+@dataclass
+class _Tree:
+    """Paths (relative, no leading /) → entries; later additions replace earlier ones, parents are implied."""
+
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    host_files: set[Path] = field(default_factory=set)
+
+    def add(self, path: str, entry: _Entry, *, replace: bool = True) -> None:
+        rel = _clean(path)
+        if not replace and rel in self.entries:
+            return
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            self.entries.setdefault("/".join(parts[:i]), _Entry("dir", 0o755))
+        if entry.host is not None:
+            self.host_files.add(entry.host)
+        self.entries[rel] = entry
+
+    def add_host(self, path: str, host: Path, mode: int) -> None:
+        self.add(path, _Entry("file", mode, host=host))
+
+
+def _clean(path: str) -> str:
+    rel = os.path.normpath("/" + path).lstrip("/")
+    if not rel or rel.startswith(".."):
+        raise BuildError(f"bad path {path!r} in a recipe")
+    return rel
+
+
+def _write_tar(tree: _Tree, out: io.BufferedIOBase | Any) -> None:
+    """A reproducible tar: sorted names (parents first), fixed mtime, root-owned, no user or group names."""
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for path in sorted(tree.entries):
+            e = tree.entries[path]
+            info = tarfile.TarInfo(path)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
+            info.mode = e.mode
+            if e.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tf.addfile(info)
+            elif e.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, e.target
+                tf.addfile(info)
+            else:
+                data = e.data if e.data is not None else _read_host(e.host)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+
+def _read_host(path: Path | None) -> bytes:
+    assert path is not None
+    try:
+        return path.read_bytes()
+    except PermissionError:
+        raise BuildError(f"cannot read {path}: permission denied (e.g. `sudo chmod a+r {path}`)") from None
+
+
+# -- recipes ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Recipe:
+    name: str
+    ref: str
+    dir: Path
+    steps: tuple[dict[str, Any], ...]
+    config: dict[str, Any]
+    labels: dict[str, str]
+
+
+def _load_recipe(name: str) -> _Recipe:
+    import yaml
+
+    rdir = paths.resource_dir("images") / name
+    try:
+        doc = yaml.safe_load((rdir / "recipe.yml").read_text())
+    except FileNotFoundError:
+        raise BuildError(f"no recipe for base image {name}: {rdir / 'recipe.yml'} is missing") from None
+    except yaml.YAMLError as e:
+        raise BuildError(f"{rdir / 'recipe.yml'} is not valid YAML: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
+        raise BuildError(f"{rdir / 'recipe.yml'}: expected a mapping with a `steps` list")
+    labels = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+        for k, v in (doc.get("labels") or {}).items()
+    }
+    return _Recipe(
+        name=name,
+        ref=str(doc.get("ref") or BASE_IMAGES[name]),
+        dir=rdir,
+        steps=tuple(doc["steps"]),
+        config=dict(doc.get("config") or {}),
+        labels=labels,
+    )
+
+
+def _step(step: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if not isinstance(step, dict) or len(step) != 1:
+        raise BuildError(f"a recipe step must be a mapping with one key (its type), got {step!r}")
+    kind, spec = next(iter(step.items()))
+    return str(kind), dict(spec or {})
+
+
+def _mode(value: Any, default: int) -> int:
+    return default if value is None else int(str(value), 8)
+
+
+def _host_file(path: str, package: str | None, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        hint = f"; install it with: sudo apt-get install {package}" if package else ""
+        raise ProgramMissing(f"{path} ({what}) is missing{hint}")
+    return p
+
+
+def _busybox(tree: _Tree, spec: dict[str, Any]) -> None:
+    binary = Path(find_program(spec.get("program", "busybox")))
+    dest = _clean(spec.get("dest", "bin/busybox"))
+    tree.add_host(dest, binary, 0o755)
+    listing = run([str(binary), "--list-full"], what="busybox --list-full").stdout.decode()
+    for applet in sorted(listing.split()):
+        if applet not in ("linuxrc", dest):
+            tree.add(applet, _Entry("symlink", 0o777, target="/" + dest), replace=False)
+
+
+def _tree(tree: _Tree, recipe: _Recipe, spec: dict[str, Any]) -> None:
+    src = recipe.dir / spec.get("src", "rootfs")
+    base = spec.get("dest", "")
+    modes = {k: _mode(v, 0o644) for k, v in (spec.get("modes") or {}).items()}
+    for rel, path in _walk(src):
+        dest = f"{base}/{rel}"
+        if path.is_symlink():
+            tree.add(dest, _Entry("symlink", 0o777, target=os.readlink(path)))
+        elif path.is_dir():
+            tree.add(dest, _Entry("dir", modes.get(rel, 0o755)))
+        else:
+            default = 0o755 if path.stat().st_mode & 0o100 else 0o644
+            tree.add(dest, _Entry("file", modes.get(rel, default), data=path.read_bytes()))
+
+
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in [*dirnames, *sorted(filenames)]:
+            p = Path(dirpath) / name
+            out.append((p.relative_to(root).as_posix(), p))
+    return sorted(out)
+
+
+def _file(tree: _Tree, recipe: _Recipe, spec: dict[str, Any]) -> None:
+    mode = _mode(spec.get("mode"), 0o644)
+    if "contents" in spec:
+        tree.add(spec["dest"], _Entry("file", mode, data=str(spec["contents"]).encode()))
+    elif "src" in spec:
+        tree.add(spec["dest"], _Entry("file", mode, data=(recipe.dir / spec["src"]).read_bytes()))
+    elif "host" in spec:
+        if spec.get("optional") and not Path(spec["host"]).exists():
+            return
+        tree.add_host(spec["dest"], _host_file(spec["host"], spec.get("package"), "a host file"), mode)
+    else:
+        raise BuildError(f"{recipe.name}: a file step needs contents, src or host: {spec!r}")
+
+
+def _ldd(binary: Path) -> list[Path]:
+    """The shared libraries (and dynamic loader) `binary` needs, as ldd resolves them on this machine."""
+    proc = run([find_program("ldd"), str(binary)], check=False, what="ldd")
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        if "not a dynamic executable" in out + proc.stderr.decode(errors="replace"):
+            return []
+        raise BuildError(f"ldd {binary} failed: {proc.stderr.decode(errors='replace').strip()}")
+    libs = []
+    for line in out.splitlines():
+        left, arrow, right = line.strip().partition("=>")
+        if arrow and right.strip().startswith("not found"):
+            raise BuildError(f"{binary} needs {left.strip()}, which ldd cannot find on this machine")
+        path = (right if arrow else left).strip().split(" (")[0].strip()
+        if path.startswith("/"):
+            libs.append(Path(path))
+    return libs
+
+
+def _elf(tree: _Tree, spec: dict[str, Any]) -> None:
+    for item in spec.get("binaries") or []:
+        host = Path(item["host"])
+        if not host.exists() and spec.get("optional"):
+            continue
+        host = _host_file(item["host"], spec.get("package"), "a program")
+        tree.add_host(item.get("dest", item["host"]), host, 0o755)
+        for lib in _ldd(host):
+            tree.add_host(str(lib), lib, 0o755)
+
+
+# -- the kernel ----------------------------------------------------------------------------------------------
+def _version_key(version: str) -> list[tuple[int, str]]:
+    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"(\d+)", version) if p]
+
+
+def _kernel_package() -> str:
+    return {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(platform.machine(), "linux-image")
+
+
+def _kernel_version(wanted: str) -> str:
+    """`wanted`, or for "auto" the running kernel if /boot has it, else the newest kernel in /boot."""
+    have = sorted(
+        (p.name.removeprefix("vmlinuz-") for p in _BOOT.glob("vmlinuz-*")),
+        key=_version_key,
+    )
+    have = [v for v in have if (_MODULES / v / "modules.dep").is_file()]
+    if wanted != "auto":
+        if wanted not in have:
+            raise ProgramMissing(f"kernel {wanted} is not installed in {_BOOT} with its modules in {_MODULES}")
+        return wanted
+    running = os.uname().release
+    if running in have:
+        return running
+    if not have:
+        raise ProgramMissing(
+            f"no kernel with modules found in {_BOOT}; install one with: sudo apt-get install {_kernel_package()}"
+        )
+    return have[-1]
+
+
+def _module_name(path: str) -> str:
+    return _KO.sub("", path.rsplit("/", 1)[-1]).replace("-", "_")
+
+
+def select_modules(
+    wanted: Iterable[str], dep_text: str, alias_text: str = "", softdep_text: str = ""
+) -> tuple[list[str], list[str]]:
+    """The module files (paths as in modules.dep) for `wanted`, closed over dependencies and soft dependencies.
+
+    Returns (sorted paths, wanted names the kernel has no module for: built in, or absent). Pure: it reads
+    only the text of modules.dep, modules.alias and modules.softdep.
+    """
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in dep_text.splitlines():
+        path, colon, rest = line.partition(":")
+        if colon:
+            deps[path] = rest.split()
+            by_name[_module_name(path)] = path
+    aliases: dict[str, set[str]] = {}
+    for line in alias_text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias":
+            aliases.setdefault(words[1], set()).add(words[2].replace("-", "_"))
+    soft: dict[str, list[str]] = {}
+    for line in softdep_text.splitlines():
+        words = line.split()
+        if len(words) > 2 and words[0] == "softdep":
+            soft.setdefault(words[1].replace("-", "_"), []).extend(w for w in words[2:] if not w.endswith(":"))
+
+    def resolve(name: str) -> list[str]:
+        norm = name.replace("-", "_")
+        if norm in by_name:
+            return [by_name[norm]]
+        return [by_name[m] for m in sorted(aliases.get(name, ())) if m in by_name]
+
+    chosen: set[str] = set()
+    missing: list[str] = []
+    todo: list[str] = []
+    for name in wanted:
+        found = resolve(name)
+        if not found:
+            missing.append(name)
+        todo.extend(found)
+    while todo:
+        path = todo.pop()
+        if path in chosen:
+            continue
+        chosen.add(path)
+        todo.extend(deps.get(path, []))
+        for s in soft.get(_module_name(path), []):
+            todo.extend(resolve(s))
+    return sorted(chosen), missing
+
+
+def filter_module_index(name: str, text: str, keep: set[str]) -> str:
+    """modules.<name> (dep, alias, softdep, symbols, order) cut down to the module files in `keep`.
+
+    The fallback when depmod is not installed; `keep` must be closed over dependencies (see select_modules).
+    """
+    names = {_module_name(p) for p in keep}
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if name == "dep":
+            ok = line.partition(":")[0] in keep
+        elif name == "order":
+            ok = words[0] in keep
+        elif name == "softdep":  # softdep <module> pre: ... post: ...
+            ok = len(words) > 1 and words[1].replace("-", "_") in names
+        else:  # alias <pattern> <module>, alias symbol:<sym> <module>
+            ok = len(words) == 3 and words[2].replace("-", "_") in names
+        if ok:
+            out.append(line)
+    return "".join(line + "\n" for line in out)
+
+
+def _kernel(tree: _Tree, spec: dict[str, Any], version: str) -> None:
+    vmlinuz = _BOOT / f"vmlinuz-{version}"
+    mdir = _MODULES / version
+
+    def text(name: str) -> str:
+        p = mdir / f"modules.{name}"
+        if not p.exists():
+            return ""
+        tree.host_files.add(p)
+        return p.read_text(errors="replace")
+
+    selected, missing = select_modules(spec.get("modules") or [], text("dep"), text("alias"), text("softdep"))
+    builtin = {_module_name(line) for line in text("builtin").split()}
+    absent = [m for m in missing if m.replace("-", "_") not in builtin]
+    if absent:
+        log.info("kernel %s has no module for: %s", version, ", ".join(absent))
+    tree.add_host("kernel", vmlinuz, 0o644)
+    modules = _Tree()
+    with tempfile.TemporaryDirectory(prefix="lkctl-modules.") as tmp:
+        out = Path(tmp) / "lib" / "modules" / version
+        out.mkdir(parents=True)
+        for rel in selected:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mdir / rel, out / rel)
+            tree.host_files.add(mdir / rel)
+        keep = set(selected)
+        (out / "modules.order").write_text(filter_module_index("order", text("order"), keep))
+        for extra in ("builtin", "builtin.modinfo"):
+            if (mdir / f"modules.{extra}").exists():
+                shutil.copyfile(mdir / f"modules.{extra}", out / f"modules.{extra}")
+        try:
+            depmod: str | None = find_program("depmod")
+        except ProgramMissing:
+            depmod = None
+        if depmod:
+            run([depmod, "-b", tmp, version], what="depmod")
+        else:
+            for name in ("dep", "alias", "softdep", "symbols"):
+                (out / f"modules.{name}").write_text(filter_module_index(name, text(name), keep))
+        for rel, path in _walk(Path(tmp)):
+            if path.is_dir():
+                modules.add(rel, _Entry("dir", 0o755))
+            else:
+                modules.add(rel, _Entry("file", 0o644, data=path.read_bytes()))
+    buf = io.BytesIO()
+    _write_tar(modules, buf)
+    tree.add("kernel.tar", _Entry("file", 0o644, data=buf.getvalue()))
+    log.info("kernel %s: %d modules, kernel.tar %d KiB", version, len(selected), len(buf.getvalue()) // 1024)
+
+
+# -- building and caching ----------------------------------------------------------------------------------
+def _params(recipe: _Recipe) -> dict[str, str]:
+    """The host facts a recipe resolves at build time besides file stats (kernel version, program paths)."""
+    out: dict[str, str] = {}
+    for i, step in enumerate(recipe.steps):
+        kind, spec = _step(step)
+        if kind == "kernel":
+            out[f"{i}.kernel"] = _kernel_version(str(spec.get("version", "auto")))
+        elif kind == "busybox":
+            out[f"{i}.busybox"] = find_program(spec.get("program", "busybox"))
+    return out
+
+
+def _build_tree(recipe: _Recipe, params: dict[str, str]) -> _Tree:
+    tree = _Tree()
+    for i, step in enumerate(recipe.steps):
+        kind, spec = _step(step)
+        if kind == "busybox":
+            _busybox(tree, spec)
+        elif kind == "tree":
+            _tree(tree, recipe, spec)
+        elif kind == "file":
+            _file(tree, recipe, spec)
+        elif kind == "dir":
+            for p in spec.get("paths") or [spec["dest"]]:
+                tree.add(p, _Entry("dir", _mode(spec.get("mode"), 0o755)))
+        elif kind == "symlink":
+            tree.add(spec["dest"], _Entry("symlink", 0o777, target=str(spec["target"])))
+        elif kind == "elf":
+            _elf(tree, spec)
+        elif kind == "kernel":
+            _kernel(tree, spec, params[f"{i}.kernel"])
+        else:
+            raise BuildError(f"{recipe.dir / 'recipe.yml'}: unknown step type {kind!r}")
+    return tree
+
+
+def _recipe_hash(recipe: _Recipe) -> str:
+    h = hashlib.sha256(Path(__file__).read_bytes())  # a change to this builder changes every image
+    for rel, path in _walk(recipe.dir):
+        h.update(rel.encode() + b"\0")
+        if path.is_symlink():
+            h.update(b"L" + os.readlink(path).encode())
+        elif path.is_file():
+            h.update(b"X" if path.stat().st_mode & 0o100 else b"F")
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _stat(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _stamp_path(store: Store, name: str) -> Path:
+    return store.root / ".lkctl" / "baseimages" / f"{name}.json"
+
+
+def _is_fresh(store: Store, recipe: _Recipe, rhash: str, params: dict[str, str]) -> bool:
+    try:
+        stamp = json.loads(_stamp_path(store, recipe.name).read_text())
+        if (stamp["format"], stamp["recipe"], stamp["params"]) != (_STAMP_FORMAT, rhash, params):
+            return False
+        if any(_stat(Path(p)) != [p, size, mtime] for p, size, mtime in stamp["host"]):
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    latest = store.lookup(f"{recipe.ref}:latest")
+    tagged = store.lookup(f"{recipe.ref}:{stamp['tag']}")
+    return (
+        latest is not None
+        and tagged is not None
+        and latest.digest == stamp["manifest"] == tagged.digest
+        and store.has_blob(latest.digest)
+    )
+
+
+def _build(store: Store, recipe: _Recipe, rhash: str, params: dict[str, str]) -> str:
+    log.info("building %s from this machine's packages", recipe.ref)
+    tree = _build_tree(recipe, params)
+    store.ensure()
+    work = store.root / ".lkctl" / "tmp"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=work, prefix=f"{recipe.name}.", suffix=".tar") as tmp:
+        _write_tar(tree, tmp)
+        tmp.flush()
+        layer = store.put_layer_tar(Path(tmp.name))
+    desc = store.add_image(
+        f"{recipe.ref}:latest", [layer], config=recipe.config, labels=recipe.labels, architecture=_oci_arch()
+    )
+    tag = desc.digest.removeprefix("sha256:")[:12]
+    store.set_ref(f"{recipe.ref}:{tag}", desc)
+    stamp = {
+        "format": _STAMP_FORMAT,
+        "recipe": rhash,
+        "params": params,
+        "host": sorted(_stat(p) for p in tree.host_files),
+        "manifest": desc.digest,
+        "tag": tag,
+    }
+    atomic_write(_stamp_path(store, recipe.name), json.dumps(stamp, indent=1))
+    log.info("built %s:%s (layer %d KiB)", recipe.ref, tag, layer[0].size // 1024)
+    return tag
+
+
+def _oci_arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def _ensure(store: Store, name: str, force: bool) -> bool:
+    recipe = _load_recipe(name)
+    with file_lock(store.root / ".lkctl" / "baseimages.lock"):
+        rhash = _recipe_hash(recipe)
+        params = _params(recipe)
+        if not force and _is_fresh(store, recipe, rhash, params):
+            return False
+        _build(store, recipe, rhash, params)
+        return True
+
+
+def ensure_base_image(ref: str, store: Store) -> bool:
+    """Make the base image `ref` (e.g. `lkctl.local/init`) if it is missing or stale; True if it did work."""
+    name = base_image_name(ref)
+    if name is None:
+        raise ImageError(f"{ref} is not one of lkctl's base images ({', '.join(BASE_IMAGES.values())})")
+    built = _ensure(store, name, force=False)
+    if store.lookup(ref) is None:
+        current = _stamp_tag(store, name)
+        raise ImageError(
+            f"{ref} is not available: lkctl makes {BASE_IMAGES[name]}:latest"
+            + (f" (now also tagged :{current})" if current else "")
+            + " from this machine's packages; use that"
+        )
+    return built
+
+
+def _stamp_tag(store: Store, name: str) -> str:
+    try:
+        return str(json.loads(_stamp_path(store, name).read_text())["tag"])
+    except (OSError, ValueError, KeyError):
+        return ""
+
+
+def build_all(store: Store, force: bool = False) -> list[str]:
+    """Make every base image that is missing or stale (all of them with `force`); the refs it built."""
+    return [BASE_IMAGES[name] for name in BASE_IMAGES if _ensure(store, name, force)]
