@@ -1,0 +1,213 @@
+"""The whole image as one entry stream, in LinuxKit's order: kernel → init → volumes → onboot → onshutdown →
+services → files. Every output format is a sink over this stream (`moby/build/build.go: Build`, ported)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import yaml
+
+from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, parent_dirs
+from lkctl.build.ociconfig import config_to_oci, go_json
+from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
+from lkctl.build.spec import Container, FileSpec, Spec, Volume
+from lkctl.errors import BuildError, SpecError
+from lkctl.oci.layout import Image, Store
+from lkctl.oci.reference import parse_reference
+
+__all__ = ["assemble", "file_source_path", "metadata_bytes"]
+
+
+def assemble(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
+    """Every entry of the image built from `spec`, parents always before children.
+
+    `images` maps each reference string used in `spec` (as written) to its resolved image.
+    """
+    dirs: set[str] = set()
+    return ensure_parents(_sections(spec, images, store, dirs), dirs)
+
+
+def _dir(path: str, mode: int = 0o755) -> Entry:
+    return Entry(path, EntryKind.DIR, mode)
+
+
+def _blob(path: str, content: bytes, mode: int = 0o644) -> Entry:
+    return Entry(path, EntryKind.FILE, mode, size=len(content), data=io.BytesIO(content))
+
+
+def _sections(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[str]) -> Iterator[Entry]:
+    if spec.kernel.image:
+        yield from kernel_entries(images[spec.kernel.image], store, spec.kernel)
+
+    apk = ApkDbMerger()
+    for ref in spec.init:
+        yield from apk.watch(image_entries(images[ref], store, resolv_symlink=RESOLV_SYMLINK))
+    yield from apk.merged()
+
+    for vol in spec.volumes:
+        yield from _volume(vol, images, store)
+
+    id_map = spec.id_map()
+    volumes = {v.name: v for v in spec.volumes}
+    extracted: dict[str, str] = {}  # image → where it was first unpacked; later bundles reuse it
+    for section, items in (("onboot", spec.onboot), ("onshutdown", spec.onshutdown)):
+        for i, c in enumerate(items):
+            yield from _bundle(
+                c,
+                f"containers/{section}/{i:03d}-{c.name}",
+                f"{section}[{i}]",
+                images,
+                store,
+                extracted,
+                id_map,
+                volumes,
+            )
+    for i, c in enumerate(spec.services):
+        yield from _bundle(
+            c, f"containers/services/{c.name}", f"services[{i}]", images, store, extracted, id_map, volumes
+        )
+
+    yield from _files(spec, dirs, id_map)
+
+
+def _volume(vol: Volume, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
+    base = f"containers/volumes/{vol.name}"
+    if vol.format == "oci":
+        raise BuildError(f"volume {vol.name!r}: format oci is not supported yet (use format: filesystem)")
+    yield _dir(f"{base}/lower")
+    if vol.image:
+        entries = image_entries(images[vol.image], store, resolv_symlink=RESOLV_SYMLINK)
+        yield from (e.under(f"{base}/lower") for e in entries)
+    yield _dir(f"{base}/tmp")
+    yield _dir(f"{base}/merged")
+
+
+def _bundle(
+    c: Container,
+    prefix: str,
+    where: str,
+    images: Mapping[str, Image],
+    store: Store,
+    extracted: dict[str, str],
+    id_map: Mapping[str, int],
+    volumes: Mapping[str, Volume],
+) -> Iterator[Entry]:
+    """An OCI bundle as LinuxKit lays it out: config.json, runtime.json and the root filesystem, either
+    `rootfs/` (read-only) or `lower/` + `tmp/` + `rootfs/` overlaid at boot by the runtime mounts."""
+    image = images[c.image]
+    src = c.source or "<spec>"
+    try:
+        oci, runtime = config_to_oci(
+            c, image.config.get("config") or {}, id_map, volumes=volumes, where=f"{where} {c.name}"
+        )
+    except SpecError as e:
+        raise SpecError(f"{src}: {e.message}") from None
+    readonly = bool(oci["root"].get("readonly"))
+    key = str(parse_reference(c.image))
+    root = extracted.get(key)
+    reused = root is not None
+    yield _dir(prefix)
+    if root is None:
+        root = f"{prefix}/{'rootfs' if readonly else 'lower'}"
+        yield _dir(root)
+        yield from (e.under(root) for e in image_entries(image, store))
+        extracted[key] = root
+    yield _blob(f"{prefix}/config.json", go_json(oci))
+    if readonly:
+        if reused:
+            yield _dir(f"{prefix}/rootfs")
+        # bind it onto itself even when it is our own copy: runc wants the root to be a mount point
+        mounts: list[dict[str, Any]] = [{"destination": f"/{prefix}/rootfs", "source": f"/{root}", "options": ["bind"]}]
+    else:
+        tmp = f"{prefix}/tmp"
+        yield _dir(tmp)
+        yield _dir(f"{prefix}/rootfs")
+        mounts = [
+            {"destination": f"/{tmp}", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": f"/{tmp}", "options": ["remount", "private"]},  # nothing else should see the layers
+            {
+                "destination": f"/{prefix}/rootfs",
+                "type": "overlay",
+                "source": "overlay",
+                "options": [f"lowerdir=/{root}", f"upperdir=/{tmp}/upper", f"workdir=/{tmp}/work"],
+            },
+        ]
+    runtime["mounts"] = mounts + runtime["mounts"]
+    yield _blob(f"{prefix}/runtime.json", go_json(runtime))
+
+
+def file_source_path(f: FileSpec) -> str:
+    """A `files` entry's `source` as the build reads it (`~/` is the user's home; relative is to the cwd)."""
+    return os.path.expanduser(f.source) if f.source.startswith("~/") else f.source
+
+
+def metadata_bytes(spec: Spec, kind: str) -> bytes:
+    """`metadata: yaml|json`: the resolved configuration, as LinuxKit writes it for the guest to read."""
+    doc = spec.normalized()
+    if kind == "json":
+        return go_json(doc)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).encode()
+
+
+def _id(value: int | str | None, id_map: Mapping[str, int], where: str) -> int:
+    if value is None or value in ("", "root"):
+        return 0
+    if isinstance(value, int):
+        return value
+    if value.isdigit():
+        return int(value)
+    if value in id_map:
+        return id_map[value]
+    raise SpecError(f"{where}: cannot find id {value!r} (not a number and no container has that name)")
+
+
+def _files(spec: Spec, dirs: set[str], id_map: Mapping[str, int]) -> Iterator[Entry]:
+    for i, f in enumerate(spec.files):
+        where = f"{f.origin or '<spec>'}: files[{i}] ({f.path})"
+        try:
+            path = clean_path(f.clean_path, "file path")
+        except BuildError as e:
+            raise SpecError(f"{where}: {e.message}") from None
+        mode = f.file_mode
+        uid, gid = _id(f.uid, id_map, where), _id(f.gid, id_map, where)
+        opened = None
+        if f.directory:
+            entry = Entry(path, EntryKind.DIR, mode, uid, gid)
+        elif f.symlink:
+            entry = Entry(path, EntryKind.SYMLINK, mode, uid, gid, linkname=f.symlink)
+        elif f.contents is not None:
+            content = f.contents.encode()
+            entry = Entry(path, EntryKind.FILE, mode, uid, gid, size=len(content), data=io.BytesIO(content))
+        elif f.metadata:
+            content = metadata_bytes(spec, f.metadata)
+            entry = Entry(path, EntryKind.FILE, mode, uid, gid, size=len(content), data=io.BytesIO(content))
+        else:
+            source = file_source_path(f)
+            try:
+                opened = open(source, "rb")  # noqa: SIM115 - closed below, after the entry has been consumed
+            except OSError as e:
+                if f.optional:
+                    continue
+                raise BuildError(f"{where}: cannot read source {source}: {e.strerror}") from None
+            st = os.fstat(opened.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                opened.close()
+                raise BuildError(f"{where}: source {source} is not a regular file")
+            entry = Entry(path, EntryKind.FILE, mode, uid, gid, size=st.st_size, data=opened)
+        # Missing parents take the file's owner and its mode with x added wherever r or w is (LinuxKit's dirMode).
+        dir_mode = mode
+        for bits in (0o700, 0o070, 0o007):
+            if mode & bits:
+                dir_mode |= bits & 0o111
+        try:
+            for p in parent_dirs(path):
+                if p not in dirs:
+                    yield Entry(p, EntryKind.DIR, dir_mode, uid, gid, DEFAULT_MTIME)
+            yield entry
+        finally:
+            if opened is not None:
+                opened.close()

@@ -1,0 +1,716 @@
+"""LinuxKit YAML parsed and validated into frozen dataclasses (`moby/config.go` + `schema.go`, ported).
+
+The dataclasses *are* the schema (a field's YAML key is the camelCase of its name unless `metadata["key"]`
+says otherwise): a small type-driven validator walks each one's annotations, so every field is
+declared once, unknown keys are refused with their path (`services[2].bindz: unknown key`), and the same
+definitions validate the `org.mobyproject.config` image label. Errors are one-line `SpecError`s naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lkctl.errors import ImageError, SpecError
+from lkctl.oci.reference import parse_reference
+
+__all__ = [
+    "BindNS",
+    "Container",
+    "ContainerConfig",
+    "Device",
+    "FileSpec",
+    "IdMapping",
+    "Interface",
+    "KernelSpec",
+    "Mount",
+    "Resources",
+    "Runtime",
+    "Spec",
+    "Volume",
+    "load_spec",
+    "merge_specs",
+    "parse_container_config",
+    "parse_spec",
+    "to_json",
+]
+
+
+def _internal(default: Any = "") -> Any:
+    """A field that is ours, not a YAML key (not parsed, not normalised, not compared)."""
+    return field(default=default, metadata={"internal": True}, compare=False)
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    container_id: int = field(default=0, metadata={"key": "containerID"})
+    host_id: int = field(default=0, metadata={"key": "hostID"})
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Mount:
+    destination: str = ""
+    type: str = ""
+    source: str = ""
+    options: tuple[str, ...] | None = None
+    uidmappings: tuple[IdMapping, ...] | None = field(default=None, metadata={"key": "uidmappings"})
+    gidmappings: tuple[IdMapping, ...] | None = field(default=None, metadata={"key": "gidmappings"})
+
+
+@dataclass(frozen=True)
+class Device:
+    path: str = ""
+    type: str = ""
+    major: int = 0
+    minor: int = 0
+    mode: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceCgroup:
+    allow: bool | None = None
+    type: str | None = None
+    major: int | None = None
+    minor: int | None = None
+    access: str | None = None
+
+
+@dataclass(frozen=True)
+class Memory:
+    limit: int | None = None
+    reservation: int | None = None
+    swap: int | None = None
+    kernel: int | None = None
+    kernel_tcp: int | None = field(default=None, metadata={"key": "kernelTCP"})
+    swappiness: int | None = None
+    disable_oom_killer: bool | None = field(default=None, metadata={"key": "disableOOMKiller"})
+
+
+@dataclass(frozen=True)
+class Cpu:
+    shares: int | None = None
+    quota: int | None = None
+    period: int | None = None
+    realtime_runtime: int | None = None
+    realtime_period: int | None = None
+    cpus: str | None = None
+    mems: str | None = None
+
+
+@dataclass(frozen=True)
+class Pids:
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class WeightDevice:
+    major: int | None = None
+    minor: int | None = None
+    weight: int | None = None
+    leaf_weight: int | None = None
+
+
+@dataclass(frozen=True)
+class ThrottleDevice:
+    major: int | None = None
+    minor: int | None = None
+    rate: int | None = None
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    weight: int | None = None
+    leaf_weight: int | None = None
+    weight_device: tuple[WeightDevice, ...] | None = None
+    throttle_read_bps_device: tuple[ThrottleDevice, ...] | None = None
+    throttle_write_bps_device: tuple[ThrottleDevice, ...] | None = None
+    throttle_read_iops_device: tuple[ThrottleDevice, ...] | None = field(
+        default=None, metadata={"key": "throttleReadIOPSDevice"}
+    )
+    throttle_write_iops_device: tuple[ThrottleDevice, ...] | None = field(
+        default=None, metadata={"key": "throttleWriteIOPSDevice"}
+    )
+
+
+@dataclass(frozen=True)
+class HugepageLimit:
+    page_size: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class InterfacePriority:
+    name: str | None = None
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    class_id: int | None = field(default=None, metadata={"key": "classID"})
+    priorities: tuple[InterfacePriority, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    devices: tuple[DeviceCgroup, ...] | None = None
+    memory: Memory | None = None
+    cpu: Cpu | None = None
+    pids: Pids | None = None
+    blockio: BlockIO | None = field(default=None, metadata={"key": "blockio"})
+    hugepage_limits: tuple[HugepageLimit, ...] | None = None
+    network: Network | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str = ""
+    add: str = ""
+    peer: str = ""
+    create_in_root: bool = False
+
+
+@dataclass(frozen=True)
+class BindNS:
+    cgroup: str | None = None
+    ipc: str | None = None
+    mnt: str | None = None
+    net: str | None = None
+    pid: str | None = None
+    user: str | None = None
+    uts: str | None = None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Config the guest's `service` tool applies around `runc create` (written to runtime.json)."""
+
+    cgroups: tuple[str, ...] | None = None
+    mounts: tuple[Mount, ...] | None = None
+    mkdir: tuple[str, ...] | None = None
+    interfaces: tuple[Interface, ...] | None = None
+    bind_ns: BindNS | None = field(default=None, metadata={"key": "bindNS"})
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Per-container settings, from the YAML or the image label. None means "not set here"."""
+
+    capabilities: tuple[str, ...] | None = None
+    capabilities_add: tuple[str, ...] | None = field(default=None, metadata={"key": "capabilities.add"})
+    ambient: tuple[str, ...] | None = None
+    mounts: tuple[Mount, ...] | None = None
+    binds: tuple[str, ...] | None = None
+    binds_add: tuple[str, ...] | None = field(default=None, metadata={"key": "binds.add"})
+    devices: tuple[Device, ...] | None = None
+    tmpfs: tuple[str, ...] | None = None
+    command: tuple[str, ...] | None = None
+    env: tuple[str, ...] | None = None
+    cwd: str | None = None
+    net: str | None = None
+    pid: str | None = None
+    ipc: str | None = None
+    uts: str | None = None
+    userns: str | None = None
+    hostname: str | None = None
+    readonly: bool | None = None
+    masked_paths: tuple[str, ...] | None = None
+    readonly_paths: tuple[str, ...] | None = None
+    uid: int | str | None = None
+    gid: int | str | None = None
+    additional_gids: tuple[int | str, ...] | None = None
+    no_new_privileges: bool | None = None
+    oom_score_adj: int | None = None
+    rootfs_propagation: str | None = None
+    cgroups_path: str | None = None
+    resources: Resources | None = None
+    sysctl: Mapping[str, str] | None = None
+    rlimits: tuple[str, ...] | None = None
+    uid_mappings: tuple[IdMapping, ...] | None = None
+    gid_mappings: tuple[IdMapping, ...] | None = None
+    annotations: Mapping[str, str] | None = None
+    runtime: Runtime | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    """An `onboot`, `onshutdown` or `services` entry."""
+
+    name: str
+    image: str
+    config: ContainerConfig = ContainerConfig()
+    source: str = _internal()
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    image: str = ""
+    cmdline: str = ""
+    binary: str = ""  # "" means `kernel`
+    tar: str | None = None  # None means `kernel.tar`; "" or "none" means no tarball
+    ucode: str | None = None
+
+    @property
+    def binary_name(self) -> str:
+        return self.binary or "kernel"
+
+    @property
+    def tar_name(self) -> str:
+        """The kernel tarball's name in the image, or "" for none."""
+        if self.tar is None:
+            return "kernel.tar"
+        return "" if self.tar == "none" else self.tar
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    path: str = ""
+    directory: bool = False
+    symlink: str = ""
+    contents: str | None = None
+    source: str = ""
+    metadata: str = ""
+    optional: bool = False
+    mode: str = ""
+    uid: int | str | None = None
+    gid: int | str | None = None
+    origin: str = _internal()
+
+    @property
+    def clean_path(self) -> str:
+        return self.path.lstrip("/")
+
+    @property
+    def file_mode(self) -> int:
+        """Permission bits: `mode`, else 0600 for files and 0700 for directories (LinuxKit's defaults)."""
+        if self.mode:
+            return int(self.mode, 8)
+        return 0o700 if self.directory else 0o600
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str = ""
+    image: str = ""
+    readonly: bool = False
+    format: str = ""
+    platforms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Trust:
+    image: tuple[str, ...] | None = None
+    org: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class _Document:
+    kernel: KernelSpec | None = None
+    init: tuple[str, ...] | None = None
+    onboot: tuple[dict[str, Any], ...] | None = None
+    onshutdown: tuple[dict[str, Any], ...] | None = None
+    services: tuple[dict[str, Any], ...] | None = None
+    trust: _Trust | None = None  # accepted (the schema still has it) and ignored, as LinuxKit does
+    files: tuple[FileSpec, ...] | None = None
+    volumes: tuple[Volume, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole LinuxKit image description (several YAML files merged)."""
+
+    kernel: KernelSpec = KernelSpec()
+    init: tuple[str, ...] = ()
+    onboot: tuple[Container, ...] = ()
+    onshutdown: tuple[Container, ...] = ()
+    services: tuple[Container, ...] = ()
+    files: tuple[FileSpec, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def id_map(self) -> dict[str, int]:
+        """Container name → uid/gid for `uid: <name>`: 100 upwards over onboot, onshutdown, services."""
+        ids: dict[str, int] = {}
+        for n, c in enumerate((*self.onboot, *self.onshutdown, *self.services)):
+            ids[c.name] = 100 + n
+        return ids
+
+    def image_refs(self) -> list[str]:
+        """Every image the build reads, in build order, without duplicates."""
+        refs = [self.kernel.image] if self.kernel.image else []
+        refs += [*self.init, *(v.image for v in self.volumes if v.image)]
+        refs += [c.image for c in (*self.onboot, *self.onshutdown, *self.services)]
+        return list(dict.fromkeys(refs))
+
+    def normalized(self) -> dict[str, Any]:
+        """Canonical JSON-able form: references expanded, defaults dropped. Used for cache keys and metadata."""
+        kernel = to_json(dataclasses.replace(self.kernel, image=_expand(self.kernel.image)))
+        return {
+            "kernel": kernel,
+            "init": [_expand(r) for r in self.init],
+            "onboot": [_container_json(c) for c in self.onboot],
+            "onshutdown": [_container_json(c) for c in self.onshutdown],
+            "services": [_container_json(c) for c in self.services],
+            "files": [to_json(f) for f in self.files],
+            "volumes": [to_json(dataclasses.replace(v, image=_expand(v.image))) for v in self.volumes],
+        }
+
+
+# -- the type-driven validator ------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+_FIELDS: dict[type, list[tuple[str, str, Any, dataclasses.Field[Any]]]] = {}
+
+
+def _fields(cls: type) -> list[tuple[str, str, Any, dataclasses.Field[Any]]]:
+    """(yaml key, attribute, type, field) for each parsed field of a dataclass (computed once per class)."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            head, *rest = f.name.split("_")
+            key = f.metadata.get("key") or head + "".join(w.capitalize() for w in rest)
+            out.append((key, f.name, hints[f.name], f))
+        _FIELDS[cls] = out
+    return _FIELDS[cls]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "a boolean"
+    if tp is int:
+        return "an integer"
+    if origin is tuple:
+        return "a list"
+    return "a mapping"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _matches(tp: Any, value: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        return isinstance(value, list)
+    return isinstance(value, dict)  # Mapping, dict or a dataclass
+
+
+def _parse(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        for option in options:
+            if _matches(option, value):
+                return _parse(option, value, path)
+        wanted = " or ".join(_describe(o) for o in options)
+        hint = ' (quote octal modes: "0644")' if path.endswith("mode") and isinstance(value, int) else ""
+        raise _Invalid(path, f"expected {wanted}, got {_kind(value)}{hint}")
+    if not _matches(tp, value):
+        hint = ' (quote octal modes: "0644")' if path.endswith("mode") and isinstance(value, int) else ""
+        raise _Invalid(path, f"expected {_describe(tp)}, got {_kind(value)}{hint}")
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_parse(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        val_tp = typing.get_args(tp)[1]
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _Invalid(path, f"keys must be strings, got {_kind(k)} {k!r}")
+            out[k] = v if val_tp is Any else _parse(val_tp, v, f"{path}.{k}")
+        return types.MappingProxyType(out) if origin is Mapping else out
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _parse_object(tp, value, path)
+    return value
+
+
+def _parse_object(cls: type, value: dict[Any, Any], path: str, *, skip: Iterable[str] = ()) -> Any:
+    known = {key: (attr, tp, f) for key, attr, tp, f in _fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, v in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key in skip:
+            continue
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1)
+            raise _Invalid(where, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        attr, tp, _ = known[key]
+        kwargs[attr] = _parse(tp, v, where)
+    for key, (attr, _, f) in known.items():
+        if attr not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Invalid(f"{path}.{key}" if path else key, "required")
+    return cls(**kwargs)
+
+
+def to_json(obj: Any) -> Any:
+    """A parsed dataclass back to YAML/JSON form (YAML keys; unset and default fields left out)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for key, attr, _, f in _fields(type(obj)):
+            v = getattr(obj, attr)
+            if v is None or (f.default is not dataclasses.MISSING and v == f.default):
+                continue
+            out[key] = to_json(v)
+        return out
+    if isinstance(obj, tuple | list):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj
+
+
+# -- YAML ---------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style booleans (only true/false, like Go's yaml.v3) and duplicate keys refused."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, typing.Hashable) and key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _expand(ref: str) -> str:
+    return str(parse_reference(ref)) if ref else ""
+
+
+def _check_ref(ref: str, path: str) -> None:
+    try:
+        parse_reference(ref)
+    except ImageError as e:
+        raise _Invalid(path, e.message) from None
+
+
+_VOLUME_NAME = re.compile(r"^[a-z0-9_-]*$")
+
+
+def _parse_container(value: Any, path: str, source: str) -> Container:
+    if not isinstance(value, dict):
+        raise _Invalid(path, f"expected a mapping, got {_kind(value)}")
+    for key in ("name", "image"):
+        if key not in value:
+            raise _Invalid(f"{path}.{key}", "required")
+        if not isinstance(value[key], str):
+            raise _Invalid(f"{path}.{key}", f"expected a string, got {_kind(value[key])}")
+    name, image = value["name"], value["image"]
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise _Invalid(f"{path}.name", f"invalid container name {name!r} (it names a directory in the image)")
+    _check_ref(image, f"{path}.image")
+    config = _parse_object(ContainerConfig, value, path, skip=("name", "image"))
+    return Container(name, image, config, source)
+
+
+def _check_file(f: FileSpec, path: str) -> None:
+    if not f.clean_path:
+        raise _Invalid(f"{path}.path", "required")
+    if f.mode:
+        try:
+            int(f.mode, 8)
+        except ValueError:
+            raise _Invalid(f"{path}.mode", f"{f.mode!r} is not an octal mode") from None
+    if f.metadata and f.metadata not in ("yaml", "json"):
+        raise _Invalid(f"{path}.metadata", f"must be yaml or json, not {f.metadata!r}")
+    if f.directory and f.contents is not None:
+        raise _Invalid(path, "a directory cannot have contents")
+    if not f.directory and not f.symlink:
+        given = [
+            k for k, v in (("contents", f.contents is not None), ("source", f.source), ("metadata", f.metadata)) if v
+        ]
+        if not given:
+            raise _Invalid(path, "needs one of contents, source, metadata, directory or symlink")
+        if len(given) > 1:
+            raise _Invalid(path, f"{' and '.join(given)} are mutually exclusive")
+
+
+def _document_to_spec(doc: Any, source: str) -> Spec:
+    if doc is None:
+        return Spec(sources=(source,))
+    if not isinstance(doc, dict):
+        raise _Invalid("", f"the document must be a mapping, not {_kind(doc)}")
+    # An empty section (`services:` with nothing under it) is an empty list, not an error.
+    parsed: _Document = _parse_object(_Document, {k: v for k, v in doc.items() if v is not None}, "")
+    kernel = parsed.kernel or KernelSpec()
+    if kernel.image:
+        _check_ref(kernel.image, "kernel.image")
+    for i, ref in enumerate(parsed.init or ()):
+        _check_ref(ref, f"init[{i}]")
+    sections = {}
+    for section in ("onboot", "onshutdown", "services"):
+        items = getattr(parsed, section) or ()
+        sections[section] = tuple(_parse_container(v, f"{section}[{i}]", source) for i, v in enumerate(items))
+    files = tuple(dataclasses.replace(f, origin=source) for f in parsed.files or ())
+    for i, f in enumerate(files):
+        _check_file(f, f"files[{i}]")
+    volumes = parsed.volumes or ()
+    names: set[str] = set()
+    for i, v in enumerate(volumes):
+        if not _VOLUME_NAME.match(v.name):
+            raise _Invalid(f"volumes[{i}].name", f"invalid volume name {v.name!r} (allowed: a-z 0-9 _ -)")
+        if v.name in names:
+            raise _Invalid(f"volumes[{i}].name", f"duplicate volume name {v.name!r}")
+        names.add(v.name)
+        if v.format not in ("", "filesystem", "oci"):
+            raise _Invalid(f"volumes[{i}].format", f"must be filesystem or oci, not {v.format!r}")
+        if v.image:
+            _check_ref(v.image, f"volumes[{i}].image")
+    spec = Spec(kernel, parsed.init or (), files=files, volumes=volumes, sources=(source,), **sections)
+    _check_unique_services(spec.services)
+    return spec
+
+
+def _check_unique_services(services: Sequence[Container]) -> None:
+    seen: dict[str, int] = {}
+    for i, c in enumerate(services):
+        if c.name in seen:
+            first = services[seen[c.name]].source
+            also = f" (also defined in {first})" if first != c.source else ""
+            raise SpecError(f"{c.source}: services: duplicate service name {c.name!r}{also}")
+        seen[c.name] = i
+
+
+def parse_spec(text: str, source: str = "<string>") -> Spec:
+    """Parse one YAML text (several `---` documents merge in order). `source` names it in errors."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise SpecError(f"{where}: invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{source}: invalid YAML: {e}") from None
+    specs = []
+    for doc in docs or [None]:
+        try:
+            specs.append(_document_to_spec(doc, source))
+        except _Invalid as e:
+            raise SpecError(f"{source}: {e}") from None
+    return merge_specs(specs)
+
+
+def parse_container_config(obj: Any, source: str) -> ContainerConfig:
+    """Validate an `org.mobyproject.config` label (already decoded JSON) as a container config."""
+    if not isinstance(obj, dict):
+        raise SpecError(f"{source}: expected a JSON object, got {_kind(obj)}")
+    for key in ("name", "image"):
+        if key in obj:
+            raise SpecError(f"{source}: {key} cannot be set in the label")
+    try:
+        config: ContainerConfig = _parse_object(ContainerConfig, obj, "")
+    except _Invalid as e:
+        raise SpecError(f"{source}: {e}") from None
+    return config
+
+
+def merge_specs(specs: Iterable[Spec]) -> Spec:
+    """Merge like `linuxkit build a.yml b.yml`: later non-empty kernel fields win, lists concatenate."""
+    out = Spec()
+    for s in specs:
+        k, nk = out.kernel, s.kernel
+        kernel = KernelSpec(
+            image=nk.image or k.image,
+            cmdline=nk.cmdline or k.cmdline,
+            binary=nk.binary or k.binary,
+            tar=nk.tar if nk.tar is not None else k.tar,
+            ucode=nk.ucode if nk.ucode is not None else k.ucode,
+        )
+        seen_volumes = {v.name for v in out.volumes}
+        for v in s.volumes:
+            if v.name in seen_volumes:
+                raise SpecError(f"{s.sources[-1] if s.sources else '<merge>'}: duplicate volume name {v.name!r}")
+        out = Spec(
+            kernel,
+            out.init + s.init,
+            out.onboot + s.onboot,
+            out.onshutdown + s.onshutdown,
+            out.services + s.services,
+            out.files + s.files,
+            out.volumes + s.volumes,
+            out.sources + tuple(x for x in s.sources if x not in out.sources),
+        )
+        _check_unique_services(out.services)
+    return out
+
+
+def load_spec(paths: Sequence[Path]) -> Spec:
+    """Read and merge LinuxKit YAML files, in order."""
+    if not paths:
+        raise SpecError("no LinuxKit YAML file given")
+    specs = []
+    for p in paths:
+        try:
+            text = Path(p).read_text(encoding="utf-8")
+        except OSError as e:
+            raise SpecError(f"{p}: cannot read: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise SpecError(f"{p}: not UTF-8 text ({e.reason})") from None
+        specs.append(parse_spec(text, str(p)))
+    return merge_specs(specs)
+
+
+def _container_json(c: Container) -> dict[str, Any]:
+    return {"name": c.name, "image": _expand(c.image), **to_json(c.config)}
+
+
+def spec_json(spec: Spec) -> str:
+    """The normalised spec as canonical JSON text (sorted keys, no spaces): the cache-key input."""
+    return json.dumps(spec.normalized(), sort_keys=True, separators=(",", ":"))
