@@ -7,14 +7,14 @@ built on demand, cached by content so an unchanged rebuild is instant).
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lkctl import paths
-from lkctl.errors import ImageError
+from lkctl.errors import ImageError, StateError
 from lkctl.oci.layout import Store
 from lkctl.runtime.qemu import BootImage, ImageFormat
 from lkctl.templates import Template, find_template, list_templates, render_template
@@ -124,13 +124,21 @@ def _prefix(result: BuildResult) -> Path:
 
 
 def _installed(name: str) -> ResolvedImage | None:
+    if not name or name.startswith(".") or "/" in name:
+        return None  # .downloads, .locks and temp dirs are lkctl's bookkeeping, not images
     d = installed_dir() / name
     if not d.is_dir():
         return None
     if Path(f"{d / name}-kernel").is_file():
         return ResolvedImage(_kernel_initrd(d / name, name), name)
-    for f in sorted(d.iterdir()):
-        fmt = detect_format(f) if f.is_file() else None
+    from lkctl.installed import MANIFEST_NAME, read_installed
+
+    pulled = None
+    with contextlib.suppress(ImageError, StateError):
+        pulled = read_installed(name)
+    candidates = [d / f for f in pulled.files] if pulled else sorted(d.iterdir())
+    for f in candidates:
+        fmt = detect_format(f) if f.is_file() and f.name != MANIFEST_NAME else None
         if fmt is not None:
             return ResolvedImage(BootImage(fmt, f), name)
     return None
@@ -187,18 +195,22 @@ def resolve_image(text: str, variables: dict[str, str] | None = None) -> Resolve
 
 def list_images() -> list[ImageInfo]:
     """Images lkctl knows: installed images and OCI images in the local store."""
+    from lkctl.installed import read_installed
+    from lkctl.progress import format_size
+
     out: list[ImageInfo] = []
     root = installed_dir()
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if d.is_dir():
-                manifest = d / "manifest.json"
+            if d.is_dir() and not d.name.startswith("."):
                 detail = ""
-                if manifest.is_file():
-                    try:
-                        detail = str(json.loads(manifest.read_text()).get("version", ""))
-                    except (OSError, ValueError):
-                        detail = "(unreadable manifest)"
+                try:
+                    pulled = read_installed(d.name)
+                except (ImageError, StateError):
+                    detail = "(unreadable manifest)"
+                else:
+                    if pulled is not None:
+                        detail = f"{pulled.version} from {pulled.source or '?'}, {format_size(pulled.size)}"
                 out.append(ImageInfo(d.name, "installed", detail))
     st = store()
     if (st.root / "index.json").is_file():

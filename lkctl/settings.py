@@ -15,7 +15,7 @@ from typing import Any
 
 from lkctl.errors import ConfigError
 
-__all__ = ["BuildSettings", "Settings", "VmSettings", "invoke_defaults", "load_settings"]
+__all__ = ["BuildSettings", "Settings", "SourcesSettings", "VmSettings", "invoke_defaults", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,25 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
+class SourcesSettings:
+    """Where `image.pull` fetches prebuilt images from. Lists are comma-separated strings so env vars can set them."""
+
+    order: str = "cdn,github,oci"  # what `--source auto` tries, first to last; unconfigured sources are skipped
+    cdn_url: str = ""  # base URL(s) of the CDN layout; several = mirrors tried in order
+    github_repo: str = ""  # OWNER/REPO whose releases carry the images
+    github_api: str = "https://api.github.com"  # REST API root (GitHub Enterprise: https://HOST/api/v3)
+    github_asset: str = "{image}-{os}-{arch}.*"  # release asset name pattern (fnmatch, after formatting)
+    oci_repository: str = ""  # registry repository prefix, e.g. ghcr.io/ORG/images → ghcr.io/ORG/images/NAME:VERSION
+    insecure_registries: str = ""  # registry hosts spoken to over plain http (localhost/127.0.0.1 always are)
+    timeout: float = 30.0  # seconds without progress before a request fails (connect: 10 s at most)
+    retries: int = 5  # attempts per URL on connection errors, dropped streams, 429 and 5xx
+
+
+@dataclass(frozen=True)
 class Settings:
     vm: VmSettings = field(default_factory=VmSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
+    sources: SourcesSettings = field(default_factory=SourcesSettings)
 
 
 def invoke_defaults() -> dict[str, Any]:

@@ -1,19 +1,25 @@
-"""image.*: build, ls, base."""
+"""image.*: build, ls, base, pull, update, rm."""
 
 from __future__ import annotations
 
 import json as _json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.tasks import task
 
-from lkctl.tasks._adapter import adapt, parse_vars
+from lkctl.tasks._adapter import adapt, parse_vars, settings_from
 from lkctl.tasks._format import table
 
-__all__ = ["base", "build", "ls"]
+if TYPE_CHECKING:
+    from lkctl.installed import PullResult
+    from lkctl.sources import Download, ProgressFn
+
+__all__ = ["base", "build", "ls", "pull", "rm", "update"]
 
 
 @task(
@@ -77,4 +83,130 @@ def base(c: Context, force: bool = False) -> None:
     print(f"lkctl: {'built ' + ', '.join(done) if done else 'base images are up to date'}", file=sys.stderr)
 
 
-ns = Collection("image", build, ls, base)
+def _reporters(quiet: bool) -> tuple[Callable[[Download], ProgressFn | None], Callable[[bool], None]]:
+    """A progress factory for pull_image (one reporter per download) and a function that ends the last one."""
+    from lkctl.progress import ProgressReporter
+
+    current: list[ProgressReporter] = []
+
+    def factory(dl: Download) -> ProgressFn:
+        end(False)
+        r = ProgressReporter(f"{dl.image} {dl.version} ({dl.source})", quiet=quiet)
+        current.append(r)
+        return r
+
+    def end(ok: bool) -> None:
+        while current:
+            r = current.pop()
+            r.finish() if ok else r.abort()
+
+    return factory, end
+
+
+def _say_pulled(result: PullResult, quiet: bool) -> None:
+    from lkctl.progress import format_size
+
+    img = result.image
+    if not quiet:
+        for reason in result.skipped:
+            print(f"lkctl: skipped {reason}", file=sys.stderr)
+        state = "pulled" if result.downloaded else "already installed"
+        print(
+            f"lkctl: {state} {img.name} {img.version} from {result.source} "
+            f"({format_size(img.size)}, sha256 {img.sha256[:12]})",
+            file=sys.stderr,
+        )
+    print(img.path)
+
+
+@task(
+    help={
+        "name": "NAME or NAME:VERSION (default version: the newest)",
+        "source": "auto (lkctl.sources.order) | cdn | github | oci",
+        "platform": "OS/ARCH, default this machine's (e.g. linux/amd64)",
+        "force": "download again even if this version is installed",
+        "quiet": "no progress output",
+    }
+)
+@adapt
+def pull(
+    c: Context, name: str, source: str = "auto", platform: str = "", force: bool = False, quiet: bool = False
+) -> None:
+    """Download a prebuilt image (verified, resumable) and install it for vm.run --image=NAME."""
+    from lkctl.installed import pull_image
+    from lkctl.sources import Platform, opened_sources, split_name
+
+    image, version = split_name(name)
+    plat = Platform.parse(platform) if platform else None
+    factory, end = _reporters(quiet)
+    with opened_sources(settings_from(c).sources, source) as sources:
+        try:
+            result = pull_image(image, version, sources=sources, platform=plat, progress=factory, force=force)
+        except BaseException:
+            end(False)
+            raise
+        end(True)
+    _say_pulled(result, quiet)
+
+
+@task(
+    help={
+        "name": "one installed image (default: every installed image; invoke has no optional positional args)",
+        "check": "only report whether a newer version exists",
+        "source": "auto (the image's own source first) | cdn | github | oci",
+        "quiet": "no progress output",
+    }
+)
+@adapt
+def update(c: Context, name: str = "", check: bool = False, source: str = "auto", quiet: bool = False) -> None:
+    """Update installed images to their newest version (--check: only report)."""
+    from lkctl.errors import ImageError
+    from lkctl.installed import check_update, list_installed, pull_image
+    from lkctl.sources import opened_sources
+
+    names = [name] if name else [i.name for i in list_installed()]
+    if not names:
+        print("lkctl: no installed images (lkctl image.pull NAME)", file=sys.stderr)
+        return
+    failed = []
+    with opened_sources(settings_from(c).sources, source) as sources:
+        for n in names:
+            try:
+                info = check_update(n, sources=sources)
+            except ImageError as e:
+                if name:
+                    raise
+                print(f"lkctl: {e.message}", file=sys.stderr)
+                failed.append(n)
+                continue
+            if not info.newer:
+                print(f"{n}: {info.current} is up to date ({info.source} has {info.latest})")
+                continue
+            how = "newer" if info.comparable else "different"
+            print(f"{n}: {info.current} -> {info.latest} ({how}, from {info.source})")
+            if check:
+                continue
+            factory, end = _reporters(quiet)
+            chosen = [s for s in sources if s.name == info.source]
+            try:
+                result = pull_image(n, info.latest, sources=chosen, progress=factory)
+            except BaseException:
+                end(False)
+                raise
+            end(True)
+            _say_pulled(result, quiet)
+    if failed:
+        raise ImageError(f"could not check {', '.join(failed)}")
+
+
+@task(help={"name": "an installed image"})
+@adapt
+def rm(c: Context, name: str) -> None:
+    """Remove an installed image."""
+    from lkctl.installed import remove_installed
+
+    path = remove_installed(name)
+    print(f"lkctl: removed {name} ({path})", file=sys.stderr)
+
+
+ns = Collection("image", build, ls, base, pull, update, rm)

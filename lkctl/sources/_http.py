@@ -1,0 +1,440 @@
+"""HTTP for image sources: downloads that end in a complete, verified file or in nothing at the final path.
+
+The one module that streams files with httpx (the OCI registry client sends its API calls through `request` and
+its blobs through `download` too). What httpx leaves to us, done here once:
+
+- resume: bytes go to `<final>.part`; a later attempt, in this run or the next, hashes the `.part` to seed the
+  sha256 and asks for the rest with `Range` (+ `If-Range` when the server gave a validator). 206 appends, 200 means
+  the server ignored Range (start over), 416 means the `.part` is already whole (verify) or stale (start over).
+- verification while streaming: sha256 (and size) checked before `fsync` + `os.replace` to the final name, so the
+  final path only ever holds a verified file. A mismatch deletes the `.part`; a resumed file that fails is fetched
+  once more from byte 0 before giving up (the old `.part` may have come from another file).
+- retries with exponential backoff and jitter on connect/read errors, dropped streams, 429 and 5xx, honouring
+  `Retry-After`. httpx's own `retries=` only covers connect errors.
+- redirects followed (GitHub assets, registry blobs), `Accept-Encoding: identity` so offsets, lengths and hashes
+  all refer to the bytes on disk, timeouts on connect and on every read.
+- mirrors tried in order; an flock on `.<final>.lock` so two processes never download the same file at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lkctl import __version__
+from lkctl.errors import ImageError
+from lkctl.fsutil import atomic_write, file_lock
+from lkctl.sources import Fetched, ProgressFn
+
+__all__ = [
+    "ChecksumMismatch",
+    "DownloadError",
+    "HttpError",
+    "RetryPolicy",
+    "download",
+    "hash_file",
+    "new_client",
+    "request",
+]
+
+CHUNK = 1 << 20
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
+
+
+class DownloadError(ImageError):
+    """A download failed for good (every mirror, every retry)."""
+
+    def __init__(self, message: str, *, failures: Sequence[DownloadError] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)  # one per mirror when every mirror failed
+
+
+class ChecksumMismatch(DownloadError):
+    """The bytes did not hash to the published sha256; nothing was kept."""
+
+
+class HttpError(DownloadError):
+    """A non-retryable HTTP error status (or a retryable one that outlived the retries)."""
+
+    def __init__(self, message: str, *, status: int, url: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter; `sleep` is injectable so tests do not wait."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt number `attempt + 1` (0-based `attempt` failed)."""
+        if retry_after is not None:
+            return max(0.0, retry_after)
+        ceiling = min(self.max_delay, self.base_delay * (2.0**attempt))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None, *, immediate: bool = False) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.immediate = immediate  # we discarded a stale .part ourselves: go again without waiting
+
+
+def new_client(
+    *,
+    timeout: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """An httpx client set up for image transfers: redirects followed, identity encoding, connect/read timeouts."""
+    base = {"User-Agent": f"lkctl/{__version__}", "Accept-Encoding": "identity"}
+    base.update(headers or {})
+    return httpx.Client(
+        follow_redirects=True,
+        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+        headers=base,
+        transport=transport,
+    )
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds: delta-seconds or an HTTP date; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _status_error(r: httpx.Response, what: str = "") -> HttpError:
+    reason = r.reason_phrase or ""
+    return HttpError(
+        f"{what or r.request.url}: HTTP {r.status_code} {reason}".rstrip(),
+        status=r.status_code,
+        url=str(r.request.url),
+        headers=dict(r.headers),
+    )
+
+
+def _retryable(r: httpx.Response) -> bool:
+    # a rate limit that is spent will not come back within our backoff: let the caller explain it instead
+    return r.status_code in RETRY_STATUSES and r.headers.get("x-ratelimit-remaining") != "0"
+
+
+def _wait(retry: RetryPolicy, attempt: int, e: _Retry, url: str) -> None:
+    if attempt + 1 >= retry.attempts:
+        raise DownloadError(f"{url}: {e} (gave up after {retry.attempts} attempts)")
+    if e.retry_after is not None and e.retry_after > retry.max_delay:
+        raise DownloadError(f"{url}: {e}; the server asks to retry in {e.retry_after:.0f}s, try again later")
+    retry.sleep(retry.delay(attempt, e.retry_after))
+
+
+def request(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    content: bytes | None = None,
+    retry: RetryPolicy | None = None,
+    check: bool = True,
+) -> httpx.Response:
+    """One small request (metadata, API calls) with retries; the body is read. `check` raises HttpError >= 400."""
+    retry = retry or RetryPolicy()
+    attempt = 0
+    while True:
+        try:
+            r = client.request(method, url, headers=dict(headers or {}), content=content)
+            if _retryable(r):
+                raise _Retry(f"HTTP {r.status_code}", retry_after_seconds(r.headers.get("retry-after")))
+        except _RETRY_ERRORS as e:
+            err = _Retry(f"{type(e).__name__}: {e}")
+        except _Retry as e:
+            if attempt + 1 >= retry.attempts:
+                break  # report the last response's status below
+            err = e
+        else:
+            break
+        _wait(retry, attempt, err, url)
+        attempt += 1
+    if check and r.status_code >= 400:
+        raise _status_error(r, url)
+    return r
+
+
+def hash_file(path: Path, hasher: Any | None = None) -> Any:
+    """sha256 of a file's bytes (or feed them into `hasher`)."""
+    h = hasher if hasher is not None else hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h
+
+
+@dataclass
+class _Part:
+    """What is on disk for an unfinished download: `<final>.part` and its sidecar `<final>.part.json`."""
+
+    path: Path
+    meta_path: Path
+    offset: int = 0
+    hasher: Any = field(default_factory=hashlib.sha256)
+    validator: str = ""
+    url: str = ""
+
+    def reset(self) -> None:
+        for p in (self.path, self.meta_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self.offset, self.hasher, self.validator, self.url = 0, hashlib.sha256(), "", ""
+
+    def load(self, expected: str | None) -> None:
+        """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it."""
+        self.offset, self.hasher = 0, hashlib.sha256()
+        if not self.path.is_file():
+            self.reset()
+            return
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if not isinstance(meta, dict) or meta.get("sha256") != (expected or ""):
+            self.reset()
+            return
+        self.validator, self.url = str(meta.get("validator", "")), str(meta.get("url", ""))
+        self.offset = self.path.stat().st_size
+        hash_file(self.path, self.hasher)
+
+    def save_meta(self, url: str, validator: str, expected: str | None, total: int | None) -> None:
+        self.url, self.validator = url, validator
+        meta = {"url": url, "validator": validator, "sha256": expected or "", "total": total}
+        atomic_write(self.meta_path, json.dumps(meta))
+
+
+def _validator(r: httpx.Response) -> str:
+    etag = str(r.headers.get("etag", ""))
+    if etag and not etag.startswith("W/"):
+        return etag
+    return str(r.headers.get("last-modified", ""))
+
+
+def _stream_once(
+    client: httpx.Client,
+    url: str,
+    part: _Part,
+    *,
+    expected: str | None,
+    size: int | None,
+    headers: Mapping[str, str],
+    progress: ProgressFn | None,
+) -> int | None:
+    """One GET into the `.part`, resuming from its end. Returns the total size if known; raises _Retry."""
+    h = dict(headers)
+    if part.offset > 0:
+        if part.url == url and part.validator:
+            h["If-Range"] = part.validator
+        elif not expected:
+            part.reset()  # without a checksum, only a validated resume is safe
+    if part.offset > 0:
+        h["Range"] = f"bytes={part.offset}-"
+    with client.stream("GET", url, headers=h) as r:
+        if r.status_code == 416 and part.offset > 0:
+            m = _UNSATISFIED_RANGE.match(r.headers.get("content-range", ""))
+            if m and int(m.group(1)) == part.offset:
+                return part.offset  # the .part already holds every byte
+            part.reset()
+            raise _Retry("stale partial download discarded (416)", immediate=True)
+        if _retryable(r):
+            raise _Retry(f"HTTP {r.status_code}", retry_after_seconds(r.headers.get("retry-after")))
+        if r.status_code >= 400:
+            raise _status_error(r, url)
+        total: int | None = None
+        length = r.headers.get("content-length")
+        if r.status_code == 206 and part.offset > 0:
+            m = _CONTENT_RANGE.match(r.headers.get("content-range", ""))
+            if not m or int(m.group(1)) != part.offset:
+                part.reset()
+                raise _Retry(f"server answered another range ({r.headers.get('content-range')!r})", immediate=True)
+            total = int(m.group(3)) if m.group(3) != "*" else None
+            mode = "ab"
+        else:
+            if part.offset:
+                part.reset()  # 200: Range ignored or the file changed (If-Range): start over
+            total = int(length) if length and length.isdigit() else None
+            mode = "wb"
+        if size is not None and total is not None and total != size:
+            raise DownloadError(f"{url}: server has {total} bytes, expected {size}")
+        part.save_meta(url, _validator(r), expected, total)
+        done = part.offset
+        if progress:
+            progress(done, total)
+        with open(part.path, mode) as f:
+            try:
+                for chunk in r.iter_raw(CHUNK):
+                    f.write(chunk)
+                    part.hasher.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+            finally:
+                f.flush()
+                part.offset = f.tell()
+        if total is not None and done < total:
+            raise _Retry(f"connection closed after {done} of {total} bytes")
+        return total
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _download_one(
+    client: httpx.Client,
+    url: str,
+    dest: Path,
+    *,
+    expected: str | None,
+    size: int | None,
+    headers: Mapping[str, str],
+    progress: ProgressFn | None,
+    retry: RetryPolicy,
+) -> Fetched:
+    part = _Part(dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json"))
+    part.load(expected)
+    resumed_from = part.offset
+    restarted = False
+    attempt = 0
+    while True:
+        before = part.offset
+        try:
+            _stream_once(client, url, part, expected=expected, size=size, headers=headers, progress=progress)
+        except _RETRY_ERRORS as e:
+            err = _Retry(f"{type(e).__name__}: {e}")
+        except _Retry as e:
+            err = e
+        else:
+            got = part.hasher.hexdigest()
+            n = part.path.stat().st_size
+            if (expected and got != expected) or (size is not None and n != size):
+                was_resumed = resumed_from > 0
+                part.reset()
+                if was_resumed and not restarted:
+                    restarted, resumed_from = True, 0  # the old .part may be from another file: one clean try
+                    continue
+                what = f"sha256 {got}, expected {expected}" if expected and got != expected else f"{n} bytes"
+                raise ChecksumMismatch(f"{dest.name} from {url}: {what}; the download was discarded")
+            with open(part.path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(part.path, dest)
+            _fsync_dir(dest.parent)
+            with contextlib.suppress(FileNotFoundError):
+                part.meta_path.unlink()
+            return Fetched(dest, got, n, url, resumed_from)
+        if part.offset > before:
+            attempt = 0  # progress was made: a flaky but moving connection keeps going
+        if err.immediate and attempt + 1 < retry.attempts:
+            attempt += 1
+            continue
+        _wait(retry, attempt, err, url)
+        attempt += 1
+
+
+def _normalize_sha(sha256: str | None) -> str | None:
+    if not sha256:
+        return None
+    s = sha256.strip().lower().removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", s):
+        raise DownloadError(f"malformed sha256 {sha256!r}")
+    return s
+
+
+def _complete(dest: Path, expected: str | None, size: int | None) -> bool:
+    if not expected or not dest.is_file() or (size is not None and dest.stat().st_size != size):
+        return False
+    return bool(hash_file(dest).hexdigest() == expected)
+
+
+@contextlib.contextmanager
+def _client(client: httpx.Client | None) -> Iterator[httpx.Client]:
+    if client is not None:
+        yield client
+        return
+    with new_client() as own:
+        yield own
+
+
+def download(
+    urls: Sequence[str],
+    dest: Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    client: httpx.Client | None = None,
+    headers: Mapping[str, str] | None = None,
+    progress: ProgressFn | None = None,
+    retry: RetryPolicy | None = None,
+) -> Fetched:
+    """Download `dest` from the first of `urls` that delivers it, verified against `sha256`/`size` when given.
+
+    A complete, matching file already at `dest` is reused without a request. Raises ChecksumMismatch when the
+    bytes are wrong (nothing is left behind) and DownloadError when every mirror failed.
+    """
+    if not urls:
+        raise DownloadError(f"{dest.name}: no URL to download from")
+    expected = _normalize_sha(sha256)
+    retry = retry or RetryPolicy()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(dest.with_name(f".{dest.name}.lock")):
+        if _complete(dest, expected, size):
+            n = dest.stat().st_size
+            if progress:
+                progress(n, n)
+            return Fetched(dest, str(expected), n, "")
+        failures: list[DownloadError] = []
+        with _client(client) as c:
+            for url in urls:
+                try:
+                    h = headers or {}
+                    return _download_one(
+                        c, url, dest, expected=expected, size=size, headers=h, progress=progress, retry=retry
+                    )
+                except DownloadError as e:
+                    failures.append(e)
+                except httpx.HTTPError as e:  # invalid URL, unsupported scheme: this mirror is unusable
+                    failures.append(DownloadError(f"{url}: {type(e).__name__}: {e}"))
+        if len(failures) == 1:
+            raise failures[0]
+        kind = ChecksumMismatch if all(isinstance(f, ChecksumMismatch) for f in failures) else DownloadError
+        message = f"{dest.name}: every mirror failed: " + "; ".join(f.message for f in failures)
+        raise kind(message, failures=failures)

@@ -1,0 +1,222 @@
+"""Real servers on 127.0.0.1 for the image-source tests: nginx (static files with Range), docker-registry, and a
+small threaded stdlib server for API-shaped endpoints. Each is a context manager that stops what it started."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import IN_CI
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def require(program: str, package: str) -> str:
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
+    if found:
+        return found
+    if IN_CI:
+        pytest.fail(f"{program} missing in CI: ./bootstrap must install {package}")
+    pytest.skip(f"{program} not installed (apt-get install {package})")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- nginx ------------------------------------------------------------------------------------------------------
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    types {{ application/json json; text/plain txt; }}
+    log_format lk '$request_method $uri $status range=$http_range sent=$body_bytes_sent auth=$http_authorization';
+    access_log {work}/access.log lk;
+    client_body_temp_path {work}/tmp-body;
+    proxy_temp_path {work}/tmp-proxy;
+    fastcgi_temp_path {work}/tmp-fastcgi;
+    uwsgi_temp_path {work}/tmp-uwsgi;
+    scgi_temp_path {work}/tmp-scgi;
+    sendfile on;
+    # a first request (no Range) is throttled under /slow/, a resumed one is not: a kill test catches it mid-file
+    map $http_range $lk_rate {{ "" {slow_rate}; default 0; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location /slow/ {{ alias {root}/; limit_rate $lk_rate; }}
+        location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    root: Path
+    work: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> list[str]:
+        path = self.work / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+@contextlib.contextmanager
+def nginx(root: Path, work: Path, *, slow_rate: str = "512k") -> Iterator[Nginx]:
+    """nginx serving `root` on a free loopback port, as this user (master_process off), logs in `work`."""
+    binary = require("nginx", "nginx-light")
+    work.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, root=root, port=port, slow_rate=slow_rate))
+    proc = subprocess.Popen(
+        [binary, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # nginx logs to error.log in `work`
+    )
+    try:
+        wait_port(port, proc)
+        yield Nginx(root, work, port)
+    finally:
+        stop(proc)
+
+
+def publish_cdn(root: Path, image: str, version: str, files: dict[str, bytes], *, sums: dict[str, str] | None = None):
+    """Lay out `<root>/<image>/<version>/` with files + SHA256SUMS (overridable) and update index.json."""
+    vdir = root / image / version
+    vdir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, data in files.items():
+        (vdir / name).write_bytes(data)
+        digest = (sums or {}).get(name) or hashlib.sha256(data).hexdigest()
+        lines.append(f"{digest}  {name}\n")
+    (vdir / "SHA256SUMS").write_text("".join(lines))
+    index_path = root / image / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"versions": []}
+    if version not in index["versions"]:
+        index["versions"].append(version)
+    index_path.write_text(json.dumps(index))
+
+
+# -- a threaded stdlib server with routes -----------------------------------------------------------------------
+
+Handler = Callable[["Request"], tuple[int, dict[str, str], bytes]]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RouteServer:
+    """`routes(request) -> (status, headers, body)`; every request is recorded in `seen`."""
+
+    routes: Handler
+    port: int = 0
+    seen: list[Request] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def route_server(routes: Handler) -> Iterator[RouteServer]:
+    state = RouteServer(routes)
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+            state.seen.append(req)
+            status, headers, payload = state.routes(req)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+
+        do_GET = do_HEAD = do_POST = do_PUT = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json; charset=utf-8", **(headers or {})}, json.dumps(obj).encode()
