@@ -18,7 +18,7 @@ from lkctl.errors import ImageError
 from lkctl.images import resolve_image
 from lkctl.installed import check_update, list_installed, pull_image, read_installed, remove_installed
 from lkctl.sources import Platform
-from lkctl.sources._http import ChecksumMismatch, RetryPolicy, download
+from lkctl.sources._http import RetryPolicy, download
 from lkctl.sources.cdn import CdnSource
 from tests.conftest import REPO
 from tests.integration._loopback import Nginx, free_port, nginx, publish_cdn, sha256_file
@@ -198,10 +198,10 @@ def test_two_processes_pulling_the_same_file_download_it_once(server: Nginx, tmp
     data = image_bytes(1)
     (server.root / "shared.img").write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
+    url, dest = server.url + "/slow/shared.img", str(tmp_path / "shared.img")
     code = (
-        "import sys; from pathlib import Path; from lkctl.sources._http import download; "
-        f"r = download([{server.url + '/slow/shared.img'!r}], Path({str(tmp_path / 'shared.img')!r}), sha256={digest!r});"
-        "print(r.url or 'reused')"
+        "from pathlib import Path; from lkctl.sources._http import download; "
+        f"r = download([{url!r}], Path({dest!r}), sha256={digest!r}); print(r.url or 'reused')"
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO) for _ in range(2)
