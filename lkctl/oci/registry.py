@@ -257,7 +257,8 @@ class Registry:
                 break
             if attempt == 1 or "www-authenticate" not in r.headers:
                 who = f"as {self.credentials.username}" if self.credentials else "without credentials"
-                raise RegistryAuthError(f"{what}: 401 unauthorized {who} at {self.domain} (check the credentials)")
+                hint = "check the credentials" if self.credentials else "docker login or LKCTL_REGISTRY_USERNAME/PASSWORD"
+                raise RegistryAuthError(f"{what}: 401 unauthorized {who} at {self.domain} for {scope} ({hint})")
             self._answer(r.headers["www-authenticate"], scope)
         if r.status_code == 403:
             raise RegistryAuthError(f"{what}: 403 denied by {self.domain} (no {scope.rsplit(':', 1)[-1]} access)")
