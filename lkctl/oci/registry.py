@@ -257,7 +257,7 @@ class Registry:
                 break
             if attempt == 1 or "www-authenticate" not in r.headers:
                 who = f"as {self.credentials.username}" if self.credentials else "without credentials"
-                hint = "check the credentials" if self.credentials else "docker login or LKCTL_REGISTRY_USERNAME/PASSWORD"
+                hint = "check the credentials" if self.credentials else "docker login, or LKCTL_REGISTRY_USERNAME"
                 raise RegistryAuthError(f"{what}: 401 unauthorized {who} at {self.domain} for {scope} ({hint})")
             self._answer(r.headers["www-authenticate"], scope)
         if r.status_code == 403:
