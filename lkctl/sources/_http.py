@@ -297,7 +297,7 @@ def _stream_once(
             progress(done, total)
         with open(part.path, mode) as f:
             try:
-                for chunk in r.iter_raw(CHUNK):
+                for chunk in r.iter_raw():  # as received: a chunker would lose its buffer on a drop
                     f.write(chunk)
                     part.hasher.update(chunk)
                     done += len(chunk)

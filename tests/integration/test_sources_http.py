@@ -1,0 +1,152 @@
+"""The download engine's failure handling against a real HTTP server on loopback that misbehaves on purpose:
+connections dropped mid-body, 503/429 with Retry-After, Range ignored, a `.part` that is already whole."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lkctl.sources._http import DownloadError, HttpError, RetryPolicy, download, request
+from lkctl.sources._http import new_client as http_client
+
+pytestmark = pytest.mark.integration
+
+DATA = hashlib.sha256(b"lkctl").digest() * (1 << 15)  # 1 MiB
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+@dataclass
+class Faults:
+    """What the server does to the next requests, consumed in order; then it behaves."""
+
+    script: list[str] = field(default_factory=list)  # "drop", "503", "429", "ignore-range"
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def faulty_server(faults: Faults) -> Iterator[str]:
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            faults.seen.append({k.lower(): v for k, v in self.headers.items()})
+            fault = faults.script.pop(0) if faults.script else ""
+            if fault in ("503", "429"):
+                body = b"busy"
+                self.send_response(int(fault))
+                self.send_header("Retry-After", "2")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            start = 0
+            rng = self.headers.get("Range", "")
+            if rng.startswith("bytes=") and fault != "ignore-range":
+                start = int(rng[6:].rstrip("-"))
+                if start >= len(DATA):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(DATA)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
+            else:
+                self.send_response(200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(DATA) - start))
+            self.end_headers()
+            if fault == "drop":
+                self.wfile.write(DATA[start : start + (len(DATA) - start) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)  # mid-body: the client sees a short read
+                return
+            self.wfile.write(DATA[start:])
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/file.img"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def policy(waits: list[float], attempts: int = 4) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, base_delay=0.01, max_delay=5, sleep=waits.append)
+
+
+def test_connection_dropped_mid_body_is_resumed_from_where_it_stopped(tmp_path: Path) -> None:
+    faults, waits = Faults(["drop"]), []
+    with faulty_server(faults) as url:
+        got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
+    assert got.path.read_bytes() == DATA
+    assert faults.seen[1]["range"] == f"bytes={len(DATA) // 2}-" and faults.seen[1]["if-range"] == '"v1"'
+    assert len(waits) == 1  # one backoff between the drop and the resume
+    assert faults.seen[0]["accept-encoding"] == "identity"
+
+
+def test_503_and_429_are_retried_honouring_retry_after(tmp_path: Path) -> None:
+    faults, waits = Faults(["503", "429"]), []
+    with faulty_server(faults) as url:
+        got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
+    assert got.size == len(DATA)
+    assert waits == [2.0, 2.0]
+
+
+def test_server_ignoring_range_restarts_the_file_and_still_verifies(tmp_path: Path) -> None:
+    faults, waits = Faults(["drop", "ignore-range"]), []
+    with faulty_server(faults) as url:
+        got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
+    assert got.path.read_bytes() == DATA  # the 200 replaced the half file instead of being appended to it
+
+
+def test_part_that_is_already_complete_is_verified_without_downloading_again(tmp_path: Path) -> None:
+    dest = tmp_path / "file.img"
+    (tmp_path / "file.img.part").write_bytes(DATA)
+    (tmp_path / "file.img.part.json").write_text(f'{{"sha256": "{SHA}", "url": "", "validator": ""}}')
+    faults = Faults()
+    with faulty_server(faults) as url:
+        got = download([url], dest, sha256=SHA, retry=policy([]))
+    assert got.resumed_from == len(DATA) and dest.read_bytes() == DATA
+    assert len(faults.seen) == 1 and faults.seen[0]["range"] == f"bytes={len(DATA)}-"  # answered 416
+
+
+def test_retries_are_bounded_and_the_error_says_so(tmp_path: Path) -> None:
+    faults, waits = Faults(["503"] * 10), []
+    with faulty_server(faults) as url:
+        with pytest.raises(DownloadError, match="gave up after 3 attempts"):
+            download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits, attempts=3))
+    assert len(faults.seen) == 3 and not (tmp_path / "file.img").exists()
+
+
+def test_retry_after_longer_than_the_backoff_cap_fails_fast(tmp_path: Path) -> None:
+    faults = Faults(["503"])
+    with faulty_server(faults) as url:
+        with pytest.raises(DownloadError, match="retry in 2s"):
+            download([url], tmp_path / "f", sha256=SHA, retry=RetryPolicy(attempts=3, max_delay=1, sleep=[].append))
+
+
+def test_small_requests_retry_and_report_the_final_status(tmp_path: Path) -> None:
+    faults, waits = Faults(["503"]), []
+    with faulty_server(faults) as url, http_client() as client:
+        assert request(client, "GET", url, retry=policy(waits)).content == DATA
+        faults.script = ["503"] * 5
+        with pytest.raises(HttpError) as err:
+            request(client, "GET", url, retry=policy(waits, attempts=2))
+    assert err.value.status == 503
