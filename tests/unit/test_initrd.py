@@ -18,11 +18,6 @@ from lkctl.build.initrd import CpioWriter, GzipStream, InitrdWriter
 from lkctl.errors import BuildError
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LKCTL_HOME", str(tmp_path / "lkctl-home"))
-
-
 def _file(path: str, data: bytes, mode: int = 0o644, **kw: int) -> Entry:
     return Entry(path, EntryKind.FILE, mode, size=len(data), data=io.BytesIO(data), **kw)
 
