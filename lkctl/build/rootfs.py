@@ -245,7 +245,11 @@ def tar_entries(raw: Reader, what: str) -> Iterator[Entry]:
 def _layer_stream(store: Store, image: Image, layer: Descriptor) -> tuple[IO[bytes], _TarStream, str]:
     what = f"image {image.ref}, layer {layer.digest}"
     raw = store.open_blob(layer.digest)
-    return raw, _TarStream(raw, what, hashlib.sha256()), what
+    try:
+        return raw, _TarStream(raw, what, hashlib.sha256()), what
+    except BaseException:
+        raw.close()
+        raise
 
 
 def flatten(image: Image, store: Store) -> Iterator[Entry]:

@@ -332,3 +332,10 @@ def test_apk_databases_of_init_images_are_concatenated(store: Store) -> None:
     first = _collect([*merger.watch(flatten(a, store)), *merger.watch(flatten(b, store))])
     assert ("lib/apk/db/installed", "file", b"P:busybox") in first  # passed through unchanged
     assert _collect(merger.merged()) == [("lib/apk/db/installed", "file", b"P:busybox\n\nP:runc\n\n")]
+
+
+def test_zstd_layers_are_refused_clearly(store: Store) -> None:
+    blob = store.put_blob(b"\x28\xb5\x2f\xfd" + b"\0" * 64, "application/vnd.oci.image.layer.v1.tar+zstd")
+    store.add_image("lkctl.local/zstd:1", [(blob, blob.digest)])
+    with pytest.raises(BuildError, match="zstd-compressed layers are not supported"):
+        list(flatten(store.resolve("lkctl.local/zstd:1"), store))
