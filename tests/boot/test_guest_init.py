@@ -25,13 +25,24 @@ from pathlib import Path
 
 import pytest
 
-from lkctl.baseimages import build_all
+from lkctl.baseimages import _ldd, build_all
 from lkctl.oci.layout import Store
 from tests.conftest import IN_CI, require_qemu
 
 pytestmark = pytest.mark.boot
 
 READY = b"lkctl-init: ready"
+# what lkctl's builder writes for `capabilities: [all]` (the sshd label)
+ALL_CAPS = [
+    f"CAP_{c}"
+    for c in (
+        "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE NET_BIND_SERVICE "
+        "NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT "
+        "SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL "
+        "SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ PERFMON BPF CHECKPOINT_RESTORE"
+    ).split()  # noqa: SIM905
+]
+RUNC = Path("/usr/sbin/runc")
 
 
 def _require(program: str, package: str) -> None:
@@ -93,10 +104,9 @@ def bundle(
             "args": args or cfg["Cmd"],
             "env": cfg.get("Env") or ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/",
-            "capabilities": {"bounding": ["CAP_SYS_ADMIN"], "effective": ["CAP_SYS_ADMIN"]},
+            "capabilities": {k: ALL_CAPS for k in ("bounding", "effective", "permitted")},
         },
         "root": {"path": "rootfs", "readonly": readonly},
-        "hostname": "not-the-vm",
         "mounts": [{"destination": d, **m} for d, m in sorted(mounts.items())],
         "linux": {
             "namespaces": namespaces,
@@ -127,10 +137,19 @@ def bundle(
     (base / "runtime.json").write_text(json.dumps(runtime, indent=4))
 
 
-def assemble_initrd(store: Store, work: Path) -> tuple[Path, Path]:
-    """(kernel, initrd.img) for a VM with lkctl's init and an sshd service."""
+def assemble_initrd(store: Store, work: Path, *, runc: bool = False) -> tuple[Path, Path]:
+    """(kernel, initrd.img) for a VM with lkctl's init, an sshd service, onboot containers and a pid-ns service.
+
+    With `runc`, the host's runc (and the libraries it needs) goes in as /usr/bin/runc, so init runs the
+    containers with it instead of its own unshare + chroot.
+    """
     root = work / "root"
     extract_image(store, "lkctl.local/init", root)
+    if runc:
+        for src, dest in [(RUNC, Path("usr/bin/runc")), *((lib, lib.relative_to("/")) for lib in _ldd(RUNC))]:
+            (root / dest).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, root / dest)
+            (root / dest).chmod(0o755)
     kdir = work / "kernel-image"
     extract_image(store, "lkctl.local/kernel", kdir)
     with tarfile.open(kdir / "kernel.tar") as tf:
@@ -236,14 +255,25 @@ class Vm:
 
 
 @pytest.fixture(scope="session")
-def guest_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(kernel, initrd) built once per session from a fresh store."""
+def guest_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     require_qemu()
     _require("cpio", "cpio")
-    work = tmp_path_factory.mktemp("guest")
-    store = Store(work / "oci")
+    store = Store(tmp_path_factory.mktemp("oci"))
     build_all(store)
-    return assemble_initrd(store, work)
+    return store
+
+
+@pytest.fixture(scope="session", params=["chroot", "runc"])
+def guest_files(
+    request: pytest.FixtureRequest, guest_store: Store, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """(kernel, initrd), once per session for each way init can run containers."""
+    runc = request.param == "runc"
+    if runc and not RUNC.exists():
+        if IN_CI:
+            pytest.fail("runc is missing and CI=true (apt-get install runc)")
+        pytest.skip("runc not installed (apt-get install runc)")
+    return assemble_initrd(guest_store, tmp_path_factory.mktemp(request.param), runc=runc)
 
 
 @pytest.fixture
@@ -295,11 +325,15 @@ def test_guest_boots_serves_ssh_with_pinned_host_key_and_powers_off_on_acpi(vm: 
     # containers never rename the VM (no UTS namespace asked for)
     assert vm.ssh("hostname").stdout.startswith(b"linuxkit-")
 
+    start = time.monotonic()
     qmp(vm.qmp, "system_powerdown")
     vm.proc.wait(timeout=30)
+    assert time.monotonic() - start < 15
     assert b"lkctl-init: shutting down" in vm.console_text()
+    assert b"reboot: Power down" in vm.console_text()
 
 
+@pytest.mark.parametrize("guest_files", ["chroot"], indirect=True)
 def test_ssh_refuses_a_guest_whose_host_key_differs_from_the_pinned_one(vm: Vm, tmp_path: Path) -> None:
     vm.wait_console(READY, timeout=180)
     assert vm.ssh_when_up("true").returncode == 0

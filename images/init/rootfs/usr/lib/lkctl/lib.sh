@@ -202,19 +202,22 @@ stop_services() {
     _left=
     for _p in "$LKCTL_RUN"/services/*.pid; do
         [ -f "$_p" ] || continue
-        _pid=$(cat "$_p")
-        kill -TERM -"$_pid" 2>/dev/null && _left="$_left $_pid"
+        _n=${_p##*/}
+        _n=${_n%.pid}
+        kill -TERM -"$(cat "$_p")" 2>/dev/null && _left="$_left $_n"
     done
     _t=$((${1:-5} * 10))
     while [ -n "$_left" ] && [ "$_t" -gt 0 ]; do
         _alive=
-        for _pid in $_left; do kill -0 -"$_pid" 2>/dev/null && _alive="$_alive $_pid"; done
+        for _n in $_left; do
+            kill -0 -"$(cat "$LKCTL_RUN/services/$_n.pid")" 2>/dev/null && _alive="$_alive $_n"
+        done
         _left=$_alive
         [ -z "$_left" ] || usleep 100000
         _t=$((_t - 1))
     done
-    for _pid in $_left; do
-        error "service group $_pid ignored SIGTERM; killing it"
-        kill -KILL -"$_pid" 2>/dev/null
+    for _n in $_left; do
+        say "service $_n still running ${1:-5}s after SIGTERM; killing it"
+        kill -KILL -"$(cat "$LKCTL_RUN/services/$_n.pid")" 2>/dev/null
     done
 }
