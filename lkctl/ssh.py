@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import posixpath
 import re
@@ -223,10 +224,21 @@ def _session(client: paramiko.SSHClient, timeout: float) -> paramiko.Channel:
     return transport.open_session(timeout=timeout)
 
 
+def _quiet_paramiko() -> None:
+    # paramiko's transport thread logs every failed banner read at ERROR, with a traceback; while a guest boots
+    # those are expected and we report the outcome ourselves. Without a handler, Python's last-resort handler
+    # would print them to the user's terminal.
+    log = logging.getLogger("paramiko")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+
+
 def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
     """An authenticated client for `target`, or an SshError saying in one line why not."""
     import paramiko
 
+    _quiet_paramiko()
     pkey = _load_client_key(target)
     client = paramiko.SSHClient()
     try:
