@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from lkctl import paths
 from lkctl.errors import ImageError, StateError
 from lkctl.oci.layout import Store
+from lkctl.runtime.disks import detect_format
 from lkctl.runtime.qemu import BootImage, ImageFormat
 from lkctl.templates import Template, find_template, list_templates, render_template
 
@@ -33,14 +34,6 @@ __all__ = [
     "resolve_image",
     "store",
 ]
-
-_EXTENSIONS = {
-    ".iso": ImageFormat.ISO,
-    ".qcow2": ImageFormat.QCOW2,
-    ".vmdk": ImageFormat.VMDK,
-    ".raw": ImageFormat.RAW,
-    ".img": ImageFormat.RAW,
-}
 
 
 @dataclass(frozen=True)
@@ -79,24 +72,6 @@ def _kernel_initrd(prefix: Path, label: str) -> BootImage:
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
     return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline)
-
-
-def detect_format(path: Path) -> ImageFormat | None:
-    """Format of an image file, by content where it is recognisable and by extension otherwise."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-            f.seek(0x8001)
-            iso = f.read(5)
-    except OSError:
-        return None
-    if head == b"QFI\xfb":
-        return ImageFormat.QCOW2
-    if iso == b"CD001":
-        return ImageFormat.ISO
-    if head[:3] == b"KDM":
-        return ImageFormat.VMDK
-    return _EXTENSIONS.get(path.suffix.lower())
 
 
 def _from_path(text: str) -> ResolvedImage | None:
