@@ -24,7 +24,7 @@ fi
 
 say() { echo "lkctl-init: $*" >/dev/console 2>/dev/null || echo "lkctl-init: $*" >&2; }
 error() { say "error: $*"; }
-debug() { [ -z "$LKCTL_DEBUG" ] || say "debug: $*"; }
+debug() { [ -z "$LKCTL_DEBUG" ] || say "debug: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
 
 # write_resolv TEXT: the resolver config. /etc/resolv.conf may be linuxkit's symlink to
 # /run/resolvconf/resolv.conf (/run is a fresh tmpfs): write through it.
