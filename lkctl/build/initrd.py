@@ -21,10 +21,11 @@ from lkctl.errors import BuildError
 
 __all__ = ["DEFAULT_LEVEL", "CpioWriter", "GzipStream", "InitrdWriter", "is_boot_path"]
 
-# Level 6 is gzip's default: the same size as `find | cpio | gzip`, and with the work spread over every core it
-# is still faster. Lower levels make a build ~2x faster on one core but the initrd ~10% bigger, and the
-# initrd lives in guest RAM for the VM's whole life.
-DEFAULT_LEVEL = 6
+# Measured on a 396 MB kernel-modules tree, 2 cores (time with this writer / size): level 1 3.3 s / 117 MB,
+# 4 4.4 s / 109 MB, 5 5.4 s / 106 MB, 6 8.8 s / 105 MB; `find | cpio -o -H newc | gzip` (level 6, one core)
+# 19 s / 105 MB. Level 4 halves the build for 4% more bytes. The compressed initrd only exists until the
+# kernel has unpacked it (inflate speed hardly depends on the level), so those bytes cost almost nothing.
+DEFAULT_LEVEL = 4
 _BLOCK = 1 << 20
 _WINDOW = 1 << 15
 _CHUNK = 1 << 20
