@@ -9,11 +9,8 @@ definitions validate the `org.mobyproject.config` image label. Errors are one-li
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import re
-import types
-import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lkctl.build._schema import Invalid, Loader, kind_of, parse_object, to_json
 from lkctl.errors import ImageError, SpecError
 from lkctl.oci.reference import parse_reference
 
@@ -367,169 +365,6 @@ class Spec:
         }
 
 
-# -- the type-driven validator ------------------------------------------------------------------
-
-
-class _Invalid(Exception):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
-
-
-_FIELDS: dict[type, list[tuple[str, str, Any, dataclasses.Field[Any]]]] = {}
-
-
-def _fields(cls: type) -> list[tuple[str, str, Any, dataclasses.Field[Any]]]:
-    """(yaml key, attribute, type, field) for each parsed field of a dataclass (computed once per class)."""
-    if cls not in _FIELDS:
-        hints = typing.get_type_hints(cls)
-        out = []
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("internal"):
-                continue
-            head, *rest = f.name.split("_")
-            key = f.metadata.get("key") or head + "".join(w.capitalize() for w in rest)
-            out.append((key, f.name, hints[f.name], f))
-        _FIELDS[cls] = out
-    return _FIELDS[cls]
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is str:
-        return "a string"
-    if tp is bool:
-        return "a boolean"
-    if tp is int:
-        return "an integer"
-    if origin is tuple:
-        return "a list"
-    return "a mapping"
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _matches(tp: Any, value: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is str:
-        return isinstance(value, str)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        return isinstance(value, list)
-    return isinstance(value, dict)  # Mapping, dict or a dataclass
-
-
-def _parse(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        for option in options:
-            if _matches(option, value):
-                return _parse(option, value, path)
-        wanted = " or ".join(_describe(o) for o in options)
-        hint = ' (quote octal modes: "0644")' if path.endswith("mode") and isinstance(value, int) else ""
-        raise _Invalid(path, f"expected {wanted}, got {_kind(value)}{hint}")
-    if not _matches(tp, value):
-        hint = ' (quote octal modes: "0644")' if path.endswith("mode") and isinstance(value, int) else ""
-        raise _Invalid(path, f"expected {_describe(tp)}, got {_kind(value)}{hint}")
-    if origin is tuple:
-        (item,) = typing.get_args(tp)[:1]
-        return tuple(_parse(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict):
-        val_tp = typing.get_args(tp)[1]
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise _Invalid(path, f"keys must be strings, got {_kind(k)} {k!r}")
-            out[k] = v if val_tp is Any else _parse(val_tp, v, f"{path}.{k}")
-        return types.MappingProxyType(out) if origin is Mapping else out
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _parse_object(tp, value, path)
-    return value
-
-
-def _parse_object(cls: type, value: dict[Any, Any], path: str, *, skip: Iterable[str] = ()) -> Any:
-    known = {key: (attr, tp, f) for key, attr, tp, f in _fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, v in value.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key in skip:
-            continue
-        if key not in known:
-            near = difflib.get_close_matches(str(key), list(known), n=1)
-            raise _Invalid(where, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        attr, tp, _ = known[key]
-        kwargs[attr] = _parse(tp, v, where)
-    for key, (attr, _, f) in known.items():
-        if attr not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _Invalid(f"{path}.{key}" if path else key, "required")
-    return cls(**kwargs)
-
-
-def to_json(obj: Any) -> Any:
-    """A parsed dataclass back to YAML/JSON form (YAML keys; unset and default fields left out)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out: dict[str, Any] = {}
-        for key, attr, _, f in _fields(type(obj)):
-            v = getattr(obj, attr)
-            if v is None or (f.default is not dataclasses.MISSING and v == f.default):
-                continue
-            out[key] = to_json(v)
-        return out
-    if isinstance(obj, tuple | list):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {k: to_json(v) for k, v in obj.items()}
-    return obj
-
-
-# -- YAML ---------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2-style booleans (only true/false, like Go's yaml.v3) and duplicate keys refused."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if isinstance(key, typing.Hashable) and key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-
-
 def _expand(ref: str) -> str:
     return str(parse_reference(ref)) if ref else ""
 
@@ -538,7 +373,7 @@ def _check_ref(ref: str, path: str) -> None:
     try:
         parse_reference(ref)
     except ImageError as e:
-        raise _Invalid(path, e.message) from None
+        raise Invalid(path, e.message) from None
 
 
 _VOLUME_NAME = re.compile(r"^[a-z0-9_-]*$")
@@ -546,49 +381,49 @@ _VOLUME_NAME = re.compile(r"^[a-z0-9_-]*$")
 
 def _parse_container(value: Any, path: str, source: str) -> Container:
     if not isinstance(value, dict):
-        raise _Invalid(path, f"expected a mapping, got {_kind(value)}")
+        raise Invalid(path, f"expected a mapping, got {kind_of(value)}")
     for key in ("name", "image"):
         if key not in value:
-            raise _Invalid(f"{path}.{key}", "required")
+            raise Invalid(f"{path}.{key}", "required")
         if not isinstance(value[key], str):
-            raise _Invalid(f"{path}.{key}", f"expected a string, got {_kind(value[key])}")
+            raise Invalid(f"{path}.{key}", f"expected a string, got {kind_of(value[key])}")
     name, image = value["name"], value["image"]
     if not name or "/" in name or name in (".", "..") or "\0" in name:
-        raise _Invalid(f"{path}.name", f"invalid container name {name!r} (it names a directory in the image)")
+        raise Invalid(f"{path}.name", f"invalid container name {name!r} (it names a directory in the image)")
     _check_ref(image, f"{path}.image")
-    config = _parse_object(ContainerConfig, value, path, skip=("name", "image"))
+    config = parse_object(ContainerConfig, value, path, skip=("name", "image"))
     return Container(name, image, config, source)
 
 
 def _check_file(f: FileSpec, path: str) -> None:
     if not f.clean_path:
-        raise _Invalid(f"{path}.path", "required")
+        raise Invalid(f"{path}.path", "required")
     if f.mode:
         try:
             int(f.mode, 8)
         except ValueError:
-            raise _Invalid(f"{path}.mode", f"{f.mode!r} is not an octal mode") from None
+            raise Invalid(f"{path}.mode", f"{f.mode!r} is not an octal mode") from None
     if f.metadata and f.metadata not in ("yaml", "json"):
-        raise _Invalid(f"{path}.metadata", f"must be yaml or json, not {f.metadata!r}")
+        raise Invalid(f"{path}.metadata", f"must be yaml or json, not {f.metadata!r}")
     if f.directory and f.contents is not None:
-        raise _Invalid(path, "a directory cannot have contents")
+        raise Invalid(path, "a directory cannot have contents")
     if not f.directory and not f.symlink:
         given = [
             k for k, v in (("contents", f.contents is not None), ("source", f.source), ("metadata", f.metadata)) if v
         ]
         if not given:
-            raise _Invalid(path, "needs one of contents, source, metadata, directory or symlink")
+            raise Invalid(path, "needs one of contents, source, metadata, directory or symlink")
         if len(given) > 1:
-            raise _Invalid(path, f"{' and '.join(given)} are mutually exclusive")
+            raise Invalid(path, f"{' and '.join(given)} are mutually exclusive")
 
 
 def _document_to_spec(doc: Any, source: str) -> Spec:
     if doc is None:
         return Spec(sources=(source,))
     if not isinstance(doc, dict):
-        raise _Invalid("", f"the document must be a mapping, not {_kind(doc)}")
+        raise Invalid("", f"the document must be a mapping, not {kind_of(doc)}")
     # An empty section (`services:` with nothing under it) is an empty list, not an error.
-    parsed: _Document = _parse_object(_Document, {k: v for k, v in doc.items() if v is not None}, "")
+    parsed: _Document = parse_object(_Document, {k: v for k, v in doc.items() if v is not None}, "")
     kernel = parsed.kernel or KernelSpec()
     if kernel.image:
         _check_ref(kernel.image, "kernel.image")
@@ -605,12 +440,12 @@ def _document_to_spec(doc: Any, source: str) -> Spec:
     names: set[str] = set()
     for i, v in enumerate(volumes):
         if not _VOLUME_NAME.match(v.name):
-            raise _Invalid(f"volumes[{i}].name", f"invalid volume name {v.name!r} (allowed: a-z 0-9 _ -)")
+            raise Invalid(f"volumes[{i}].name", f"invalid volume name {v.name!r} (allowed: a-z 0-9 _ -)")
         if v.name in names:
-            raise _Invalid(f"volumes[{i}].name", f"duplicate volume name {v.name!r}")
+            raise Invalid(f"volumes[{i}].name", f"duplicate volume name {v.name!r}")
         names.add(v.name)
         if v.format not in ("", "filesystem", "oci"):
-            raise _Invalid(f"volumes[{i}].format", f"must be filesystem or oci, not {v.format!r}")
+            raise Invalid(f"volumes[{i}].format", f"must be filesystem or oci, not {v.format!r}")
         if v.image:
             _check_ref(v.image, f"volumes[{i}].image")
     spec = Spec(kernel, parsed.init or (), files=files, volumes=volumes, sources=(source,), **sections)
@@ -631,7 +466,7 @@ def _check_unique_services(services: Sequence[Container]) -> None:
 def parse_spec(text: str, source: str = "<string>") -> Spec:
     """Parse one YAML text (several `---` documents merge in order). `source` names it in errors."""
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))  # _Loader is a SafeLoader
+        docs = list(yaml.load_all(text, Loader=Loader))  # Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -642,7 +477,7 @@ def parse_spec(text: str, source: str = "<string>") -> Spec:
     for doc in docs or [None]:
         try:
             specs.append(_document_to_spec(doc, source))
-        except _Invalid as e:
+        except Invalid as e:
             raise SpecError(f"{source}: {e}") from None
     return merge_specs(specs)
 
@@ -650,13 +485,13 @@ def parse_spec(text: str, source: str = "<string>") -> Spec:
 def parse_container_config(obj: Any, source: str) -> ContainerConfig:
     """Validate an `org.mobyproject.config` label (already decoded JSON) as a container config."""
     if not isinstance(obj, dict):
-        raise SpecError(f"{source}: expected a JSON object, got {_kind(obj)}")
+        raise SpecError(f"{source}: expected a JSON object, got {kind_of(obj)}")
     for key in ("name", "image"):
         if key in obj:
             raise SpecError(f"{source}: {key} cannot be set in the label")
     try:
-        config: ContainerConfig = _parse_object(ContainerConfig, obj, "")
-    except _Invalid as e:
+        config: ContainerConfig = parse_object(ContainerConfig, obj, "")
+    except Invalid as e:
         raise SpecError(f"{source}: {e}") from None
     return config
 
