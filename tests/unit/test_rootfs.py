@@ -339,3 +339,11 @@ def test_zstd_layers_are_refused_clearly(store: Store) -> None:
     store.add_image("lkctl.local/zstd:1", [(blob, blob.digest)])
     with pytest.raises(BuildError, match="zstd-compressed layers are not supported"):
         list(flatten(store.resolve("lkctl.local/zstd:1"), store))
+
+
+def test_unknown_tar_entry_types_are_refused(store: Store) -> None:
+    label = tarfile.TarInfo("volume-label")
+    label.type = b"V"  # a GNU volume header: not a filesystem entry
+    img = _image(store, [[Member(label)]], ref="lkctl.local/odd:1")
+    with pytest.raises(BuildError, match="entry 'volume-label' has unsupported tar type"):
+        list(flatten(img, store))
