@@ -237,6 +237,7 @@ def _file(tree: _Tree, recipe: _Recipe, spec: dict[str, Any]) -> None:
         tree.add(spec["dest"], _Entry("file", mode, data=(recipe.dir / spec["src"]).read_bytes()))
     elif "host" in spec:
         if spec.get("optional") and not Path(spec["host"]).exists():
+            tree.host_files.add(Path(spec["host"]))  # its appearance makes the image stale
             return
         tree.add_host(spec["dest"], _host_file(spec["host"], spec.get("package"), "a host file"), mode)
     else:
@@ -266,6 +267,7 @@ def _elf(tree: _Tree, spec: dict[str, Any]) -> None:
     for item in spec.get("binaries") or []:
         host = Path(item["host"])
         if not host.exists() and spec.get("optional"):
+            tree.host_files.add(host)  # its appearance makes the image stale
             continue
         host = _host_file(item["host"], spec.get("package"), "a program")
         tree.add_host(item.get("dest", item["host"]), host, 0o755)
@@ -276,10 +278,6 @@ def _elf(tree: _Tree, spec: dict[str, Any]) -> None:
 # -- the kernel ----------------------------------------------------------------------------------------------
 def _version_key(version: str) -> list[tuple[int, str]]:
     return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"(\d+)", version) if p]
-
-
-def _kernel_package() -> str:
-    return {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(platform.machine(), "linux-image")
 
 
 def _kernel_version(wanted: str) -> str:
@@ -297,8 +295,9 @@ def _kernel_version(wanted: str) -> str:
     if running in have:
         return running
     if not have:
+        package = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(platform.machine(), "linux-image")
         raise ProgramMissing(
-            f"no kernel with modules found in {_BOOT}; install one with: sudo apt-get install {_kernel_package()}"
+            f"no kernel with modules found in {_BOOT}; install one with: sudo apt-get install {package}"
         )
     return have[-1]
 
@@ -482,7 +481,10 @@ def _recipe_hash(recipe: _Recipe) -> str:
 
 
 def _stat(path: Path) -> list[Any]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [str(path), -1, -1]
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
@@ -559,20 +561,8 @@ def ensure_base_image(ref: str, store: Store) -> bool:
         raise ImageError(f"{ref} is not one of lkctl's base images ({', '.join(BASE_IMAGES.values())})")
     built = _ensure(store, name, force=False)
     if store.lookup(ref) is None:
-        current = _stamp_tag(store, name)
-        raise ImageError(
-            f"{ref} is not available: lkctl makes {BASE_IMAGES[name]}:latest"
-            + (f" (now also tagged :{current})" if current else "")
-            + " from this machine's packages; use that"
-        )
+        raise ImageError(f"{ref} is not available: lkctl makes {BASE_IMAGES[name]}:latest from this machine's packages")
     return built
-
-
-def _stamp_tag(store: Store, name: str) -> str:
-    try:
-        return str(json.loads(_stamp_path(store, name).read_text())["tag"])
-    except (OSError, ValueError, KeyError):
-        return ""
 
 
 def build_all(store: Store, force: bool = False) -> list[str]:

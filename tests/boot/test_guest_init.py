@@ -179,7 +179,13 @@ def assemble_initrd(store: Store, work: Path, *, runc: bool = False) -> tuple[Pa
         "lkctl.local/sshd",
         pid_namespace=True,
         binds=["/run/probe:/probe"],
-        args=["/bin/sh", "-c", 'echo "$$" > /probe/pid; printf "%s" "$1" > /probe/arg; exec sleep 3600', "sh", tricky],
+        args=[
+            "/bin/sh",
+            "-c",
+            'echo "$$" > /probe/pid; printf "%s" "$1" > /probe/arg; trap "exit 0" TERM; sleep 3600 & wait',
+            "sh",
+            tricky,
+        ],
     )
     initrd = work / "initrd.img"
     subprocess.run(
