@@ -13,8 +13,8 @@ from lkctl.runtime.state import VmRecord
 
 def rec(vm_id: str, name: str, **kw: object) -> VmRecord:
     base: dict[str, object] = dict(
-        id=vm_id, name=name, image="minimal", image_format="kernel+initrd", created=f"2026-01-01T00:00:0{len(name) % 10}",
-        memory=1024, cpus=1, ssh_port=2222,
+        id=vm_id, name=name, image="minimal", image_format="kernel+initrd",
+        created=f"2026-01-01T00:00:0{len(name) % 10}", memory=1024, cpus=1, ssh_port=2222,
     )  # fmt: skip
     base.update(kw)
     return VmRecord(**base)  # type: ignore[arg-type]
