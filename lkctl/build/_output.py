@@ -85,6 +85,7 @@ class KernelInitrdSink:
             self._writer = self._stack.enter_context(
                 InitrdWriter(self._initrd_file, level=self._level, threads=self._threads)
             )
+        self._writer.close()  # every byte is written before the first output is renamed into place
         f = self._stack.enter_context(atomic_output(self._paths.cmdline))
         f.write((self.cmdline or "").encode())
 

@@ -186,6 +186,7 @@ class InitrdWriter:
     def __init__(self, out: _Sink, *, level: int = DEFAULT_LEVEL, threads: int | None = None) -> None:
         self._gzip = GzipStream(out, level, threads=threads)
         self._cpio = CpioWriter(self._gzip)
+        self._closed = False
         self.count = 0
 
     def add(self, entry: Entry) -> None:
@@ -195,10 +196,14 @@ class InitrdWriter:
         self.count += 1
 
     def close(self) -> None:
-        self._cpio.close()
-        self._gzip.close()
+        """Write the cpio trailer and finish the gzip stream (once; later calls do nothing)."""
+        if not self._closed:
+            self._closed = True
+            self._cpio.close()
+            self._gzip.close()
 
     def abort(self) -> None:
+        self._closed = True
         self._gzip.abort()
 
     def __enter__(self) -> InitrdWriter:
