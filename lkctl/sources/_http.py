@@ -23,8 +23,10 @@ import email.utils
 import hashlib
 import json
 import os
+import queue
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +104,26 @@ class _Retry(Exception):
         self.immediate = immediate  # we discarded a stale .part ourselves: go again without waiting
 
 
+_READ_SIZE = 256 << 10
+
+
+def _larger_socket_reads() -> None:
+    """httpcore reads a response 64 KiB per socket call (`HTTP11Connection.READ_NUM_BYTES`, a class attribute).
+
+    For multi-GiB images the per-read Python overhead dominates; 256 KiB reads measured ~25 % faster on loopback
+    (bench/fetch.py). Only ever raised, and skipped if httpcore's layout changes (httpx is pinned to 0.28).
+    """
+    try:
+        from httpcore._sync.http11 import HTTP11Connection
+    except ImportError:  # pragma: no cover - a different httpcore
+        return
+    if (
+        isinstance(getattr(HTTP11Connection, "READ_NUM_BYTES", None), int)
+        and HTTP11Connection.READ_NUM_BYTES < _READ_SIZE
+    ):
+        HTTP11Connection.READ_NUM_BYTES = _READ_SIZE
+
+
 def new_client(
     *,
     timeout: float = 30.0,
@@ -109,6 +131,7 @@ def new_client(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """An httpx client set up for image transfers: redirects followed, identity encoding, connect/read timeouts."""
+    _larger_socket_reads()
     base = {"User-Agent": f"lkctl/{__version__}", "Accept-Encoding": "identity"}
     base.update(headers or {})
     return httpx.Client(
@@ -238,6 +261,38 @@ class _Part:
         atomic_write(self.meta_path, json.dumps(meta))
 
 
+class _BackgroundHash:
+    """Feed a hash from a second thread (hashlib releases the GIL): reading, writing and hashing overlap, which
+    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded."""
+
+    def __init__(self, hasher: Any) -> None:
+        self.hasher = hasher
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
+        self._batch: list[bytes] = []
+        self._size = 0
+        self._thread = threading.Thread(target=self._run, name="lkctl-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            for data in batch:
+                self.hasher.update(data)
+
+    def update(self, chunk: bytes) -> None:
+        self._batch.append(chunk)
+        self._size += len(chunk)
+        if self._size >= CHUNK:
+            self._queue.put(self._batch)
+            self._batch, self._size = [], 0
+
+    def finish(self) -> None:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch, self._size = [], 0
+        self._queue.put(None)
+        self._thread.join()
+
+
 def _validator(r: httpx.Response) -> str:
     etag = str(r.headers.get("etag", ""))
     if etag and not etag.startswith("W/"):
@@ -295,15 +350,17 @@ def _stream_once(
         done = part.offset
         if progress:
             progress(done, total)
+        hasher = _BackgroundHash(part.hasher)
         with open(part.path, mode) as f:
             try:
                 for chunk in r.iter_raw():  # as received: a chunker would lose its buffer on a drop
                     f.write(chunk)
-                    part.hasher.update(chunk)
+                    hasher.update(chunk)
                     done += len(chunk)
                     if progress:
                         progress(done, total)
             finally:
+                hasher.finish()  # the hash covers exactly the bytes written, whatever happened
                 f.flush()
                 part.offset = f.tell()
         if total is not None and done < total:
