@@ -163,7 +163,15 @@ def install_download(
     source: Source, dl: Download, progress: ProgressFn | None = None, *, platform: Platform | None = None
 ) -> InstalledImage:
     """Download `dl` with `source` and install it as `dl.image`, replacing an older install only when complete."""
+    return _install(source, dl, progress, platform=platform, force=True)[0]
+
+
+def _install(
+    source: Source, dl: Download, progress: ProgressFn | None, *, platform: Platform | None, force: bool
+) -> tuple[InstalledImage, bool]:
     with _image_lock(dl.image) as root:
+        if not force and (current := _already(dl)) is not None:
+            return current, False  # another process installed it while we waited for the lock
         staging = _staging_dir(root, dl)
         fetched = source.download(dl, staging, progress)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dl.image}.new-", dir=root))
@@ -194,7 +202,7 @@ def install_download(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
-        return image
+        return image, True
 
 
 def _already(dl: Download) -> InstalledImage | None:
@@ -233,8 +241,9 @@ def pull_image(
             dl = src.resolve(name, version, platform)
             if not force and (current := _already(dl)) is not None:
                 return PullResult(current, src.name, False, tuple(skipped))
-            image = install_download(src, dl, progress(dl) if progress else None, platform=platform)
-            return PullResult(image, src.name, True, tuple(skipped))
+            reporter = progress(dl) if progress else None
+            image, downloaded = _install(src, dl, reporter, platform=platform, force=force)
+            return PullResult(image, src.name, downloaded, tuple(skipped))
         except SourceNotFound as e:
             skipped.append(f"{src.name}: {e.message}")
         except ImageError as e:

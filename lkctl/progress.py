@@ -182,7 +182,7 @@ class ProgressReporter:
 
     def finish(self, message: str | None = None) -> None:
         """End the bar (or write the summary line); `message` replaces the summary."""
-        if self._finished or self.mode == "quiet":
+        if self._finished or self.mode == "quiet" or self.started is None:  # nothing was downloaded: say nothing
             self._finished = True
             return
         self._finished = True

@@ -264,3 +264,17 @@ def test_pull_without_any_configured_source_says_what_to_set(lkctl_home: Path) -
     r = lkctl("image.pull", "core-dev", env=lkctl_env(lkctl_home))
     assert r.returncode == 2
     assert "LKCTL_SOURCES_CDN_URL" in r.stderr and "LKCTL_SOURCES_OCI_REPOSITORY" in r.stderr
+
+
+def test_two_concurrent_pulls_of_one_image_download_it_once(server: Nginx, lkctl_home: Path) -> None:
+    publish_cdn(server.root, "core-dev", "1.0.0", {FILE: image_bytes(1)})
+    env = lkctl_env(lkctl_home, LKCTL_SOURCES_CDN_URL=f"{server.url}/slow", CI="true")
+    argv = [str(REPO / ".venv/bin/lkctl"), "image.pull", "core-dev"]
+    procs = [
+        subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True) for _ in "ab"
+    ]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sorted("already installed" in e for e in errs) == [False, True], errs
+    assert sum(f"/{FILE} 200" in line for line in server.log()) == 1
