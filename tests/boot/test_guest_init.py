@@ -153,9 +153,18 @@ def assemble_initrd(store: Store, work: Path, *, runc: bool = False) -> tuple[Pa
     with tarfile.open(kdir / "kernel.tar") as tf:
         tf.extractall(root, filter="fully_trusted")
     bundle(store, root, "/containers/services/sshd", "lkctl.local/sshd")
+    # a writable volume, as the builder lays it out: init overlays lower + tmp on merged before onboot
+    volume = root / "containers" / "volumes" / "data"
+    (volume / "lower").mkdir(parents=True)
+    (volume / "lower" / "hello").write_text("from the volume\n")
+    (volume / "tmp").mkdir()
+    (volume / "merged").mkdir()
     # two onboot containers, in order, on a read-only rootfs: the second sees what the first wrote
     for path, script in (
-        ("/containers/onboot/000-first", "echo first > /probe/order"),
+        (
+            "/containers/onboot/000-first",
+            "echo first > /probe/order; cat /data/hello > /probe/volume; echo w > /data/new",
+        ),
         (
             "/containers/onboot/001-second",
             "echo second >> /probe/order; touch /cannot-write || echo ro >> /probe/order",
@@ -167,7 +176,7 @@ def assemble_initrd(store: Store, work: Path, *, runc: bool = False) -> tuple[Pa
             path,
             "lkctl.local/sshd",
             args=["/bin/sh", "-c", script],
-            binds=["/run/probe:/probe"],
+            binds=["/run/probe:/probe", "/containers/volumes/data/merged:/data"],
             readonly=True,
         )
     # a service in its own pid namespace, with tricky arguments that must arrive byte for byte
@@ -324,6 +333,9 @@ def test_guest_boots_serves_ssh_with_pinned_host_key_and_powers_off_on_acpi(vm: 
 
     # onboot ran in order before services, read-only; the pid-namespaced service is pid 1 there
     assert vm.ssh("cat /hostroot/run/probe/order").stdout == b"first\nsecond\nro\n"
+    assert vm.ssh("cat /hostroot/run/probe/volume /hostroot/containers/volumes/data/merged/new").stdout == (
+        b"from the volume\nw\n"
+    )
     assert vm.ssh("cat /hostroot/run/probe/pid").stdout == b"1\n"
     assert vm.ssh("cat /hostroot/run/probe/arg").stdout == 'it\'s "quoted" \\ $HOME `x` é'.encode()
     # containers never rename the VM (no UTS namespace asked for)
