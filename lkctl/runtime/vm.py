@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from lkctl import proc
-from lkctl.errors import ConfigError, VmError
+from lkctl.errors import ConfigError, StateError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
 from lkctl.runtime.qemu import CONSOLE_LOG, QMP_SOCKET, BootImage, PortForward, VmSpec, qemu_argv
@@ -264,6 +264,30 @@ def _wait_ready(record: VmRecord, timeout: float) -> None:
         raise VmError(_diagnose(record, str(e))) from None
 
 
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While a VM is being started, SIGTERM and SIGHUP unwind like Ctrl-C, so the half-started QEMU is killed.
+
+    Whoever drives the library (invoke, a CI runner cancelling a job, a closed terminal) then never leaves an
+    orphaned QEMU behind. Only possible from the main thread; elsewhere the caller owns signal handling.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_vm(
     boot: BootImage,
     image_label: str,
@@ -283,24 +307,40 @@ def run_vm(
     record = _create(boot, image_label, opts, settings, host)
     child: subprocess.Popen[bytes] | None = None
     try:
-        record, child = _launch(record, boot, opts, settings, host)
-        if opts.detach:
-            if opts.wait_ssh:
-                _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
-            return record, 0
-        assert child is not None
-        return record, _foreground(record, child, console, settings)
+        with _signals_unwind():
+            record, child = _launch(record, boot, opts, settings, host)
+            if opts.detach:
+                if opts.wait_ssh:
+                    _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
+                return record, 0
+            assert child is not None
+            return record, _foreground(record, child, console, settings)
     except BaseException as e:
-        if record.pid:
-            _kill(record)
-        if child is not None and child.poll() is None:
-            proc.shutdown_process(child)
-        if not record.pid:
-            state.remove_record(record)  # never started: leave nothing behind
-        else:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            state.save_record(dataclasses.replace(record, exit_reason=reason))
+        with _signals_unwind():  # a second SIGTERM must not interrupt the cleanup
+            _abandon(record, child, e)
         raise
+
+
+def _abandon(record: VmRecord, child: subprocess.Popen[bytes] | None, error: BaseException) -> None:
+    """Clean up after a failed start: no QEMU keeps running, and the record says why (or is gone)."""
+    with contextlib.suppress(StateError):
+        record = state.load_record(record.dir) or record  # _launch may have recorded a pid we have not seen
+    if not record.pid:
+        # interrupted between QEMU writing its pidfile and us recording it
+        ident = state.process_identity(state.read_pidfile(record.dir))
+        if ident is not None:
+            record = dataclasses.replace(record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id)
+    if record.pid:
+        _kill(record)
+    if child is not None and child.poll() is None:
+        proc.shutdown_process(child)
+    if not record.pid:
+        state.remove_record(record)  # never started: leave nothing behind
+    else:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, KeyboardInterrupt):
+            reason = "interrupted while starting"
+        state.save_record(dataclasses.replace(record, exit_reason=reason))
 
 
 def _foreground(record: VmRecord, child: subprocess.Popen[bytes], out: IO[bytes] | None, settings: Settings) -> int:

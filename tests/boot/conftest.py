@@ -33,7 +33,8 @@ class Cli:
 
 
 def qemu_pids_for(home: Path) -> list[int]:
-    """QEMU processes started by lkctl under this test's state directory (matched by their -name lkctl-<id>)."""
+    """QEMU processes started by lkctl for this test: named after a VM under `home`, or (before -daemonize moves
+    them to /) running in a VM dir under `home`."""
     ids = {p.name for p in (home / "state" / "vms").glob("*") if p.is_dir()}
     pids = []
     for d in Path("/proc").iterdir():
@@ -41,9 +42,10 @@ def qemu_pids_for(home: Path) -> list[int]:
             continue
         try:
             cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(d / "cwd")
         except OSError:
             continue
-        if "qemu-system" in cmd and any(f"lkctl-{i}" in cmd for i in ids):
+        if "qemu-system" in cmd and (cwd.startswith(str(home)) or any(f"lkctl-{i}" in cmd for i in ids)):
             pids.append(int(d.name))
     return pids
 

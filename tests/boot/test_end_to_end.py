@@ -144,3 +144,46 @@ def test_readiness_timeout_says_why_and_leaves_no_qemu(cli: Cli, lkctl_home: Pat
     assert qemu_pids_for(lkctl_home) == []
     (row,) = json.loads(cli("vm.ps", "--all", "--json").stdout)
     assert row["status"] == "error" and row["error"]
+
+
+@pytest.mark.parametrize(("tool", "when"), [("lkctl", "booting"), ("invoke", "booting"), ("lkctl", "spawning")])
+def test_sigterm_while_starting_leaves_no_qemu(cli: Cli, lkctl_home: Path, tool: str, when: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.boot.conftest import BIN
+
+    if tool == "invoke":
+        (cli.cwd / "tasks.py").write_text("from lkctl.tasks import ns\n")
+    starter = subprocess.Popen(
+        [str(BIN / tool), "vm.run", "--image=minimal", "-d", "--name", "cancelled"],
+        env=cli.env, cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+
+        def recorded_pid() -> bool:
+            return any(json.loads(p.read_text()).get("pid") for p in lkctl_home.glob("state/vms/*/vm.json"))
+
+        while not qemu_pids_for(lkctl_home) or (when == "booting" and not recorded_pid()):
+            assert starter.poll() is None, starter.communicate()
+            assert time.monotonic() < deadline, "QEMU never started"
+            time.sleep(0.02)
+        os.kill(starter.pid, signal.SIGTERM)  # a CI runner cancelling the job
+        _, err = starter.communicate(timeout=60)
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+    assert starter.returncode != 0
+    assert b"Traceback" not in err
+    time.sleep(0.5)
+    assert qemu_pids_for(lkctl_home) == []
+    rows = json.loads(cli("vm.ps", "--all", "--json").stdout)
+    if when == "booting":
+        (row,) = rows
+        assert row["status"] == "error" and "interrupted" in row["error"]
+    else:
+        assert [r["status"] for r in rows] in ([], ["error"])
