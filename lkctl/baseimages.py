@@ -215,8 +215,13 @@ def _tree(tree: _Tree, recipe: _Recipe, spec: dict[str, Any]) -> None:
         elif path.is_dir():
             tree.add(dest, _Entry("dir", modes.get(rel, 0o755)))
         else:
-            default = 0o755 if path.stat().st_mode & 0o100 else 0o644
-            tree.add(dest, _Entry("file", modes.get(rel, default), data=path.read_bytes()))
+            data = path.read_bytes()
+            tree.add(dest, _Entry("file", modes.get(rel, _file_mode(path, data)), data=data))
+
+
+def _file_mode(path: Path, data: bytes) -> int:
+    # a script is executable even where the exec bit got lost (a wheel, a zip, a Windows checkout)
+    return 0o755 if path.stat().st_mode & 0o100 or data.startswith(b"#!") else 0o644
 
 
 def _walk(root: Path) -> list[tuple[str, Path]]:
@@ -475,8 +480,8 @@ def _recipe_hash(recipe: _Recipe) -> str:
         if path.is_symlink():
             h.update(b"L" + os.readlink(path).encode())
         elif path.is_file():
-            h.update(b"X" if path.stat().st_mode & 0o100 else b"F")
-            h.update(hashlib.sha256(path.read_bytes()).digest())
+            data = path.read_bytes()
+            h.update(b"%o" % _file_mode(path, data) + hashlib.sha256(data).digest())
     return h.hexdigest()
 
 

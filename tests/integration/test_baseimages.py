@@ -242,3 +242,16 @@ def test_the_newest_kernel_is_chosen_when_the_running_one_is_not_installed(
     assert baseimages._kernel_version("5.10.0-9-amd64") == "5.10.0-9-amd64"
     with pytest.raises(LkError, match="not installed"):
         baseimages._kernel_version("7.0-no-modules")
+
+
+def test_scripts_stay_executable_when_the_checkout_lost_exec_bits(recipe_copy: Path, tmp_path: Path) -> None:
+    for path in (recipe_copy / "init").rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    store = Store(tmp_path / "oci")
+    ensure_base_image("lkctl.local/init", store)
+    with layer_tar(store, "lkctl.local/init") as tf:
+        files = members(tf)
+    assert files["init"].mode == 0o755
+    assert files["usr/lib/lkctl/container"].mode == 0o755
+    assert files["etc/inittab"].mode == 0o644
