@@ -395,6 +395,9 @@ def _fetch_arm64_debs(cache: Path) -> Path:
         pytest.skip(f"cannot fetch Debian's arm64 packages: {e}")
     for deb in debs.glob("*.deb"):
         sh("dpkg-deb", "-x", deb, root)
+    # keep the kernel image, busybox and GRUB's modules (~40 MB), not 400 MB of kernel modules and the .debs
+    for bulky in (root / "lib" / "modules", root / "usr" / "lib" / "modules", debs, cache / "apt"):
+        shutil.rmtree(bulky, ignore_errors=True)
     (cache / ".done").touch()
     return root
 
