@@ -22,6 +22,7 @@ from lkctl.templates import Template, find_template, list_templates, render_temp
 
 if TYPE_CHECKING:
     from lkctl.build import BuildResult
+    from lkctl.build.spec import Spec
 
 __all__ = [
     "ImageInfo",
@@ -62,6 +63,17 @@ def _ensure_base(ref: str) -> None:
     from lkctl.baseimages import ensure_base_image
 
     ensure_base_image(ref, store())
+
+
+def _refresh_bases(spec: Spec) -> None:
+    """Rebuild lkctl's own base images the spec uses if their recipe or host packages changed (a no-op in ~0.1 s
+    when they are current), so a changed recipe or a kernel upgrade never boots a stale image."""
+    from lkctl.baseimages import ensure_base_image, is_base_image
+
+    st = store()
+    for ref in spec.image_refs():
+        if is_base_image(ref):
+            ensure_base_image(ref, st)
 
 
 def _kernel_initrd(prefix: Path, label: str) -> BootImage:
@@ -125,6 +137,7 @@ def build_spec_files(files: Sequence[Path], *, name: str, out_dir: Path | None =
     from lkctl.build.spec import load_spec
 
     spec = load_spec(list(files))
+    _refresh_bases(spec)
     return build_image(
         spec,
         name=name,
@@ -143,6 +156,7 @@ def build_template(
 
     text = render_template(template, variables or {})
     spec = parse_spec(text, str(template.path))
+    _refresh_bases(spec)
     out = out_dir or paths.cache_dir() / "builds" / f"template-{template.name}"
     return build_image(spec, name=template.name, out_dir=out, store=store(), ensure_image=_ensure_base)
 

@@ -29,6 +29,7 @@ class VmSettings:
     ready_timeout: float = 180.0  # seconds `vm.run -d` waits for the guest to answer SSH
     stop_timeout: float = 30.0  # seconds a guest gets to power off after ACPI shutdown before SIGTERM
     cmdline_extra: str = ""  # appended to every kernel command line
+    hypervisor: str = "auto"  # auto | qemu | hyperkit (macOS on Intel)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ class VmRecord:
     pid_start: str = ""
     boot_id: str = ""
     exit_reason: str = ""  # set when lkctl saw the VM end badly (start failure, readiness timeout)
+    auto_remove: bool = False  # `vm.run --rm`: forget the VM once it has stopped
+    image_digest: str = ""  # sha256 of what was booted (kernel+initrd, or the image file)
     version: int = STATE_VERSION
 
     @property
@@ -127,6 +129,18 @@ def save_record(record: VmRecord) -> None:
     atomic_write(record.dir / "vm.json", json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
 
 
+def _adopt_pidfile(record: VmRecord) -> VmRecord:
+    """A start that was SIGKILLed between QEMU writing its pidfile and lkctl recording it left a VM with no pid:
+    adopt the pidfile's process if it is alive and carries this VM's id, so `ps` and `stop` see and reach it."""
+    if record.pid:
+        return record
+    ident = process_identity(read_pidfile(record.dir))
+    if ident is None:
+        return record
+    adopted = dataclasses.replace(record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id)
+    return adopted if is_our_process(adopted) else record
+
+
 def load_record(vm_dir: Path) -> VmRecord | None:
     path = vm_dir / "vm.json"
     try:
@@ -137,7 +151,7 @@ def load_record(vm_dir: Path) -> VmRecord | None:
         raise StateError(f"{path} is unreadable ({e}); remove {vm_dir} to forget that VM") from None
     if not isinstance(data, dict):
         raise StateError(f"{path} is not a VM record; remove {vm_dir}")
-    return VmRecord.from_json(data, path)
+    return _adopt_pidfile(VmRecord.from_json(data, path))
 
 
 def all_records() -> list[VmRecord]:

@@ -20,7 +20,16 @@ from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
-from lkctl.runtime.qemu import CONSOLE_LOG, QMP_SOCKET, BootImage, PortForward, VmSpec, qemu_argv
+from lkctl.runtime.qemu import (
+    CONSOLE_LOG,
+    QMP_SOCKET,
+    BootImage,
+    DataDisk,
+    PortForward,
+    VmSpec,
+    Volume,
+    needs_uefi,
+)
 from lkctl.runtime.qmp import qmp_command
 from lkctl.runtime.state import VmRecord
 from lkctl.settings import Settings
@@ -51,6 +60,11 @@ class RunOptions:
     detach: bool = True
     ready_timeout: float = 0.0
     wait_ssh: bool = True  # detached only: False returns as soon as QEMU runs (for images without sshd)
+    auto_remove: bool = False  # forget the VM once it stops (`vm.run --rm`)
+    volumes: tuple[Volume, ...] = ()  # --volume HOST:GUEST[:ro], shared over 9p and mounted by lkctl's init
+    data_disk: DataDisk | None = None  # --disk SIZE: a persistent data disk in the VM's state dir
+    uefi: bool | None = None  # None: decided from the image (LinuxKit -efi names, EFI-only ISOs, GPT disks)
+    hypervisor: str = "auto"  # auto | qemu | hyperkit
 
 
 def _now() -> str:
@@ -169,6 +183,8 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             ssh_port=0,
             ports=[str(p) for p in opts.ports],
             accel=host.accel.value,
+            auto_remove=opts.auto_remove,
+            image_digest=_digest(boot),
         )
         state.save_record(record)  # reserves the name and id under the lock
     try:
@@ -179,9 +195,29 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     return record
 
 
-def _spec(record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int) -> VmSpec:
+def _digest(boot: BootImage) -> str:
+    from lkctl.runtime.lifecycle import file_digest
+
+    files = [boot.kernel, boot.initrd] if boot.kernel and boot.initrd else [boot.path]
+    try:
+        return file_digest([f for f in files if f is not None])
+    except OSError:
+        return ""
+
+
+def _spec(
+    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int, host: HostCaps
+) -> VmSpec:
+    from lkctl.runtime.disks import detect_uefi, find_uefi_firmware
+
     mac_tail = ":".join(record.id[i : i + 2] for i in range(0, 8, 2))
-    return VmSpec(
+    uefi = (
+        opts.uefi
+        if opts.uefi is not None
+        else (boot.format.is_disk or boot.format.value == "iso") and (detect_uefi(boot.path, boot.format))
+    )
+    boot = dataclasses.replace(boot, uefi=bool(uefi))
+    spec = VmSpec(
         vm_id=record.id,
         boot=boot,
         memory=record.memory,
@@ -195,7 +231,18 @@ def _spec(record: VmRecord, boot: BootImage, opts: RunOptions, settings: Setting
         ),
         cmdline_extra=settings.vm.cmdline_extra,
         daemonize=opts.detach,
+        volumes=opts.volumes,
+        data_disk=opts.data_disk,
     )
+    if needs_uefi(spec, host.arch):
+        firmware = find_uefi_firmware(host.arch)
+        if firmware is None:
+            raise ConfigError(
+                f"{boot.path} boots with UEFI but no UEFI firmware was found; install it with: sudo apt-get install "
+                + ("ovmf" if host.arch == "x86_64" else "qemu-efi-aarch64")
+            )
+        spec = dataclasses.replace(spec, firmware=firmware)
+    return spec
 
 
 def _launch(
@@ -203,18 +250,23 @@ def _launch(
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Start QEMU (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
+    from lkctl.runtime.disks import prepare_vm_files
+    from lkctl.runtime.hyperkit import detect_hypervisor, hypervisor_argv
 
+    hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     for attempt in range(3):
         ssh_port = opts.ssh_port or _free_port()
         _check_ports(ssh_port, opts.ports)
-        argv = qemu_argv(_spec(record, boot, opts, settings, ssh_port), host)
+        spec = _spec(record, boot, opts, settings, ssh_port, host)
+        prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
+        argv = hypervisor_argv(spec, host, hypervisor)
         ssh.write_known_hosts(
             record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
         )
         record = dataclasses.replace(record, ssh_port=ssh_port, argv=argv)
         state.save_record(record)
         child: subprocess.Popen[bytes] | None = None
-        if opts.detach:
+        if opts.detach and hypervisor == "qemu":
             result = _start_qemu(argv, record.dir)
             rc, err = result.returncode, result.stderr.decode(errors="replace").strip()
         else:
@@ -314,7 +366,11 @@ def run_vm(
                     _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
                 return record, 0
             assert child is not None
-            return record, _foreground(record, child, console, settings)
+            code = _foreground(record, child, console, settings)
+            if opts.auto_remove:
+                with state.vms_lock():
+                    state.remove_record(record)
+            return record, code
     except BaseException as e:
         with _signals_unwind():  # a second SIGTERM must not interrupt the cleanup
             _abandon(record, child, e)
@@ -431,6 +487,9 @@ def exec_in_vm(
     stdout: IO[bytes] | None = None,
     stderr: IO[bytes] | None = None,
     timeout: float | None = None,
+    tty: bool = False,
+    env: dict[str, str] | None = None,
+    workdir: str | None = None,
 ) -> int:
     """Run `argv` in the guest over SSH (host key pinned); returns the remote exit status unchanged."""
     from lkctl import ssh
@@ -441,4 +500,4 @@ def exec_in_vm(
     if status != "running":
         raise VmError(f"VM {record.name} is not running (status: {status})")
     return int(ssh.exec_command(ssh_target(record), list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
-                                timeout=timeout))  # fmt: skip
+                                timeout=timeout, pty=tty, env=env, workdir=workdir))  # fmt: skip

@@ -15,7 +15,7 @@ from lkctl.errors import ConfigError
 from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from
 from lkctl.tasks._format import age, table
 
-__all__ = ["exec_", "logs", "ps", "rm", "run", "stop"]
+__all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
 
 
 def _err(msg: str) -> None:
@@ -23,7 +23,7 @@ def _err(msg: str) -> None:
 
 
 @task(
-    iterable=["port", "var"],
+    iterable=["port", "var", "volume"],
     help={
         "image": "template name (e.g. minimal), installed image name, LinuxKit YAML file or image path",
         "name": "name for the VM (default: its 8-hex ID)",
@@ -35,6 +35,12 @@ def _err(msg: str) -> None:
         "template": "same as --image for a template name",
         "var": "template variable NAME=VALUE (repeatable)",
         "timeout": "seconds to wait for the guest to answer SSH (default 180)",
+        "rm": "forget the VM (state, keys, logs) once it stops",
+        "wait": "with -d, wait until the guest answers SSH (--no-wait returns once QEMU runs)",
+        "volume": "share HOST_DIR:GUEST_PATH[:ro] with the guest over 9p (repeatable)",
+        "disk": "attach a persistent data disk of this size (e.g. 10G), kept until vm.rm",
+        "uefi": "boot with UEFI firmware (default: decided from the image)",
+        "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
     },
 )
 @adapt
@@ -50,11 +56,18 @@ def run(
     template: str = "",
     var: list[str] | None = None,
     timeout: int = 0,
+    rm: bool = False,
+    wait: bool = True,
+    volume: list[str] | None = None,
+    disk: str = "",
+    uefi: bool = False,
+    hypervisor: str = "",
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     from lkctl.images import resolve_image
+    from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.host import require_qemu
-    from lkctl.runtime.qemu import parse_port
+    from lkctl.runtime.qemu import parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions, run_vm
 
     if template and image and template != image:
@@ -69,13 +82,19 @@ def run(
         ports=tuple(parse_port(p) for p in port or []),
         detach=detach,
         ready_timeout=float(timeout),
+        auto_remove=rm,
+        wait_ssh=wait,
+        volumes=tuple(parse_volume(v) for v in volume or []),
+        data_disk=parse_data_disk(disk) if disk else None,
+        uefi=True if uefi else None,
+        hypervisor=hypervisor or settings.vm.hypervisor,
     )
     what = template or image
     _err(f"lkctl: resolving image {what!r}")
     resolved = resolve_image(what, parse_vars(var))
     if resolved.built:
         _err(f"lkctl: built {resolved.boot.path}")
-    _err("lkctl: booting" + (" and waiting for SSH" if detach else ""))
+    _err("lkctl: booting" + (" and waiting for SSH" if detach and wait else ""))
     record, code = run_vm(resolved.boot, resolved.label, opts, settings, console=sys.stdout.buffer)
     if detach:
         print(record.id)
@@ -97,6 +116,10 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
     rows: list[dict[str, Any]] = []
     for r in state.all_records():
         status = state.vm_status(r)
+        if r.auto_remove and status != "running":
+            with state.vms_lock():
+                state.remove_record(r)  # started with --rm and has ended: forget it
+            continue
         if not all and status != "running":
             continue
         rows.append(
@@ -146,23 +169,98 @@ def stop(c: Context, vm: str, timeout: int = 0) -> None:
     record = find_vm(vm)
     how = stop_vm(record, timeout=float(timeout) or settings_from(c).vm.stop_timeout)
     _err(f"lkctl: {record.name} {how}")
+    if record.auto_remove:
+        from lkctl.runtime.lifecycle import remove_vm
+
+        remove_vm(record)
+        _err(f"lkctl: removed {record.name} (it was started with --rm)")
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "force": "stop it first if it is running"})
 @adapt
 def rm(c: Context, vm: str, force: bool = False) -> None:
     """Remove a stopped VM and its state (keys, console log)."""
-    from lkctl.runtime import state
-    from lkctl.runtime.vm import stop_vm
+    from lkctl.runtime.lifecycle import remove_vm
+    from lkctl.runtime.state import find_vm
 
-    record = state.find_vm(vm)
-    if state.vm_status(record) == "running":
-        if not force:
-            raise ConfigError(f"VM {record.name} is running; stop it first or use vm.rm --force")
-        stop_vm(record, timeout=settings_from(c).vm.stop_timeout)
-    with state.vms_lock():
-        state.remove_record(record)
+    record = find_vm(vm)
+    remove_vm(record, force=force, stop_timeout=settings_from(c).vm.stop_timeout)
     _err(f"lkctl: removed {record.name}")
+
+
+@task
+@adapt
+def prune(c: Context) -> None:
+    """Remove every VM that is not running, with its state."""
+    from lkctl.runtime.lifecycle import prune_vms
+
+    removed = prune_vms()
+    _err(f"lkctl: removed {len(removed)} VM(s)" + (": " + ", ".join(r.name for r in removed) if removed else ""))
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix", "signal": "signal name (default KILL)"})
+@adapt
+def kill(c: Context, vm: str, signal: str = "KILL") -> None:
+    """Send a signal to a VM's QEMU (SIGKILL by default): no guest shutdown."""
+    import signal as _signal
+
+    from lkctl.runtime.lifecycle import kill_vm
+    from lkctl.runtime.state import find_vm
+
+    name = signal.upper().removeprefix("SIG")
+    try:
+        sig = _signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise ConfigError(f"unknown signal {signal!r} (e.g. KILL, TERM, INT)") from None
+    record = find_vm(vm)
+    if not kill_vm(record, sig):
+        raise ConfigError(f"VM {record.name} is not running")
+    _err(f"lkctl: sent SIG{name} to {record.name}")
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for SSH after the reboot"})
+@adapt
+def restart(c: Context, vm: str, timeout: int = 0) -> None:
+    """Power a VM off and boot it again (same name, keys, ports)."""
+    from lkctl.runtime.lifecycle import restart_vm
+    from lkctl.runtime.state import find_vm
+
+    settings = settings_from(c)
+    record = restart_vm(
+        find_vm(vm), stop_timeout=settings.vm.stop_timeout, ready_timeout=float(timeout) or settings.vm.ready_timeout
+    )
+    _err(f"lkctl: {record.name} restarted")
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix"})
+@adapt
+def inspect(c: Context, vm: str) -> None:
+    """Everything lkctl knows about a VM, as JSON (argv, ports, keys' paths, image digest...)."""
+    from lkctl.runtime.lifecycle import inspect_vm
+    from lkctl.runtime.state import find_vm
+
+    print(_json.dumps(inspect_vm(find_vm(vm)), indent=2))
+
+
+@task(help={"src": "source: a host path or VM:PATH", "dst": "destination: a host path or VM:PATH"})
+@adapt
+def cp(c: Context, src: str, dst: str) -> None:
+    """Copy files or directory trees between the host and a VM (over SSH; modes kept)."""
+    from lkctl.runtime.lifecycle import copy_path
+
+    _err(f"lkctl: copied {copy_path(src, dst)}")
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix"})
+@adapt
+def shell(c: Context, vm: str) -> None:
+    """Open an interactive shell in a VM (over SSH, on a pseudo-terminal)."""
+    from lkctl.runtime.lifecycle import shell_in_vm
+    from lkctl.runtime.state import find_vm
+
+    code = shell_in_vm(find_vm(vm), sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "follow": "keep printing until the VM stops"})
@@ -180,9 +278,18 @@ def logs(c: Context, vm: str, follow: bool = False) -> None:
         out.flush()
 
 
-@task(name="exec", help={"vm": "VM ID, name or unique ID prefix; the command follows --"})
+@task(
+    name="exec",
+    iterable=["env"],
+    help={
+        "vm": "VM ID, name or unique ID prefix; the command follows --",
+        "tty": "allocate a pseudo-terminal (for interactive programs)",
+        "env": "set NAME=VALUE in the command's environment (repeatable)",
+        "workdir": "run the command in this guest directory",
+    },
+)
 @adapt
-def exec_(c: Context, vm: str) -> None:
+def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, workdir: str = "") -> None:
     """Run a command in a VM over SSH: vm.exec NAME -- CMD ARGS... (exit code passes through)."""
     from lkctl.runtime.state import find_vm
     from lkctl.runtime.vm import exec_in_vm
@@ -190,11 +297,20 @@ def exec_(c: Context, vm: str) -> None:
     argv = remainder_argv(c)
     if not argv:
         raise ConfigError("no command given: vm.exec NAME -- COMMAND [ARGS...]")
+    environment = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {item!r}: expected NAME=VALUE")
+        environment[key] = value
     record = find_vm(vm)
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
-    code = exec_in_vm(record, argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+    stdin = sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
+    code = exec_in_vm(
+        record, argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer,
+        tty=tty, env=environment or None, workdir=workdir or None,
+    )  # fmt: skip
     if code:
         raise Exit(code=code)
 
 
-ns = Collection("vm", run, ps, stop, rm, logs, exec_)
+ns = Collection("vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune)
