@@ -327,16 +327,15 @@ def test_guest_boots_serves_ssh_with_pinned_host_key_and_powers_off_on_acpi(vm: 
     version = vm.ssh("cat", "/proc/version")
     assert version.returncode == 0 and b"Linux version" in version.stdout
     assert vm.ssh("true").returncode == 0
-    shell = vm.ssh("echo $((6 * 7)) && test -d /hostroot/containers/services/sshd && echo 'a b' | wc -w")
+    # root's login shell (lkctl-vmshell) runs commands in the VM's own root, like docker exec
+    shell = vm.ssh("echo $((6 * 7)) && test -d /containers/services/sshd && echo 'a b' | wc -w")
     assert shell.stdout.split() == [b"42", b"2"], shell
 
     # onboot ran in order before services, read-only; the pid-namespaced service is pid 1 there
-    assert vm.ssh("cat /hostroot/run/probe/order").stdout == b"first\nsecond\nro\n"
-    assert vm.ssh("cat /hostroot/run/probe/volume /hostroot/containers/volumes/data/merged/new").stdout == (
-        b"from the volume\nw\n"
-    )
-    assert vm.ssh("cat /hostroot/run/probe/pid").stdout == b"1\n"
-    assert vm.ssh("cat /hostroot/run/probe/arg").stdout == 'it\'s "quoted" \\ $HOME `x` é'.encode()
+    assert vm.ssh("cat /run/probe/order").stdout == b"first\nsecond\nro\n"
+    assert vm.ssh("cat /run/probe/volume /containers/volumes/data/merged/new").stdout == (b"from the volume\nw\n")
+    assert vm.ssh("cat /run/probe/pid").stdout == b"1\n"
+    assert vm.ssh("cat /run/probe/arg").stdout == 'it\'s "quoted" \\ $HOME `x` é'.encode()
     # containers never rename the VM (no UTS namespace asked for)
     assert vm.ssh("hostname").stdout.startswith(b"linuxkit-")
 
