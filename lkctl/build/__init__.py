@@ -1,28 +1,32 @@
 """Build LinuxKit images natively: YAML → entry stream → output files, with no Docker and no `linuxkit`.
 
-Pipeline: `spec` (parse) → resolve images in the local OCI store → `_assemble` (sources: kernel, images,
-bundles, files → one stream of `Entry`) → a sink per output format (`initrd` now). A build is cached: its key
-covers the normalised spec, the resolved manifest digests, the `files` sources and the builder version, and a
-hit returns without writing anything.
+Pipeline: `spec` (parse) → resolve images in the local OCI store, pulling what is missing → `_assemble` (kernel,
+init, volumes, bundles, files → one stream of `Entry`) → parts (`_parts`: kernel + initrd, rootfs tar) → one
+writer per output format (`_output`). Caching works at two levels: a format whose inputs and outputs are
+unchanged is not rewritten (an unchanged build returns at once), and when only the YAML's `files` changed the
+parts keep everything the images gave and only the files section is written again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lkctl.build._assemble import assemble, file_source_path
 from lkctl.build._entry import Entry, EntryKind
-from lkctl.build._output import SINKS, OutputPaths
+from lkctl.build._media import parse_size
+from lkctl.build._output import FORMATS as _FORMATS
+from lkctl.build._output import write_format
+from lkctl.build._parts import PartsRequest, make_parts
 from lkctl.build.initrd import DEFAULT_LEVEL
 from lkctl.build.spec import Spec, load_spec, merge_specs, parse_spec
 from lkctl.errors import BuildError, ConfigError, ImageError
@@ -33,15 +37,18 @@ from lkctl.oci.reference import parse_reference
 __all__ = [
     "BUILDER_VERSION",
     "FORMATS",
+    "PULL_POLICIES",
     "BuildResult",
     "Entry",
     "EntryKind",
     "Spec",
+    "assemble",
     "build_image",
     "build_key",
     "host_arch",
     "load_spec",
     "merge_specs",
+    "parse_size",
     "parse_spec",
     "resolve_images",
 ]
@@ -49,14 +56,20 @@ __all__ = [
 log = logging.getLogger("lkctl.build")
 
 # Bump when the bytes a build writes change for the same inputs, so old cache entries stop matching.
-BUILDER_VERSION = "1"
-FORMATS = tuple(SINKS)
+BUILDER_VERSION = "2"
+FORMATS = tuple(_FORMATS)
+PULL_POLICIES = ("missing", "always", "never")
 _ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}
+_STAMP_VERSION = 2
+
+Puller = Callable[[str, str], None]  # (reference, architecture): put that image into the store
 
 
 @dataclass(frozen=True)
 class BuildResult:
-    """Where a `kernel+initrd` build put its files, and whether it was served from the cache."""
+    """What a build made. `kernel`/`initrd`/`cmdline` are the `kernel+initrd` files (when that format was asked
+    for); `outputs` lists every format's files. `assembled` says how much of the image was put together again:
+    "none" (parts reused), "files" (only the YAML's files section) or "all"."""
 
     kernel: Path
     initrd: Path
@@ -64,6 +77,9 @@ class BuildResult:
     cmdline_text: str
     key: str
     cached: bool
+    outputs: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
+    assembled: str = "none"
+    built: tuple[str, ...] = ()  # formats written by this call
 
 
 def host_arch() -> str:
@@ -74,26 +90,58 @@ def host_arch() -> str:
 
 def _missing_message(ref: str, store: Store) -> str:
     return (
-        f"image {ref} is not in the local image store {store.root}; pull it with `lkctl image.pull {ref}` "
-        f"(or `linuxkit cache pull {ref}` with LINUXKIT_CACHE={store.root})"
+        f"image {ref} is not in the local image store {store.root}; pull it with `lkctl image.pull --oci {ref}` "
+        f"(or import it with `lkctl image.import`)"
     )
 
 
+def _default_puller(store: Store) -> Puller:
+    def pull(ref: str, arch: str) -> None:
+        from lkctl.oci.pull import pull_image
+        from lkctl.sources import Platform
+
+        log.info("pulling %s (linux/%s)", ref, arch)
+        pull_image(ref, store, platforms=[Platform("linux", arch)])
+
+    return pull
+
+
 def resolve_images(
-    spec: Spec, store: Store, *, ensure_image: Callable[[str], None] | None = None, arch: str | None = None
+    spec: Spec,
+    store: Store,
+    *,
+    ensure_image: Callable[[str], None] | None = None,
+    arch: str | None = None,
+    pull: str = "missing",
+    puller: Puller | None = None,
 ) -> dict[str, Image]:
     """Each image reference in `spec` (as written) → its single-platform image in `store`.
 
-    `ensure_image(ref)` is called first for a reference the store lacks (it may make or pull it)."""
+    A reference the store lacks is pulled from its registry (`pull`: "missing", "always" re-pulls every
+    registry image, "never"); lkctl's own `lkctl.local/*` images are never pulled: `ensure_image(ref)` is asked
+    to make them (and any image a pull could not provide)."""
+    if pull not in PULL_POLICIES:
+        raise ConfigError(f"pull policy {pull!r}: expected one of {', '.join(PULL_POLICIES)}")
     arch = arch or host_arch()
+    puller = puller or _default_puller(store)
     out: dict[str, Image] = {}
     for ref in spec.image_refs():
+        remote = not parse_reference(ref).is_local and pull != "never"
+        pulled = False
+        if remote and (pull == "always" or store.lookup(ref) is None):
+            puller(ref, arch)
+            pulled = True
+        if store.lookup(ref) is None and ensure_image is not None:
+            ensure_image(ref)
         if store.lookup(ref) is None:
-            if ensure_image is not None:
-                ensure_image(ref)
-            if store.lookup(ref) is None:
-                raise ImageError(_missing_message(str(parse_reference(ref)), store))
-        out[ref] = store.resolve(ref, arch=arch)
+            raise ImageError(_missing_message(str(parse_reference(ref)), store))
+        try:
+            out[ref] = store.resolve(ref, arch=arch)
+        except ImageError:
+            if not remote or pulled:
+                raise
+            puller(ref, arch)  # cached for another platform only, or a blob is missing: pull this platform
+            out[ref] = store.resolve(ref, arch=arch)
     return out
 
 
@@ -116,18 +164,23 @@ def _sources_fingerprint(spec: Spec) -> list[Any]:
     return out
 
 
+def _hash(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def build_key(spec: Spec, images: Mapping[str, Image], *, formats: Sequence[str], level: int, arch: str) -> str:
     """sha256 over everything a build's output depends on."""
-    doc = {
-        "builder": BUILDER_VERSION,
-        "formats": list(formats),
-        "level": level,
-        "arch": arch,
-        "spec": spec.normalized(),
-        "images": {str(parse_reference(ref)): img.manifest_digest for ref, img in images.items()},
-        "sources": _sources_fingerprint(spec),
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return _hash(
+        {
+            "builder": BUILDER_VERSION,
+            "formats": list(formats),
+            "level": level,
+            "arch": arch,
+            "spec": spec.normalized(),
+            "images": {str(parse_reference(ref)): img.manifest_digest for ref, img in images.items()},
+            "sources": _sources_fingerprint(spec),
+        }
+    )
 
 
 def _stamp_path(out_dir: Path, name: str) -> Path:
@@ -145,12 +198,28 @@ def _file_state(paths: Sequence[Path]) -> dict[str, list[int]] | None:
     return state
 
 
-def _cache_hit(stamp: Path, key: str, paths: Sequence[Path]) -> bool:
+def _read_stamp(stamp: Path) -> dict[str, Any]:
     try:
         recorded = json.loads(stamp.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(recorded, dict) and recorded.get("key") == key and recorded.get("outputs") == _file_state(paths)
+        return {}
+    if not isinstance(recorded, dict) or recorded.get("version") != _STAMP_VERSION:
+        return {}
+    formats = recorded.get("formats")
+    return formats if isinstance(formats, dict) else {}
+
+
+def _up_to_date(recorded: Mapping[str, Any], fmt: str, key: str, paths: Sequence[Path]) -> bool:
+    entry = recorded.get(fmt)
+    return isinstance(entry, dict) and entry.get("key") == key and entry.get("outputs") == _file_state(paths)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def build_image(
@@ -164,45 +233,82 @@ def build_image(
     arch: str | None = None,
     level: int = DEFAULT_LEVEL,
     threads: int | None = None,
+    size: int | str | None = None,
+    decompress_kernel: bool = False,
+    pull: str = "missing",
+    puller: Puller | None = None,
 ) -> BuildResult:
-    """Build `spec` into `<out_dir>/<name>-kernel`, `-initrd.img` and `-cmdline` (LinuxKit's names).
+    """Build `spec` into `out_dir` in each of `formats`, with LinuxKit's file names (`<name>-kernel`, ...).
 
-    Images come from `store` only; a build whose inputs have not changed returns at once (cached=True).
+    Images missing from `store` are pulled (see `resolve_images`). `size` (bytes, or text such as "2G") is the
+    disk size of raw/qcow2/vmdk formats. Formats whose inputs have not changed are not rewritten; when none
+    has, the call returns at once with cached=True. Outputs appear only when every format has succeeded.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in SINKS]
-    if unknown or len(formats) != 1:
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
         raise ConfigError(
             f"unsupported output format {', '.join(unknown) or '(none)'}; supported: {', '.join(FORMATS)}"
         )
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"invalid image name {name!r}: it must be a plain file name")
-    if not spec.kernel.image:
-        raise BuildError("format kernel+initrd needs a kernel: set kernel.image in the YAML")
+    needs_kernel = [f for f in formats if _FORMATS[f].kind == "initrd"]
+    if needs_kernel and not spec.kernel.image:
+        raise BuildError(f"format {needs_kernel[0]} needs a kernel: set kernel.image in the YAML")
+    size_bytes = parse_size(size) if isinstance(size, str) else size
     arch = arch or host_arch()
     out_dir = Path(out_dir)
-    paths = OutputPaths.for_name(out_dir, name)
-    images = resolve_images(spec, store, ensure_image=ensure_image, arch=arch)
+    images = resolve_images(spec, store, ensure_image=ensure_image, arch=arch, pull=pull, puller=puller)
     key = build_key(spec, images, formats=formats, level=level, arch=arch)
-    result = BuildResult(paths.kernel, paths.initrd, paths.cmdline, spec.kernel.cmdline, key, cached=False)
+    content_key = _hash([build_key(spec, images, formats=(), level=level, arch=arch), decompress_kernel])
+    base_spec = replace(spec, files=())
+    base_key = _hash([build_key(base_spec, images, formats=(), level=level, arch=arch), decompress_kernel])
+    fmt_keys = {f: _hash([content_key, f, size_bytes if _FORMATS[f].sized else None]) for f in formats}
+    outputs = {f: tuple(out_dir / n for n in _FORMATS[f].files(name)) for f in formats}
+    kernel, initrd, cmdline = (out_dir / n for n in _FORMATS["kernel+initrd"].files(name))
+    result = BuildResult(kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs)
+
     stamp = _stamp_path(out_dir, name)
-    if _cache_hit(stamp, key, paths.all()):
+    if all(_up_to_date(_read_stamp(stamp), f, fmt_keys[f], outputs[f]) for f in formats):
         log.info("build %s: up to date (%s)", name, key[:12])
-        return dataclasses.replace(result, cached=True)
+        return replace(result, cached=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(out_dir / f".{name}.lkctl-build.lock"):
-        if _cache_hit(stamp, key, paths.all()):  # another process built it while we waited
-            return dataclasses.replace(result, cached=True)
-        stamp.unlink(missing_ok=True)
-        log.info("build %s: %s", name, ", ".join(formats))
-        with contextlib.ExitStack() as stack:
-            # One format per build for now: a second one will need the stream spooled (entries are read once).
-            sink = SINKS[formats[0]](stack, paths, level=level, threads=threads)
-            for entry in assemble(spec, images, store):
-                sink.add(entry)
-            sink.finish()
-        state = _file_state(paths.all())
-        if state is None:
-            raise BuildError(f"build {name}: outputs vanished from {out_dir} as they were written")
-        atomic_write(stamp, json.dumps({"key": key, "outputs": state}, indent=2))
-    return result
+        recorded = _read_stamp(stamp)
+        todo = [f for f in formats if not _up_to_date(recorded, f, fmt_keys[f], outputs[f])]
+        if not todo:  # another process built it while we waited
+            return replace(result, cached=True)
+        keep = {
+            f: entry
+            for f, entry in recorded.items()
+            if f not in todo and isinstance(entry, dict) and entry.get("key") == fmt_keys.get(f)
+        }
+        stamp.unlink(missing_ok=True)  # a failure below must not leave a stamp vouching for old outputs
+        log.info("build %s: %s", name, ", ".join(todo))
+        req = PartsRequest(
+            frozenset(_FORMATS[f].kind for f in todo), base_key, content_key, level, threads, decompress_kernel
+        )
+        parts, assembled = make_parts(spec, images, store, out_dir / f".{name}.lkctl-parts", req)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.lkctl-tmp.", dir=out_dir))
+        try:
+            for f in todo:
+                fmt = _FORMATS[f]
+                files = tuple(staging / p.name for p in outputs[f])
+                work = staging / f".work-{f}"
+                write_format(fmt, parts, files, work=work, size=size_bytes, tag=content_key, arch=arch)
+                shutil.rmtree(work, ignore_errors=True)
+            for f in todo:
+                for p in outputs[f]:
+                    _fsync(staging / p.name)
+            for f in todo:  # every format succeeded: publish them all
+                for p in outputs[f]:
+                    os.replace(staging / p.name, p)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for f in todo:
+            state = _file_state(outputs[f])
+            if state is None:
+                raise BuildError(f"build {name}: outputs vanished from {out_dir} as they were written")
+            keep[f] = {"key": fmt_keys[f], "outputs": state}
+        atomic_write(stamp, json.dumps({"version": _STAMP_VERSION, "formats": keep}, indent=2))
+    return replace(result, assembled=assembled, built=tuple(todo))

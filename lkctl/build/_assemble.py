@@ -1,5 +1,10 @@
 """The whole image as one entry stream, in LinuxKit's order: kernel → init → volumes → onboot → onshutdown →
-services → files. Every output format is a sink over this stream (`moby/build/build.go: Build`, ported)."""
+services → files. Every output format is a sink over this stream (`moby/build/build.go: Build`, ported).
+
+The stream comes in two parts so a build can keep the first: `assemble_base` (everything the images give) and
+`assemble_files` (the YAML's `files`, which change most often and cost least). The set of directories the base
+emitted links the two: a file's missing parents are created only if the base did not already make them.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,11 @@ from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, pare
 from lkctl.build.ociconfig import config_to_oci, go_json
 from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
 from lkctl.build.spec import Container, FileSpec, Spec, Volume
-from lkctl.errors import BuildError, SpecError
-from lkctl.oci.layout import Image, Store
+from lkctl.errors import BuildError, ImageError, SpecError
+from lkctl.oci.layout import REF_ANNOTATION, Image, Store
 from lkctl.oci.reference import parse_reference
 
-__all__ = ["assemble", "file_source_path", "metadata_bytes"]
+__all__ = ["assemble", "assemble_base", "assemble_files", "file_source_path", "metadata_bytes"]
 
 
 def assemble(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
@@ -28,7 +33,18 @@ def assemble(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[
     `images` maps each reference string used in `spec` (as written) to its resolved image.
     """
     dirs: set[str] = set()
-    return ensure_parents(_sections(spec, images, store, dirs), dirs)
+    yield from assemble_base(spec, images, store, dirs)
+    yield from assemble_files(spec, dirs)
+
+
+def assemble_base(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[str]) -> Iterator[Entry]:
+    """Every entry but the `files` section; `dirs` collects the directories emitted."""
+    return ensure_parents(_sections(spec, images, store), dirs)
+
+
+def assemble_files(spec: Spec, dirs: set[str]) -> Iterator[Entry]:
+    """The `files` section, after a base that emitted the directories in `dirs` (updated as it goes)."""
+    return ensure_parents(_files(spec, dirs, spec.id_map()), dirs)
 
 
 def _dir(path: str, mode: int = 0o755) -> Entry:
@@ -39,7 +55,7 @@ def _blob(path: str, content: bytes, mode: int = 0o644) -> Entry:
     return Entry(path, EntryKind.FILE, mode, size=len(content), data=io.BytesIO(content))
 
 
-def _sections(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[str]) -> Iterator[Entry]:
+def _sections(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
     if spec.kernel.image:
         yield from kernel_entries(images[spec.kernel.image], store, spec.kernel)
 
@@ -71,19 +87,72 @@ def _sections(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[s
             c, f"containers/services/{c.name}", f"services[{i}]", images, store, extracted, id_map, volumes
         )
 
-    yield from _files(spec, dirs, id_map)
-
 
 def _volume(vol: Volume, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
     base = f"containers/volumes/{vol.name}"
-    if vol.format == "oci":
-        raise BuildError(f"volume {vol.name!r}: format oci is not supported yet (use format: filesystem)")
     yield _dir(f"{base}/lower")
-    if vol.image:
+    if vol.image and vol.format == "oci":
+        yield from (e.under(f"{base}/lower") for e in _oci_layout(vol, images[vol.image], store))
+    elif vol.image:
         entries = image_entries(images[vol.image], store, resolv_symlink=RESOLV_SYMLINK)
         yield from (e.under(f"{base}/lower") for e in entries)
     yield _dir(f"{base}/tmp")
     yield _dir(f"{base}/merged")
+
+
+def _platform_matches(platform: Mapping[str, Any] | None, wanted: str) -> bool:
+    os_name, _, rest = wanted.partition("/")
+    arch, _, variant = rest.partition("/")
+    p = platform or {}
+    return p.get("os") == os_name and p.get("architecture") == arch and (not variant or p.get("variant") == variant)
+
+
+def _oci_layout(vol: Volume, image: Image, store: Store) -> Iterator[Entry]:
+    """`format: oci`: the image as an OCI image layout (LinuxKit's ImageOCITar) for a guest-side runtime to load.
+
+    The root (manifest or index) is kept as stored so its digest still matches the reference; of an index, the
+    manifests for `platforms` are written (default: the platform this build resolved)."""
+    where = f"volume {vol.name!r} (image {vol.image})"
+    root = store.lookup(vol.image)
+    if root is None:
+        raise BuildError(f"{where}: not in the image store")
+    doc = store.read_json(root.digest)
+    if "manifests" in doc:
+        children = [
+            str(m["digest"])
+            for m in doc.get("manifests") or []
+            if (m["digest"] == image.manifest_digest and not vol.platforms)
+            or any(_platform_matches(m.get("platform"), p) for p in vol.platforms)
+        ]
+        missing = [
+            p for p in vol.platforms if not any(_platform_matches(m.get("platform"), p) for m in doc["manifests"])
+        ]
+        if missing:
+            raise BuildError(f"{where}: the image has no {', '.join(missing)} variant")
+    else:
+        children = []
+    blobs = [root.digest]
+    for digest in children or [root.digest]:
+        manifest = store.read_json(digest) if digest != root.digest else doc
+        if digest != root.digest:
+            blobs.append(digest)
+        blobs += [manifest["config"]["digest"], *(layer["digest"] for layer in manifest.get("layers") or [])]
+    index = {
+        "schemaVersion": 2,
+        "manifests": [{**root.to_json(), "annotations": {REF_ANNOTATION: str(parse_reference(vol.image))}}],
+    }
+    yield _blob("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    yield _blob("index.json", go_json(index))
+    for digest in dict.fromkeys(blobs):
+        try:
+            f = store.open_blob(digest)
+        except ImageError:
+            raise BuildError(
+                f"{where}: blob {digest} is not in the image store; pull the image for every platform the volume lists"
+            ) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            yield Entry(f"blobs/sha256/{digest.split(':', 1)[1]}", EntryKind.FILE, 0o644, size=size, data=f)
 
 
 def _bundle(

@@ -1,104 +1,87 @@
-"""Output formats: each is a sink over the entry stream that writes its files atomically.
+"""Output formats: what each is called, which part it is made from, and how.
 
-Only `kernel+initrd` exists so far; `tar`, ISO and disk formats will be further sinks registered in `SINKS`.
-Every file a sink writes goes through `atomic_output` entered on the build's ExitStack, so nothing reaches its
-final path unless the whole build succeeds.
+Every format is made from a build's parts (`_parts`): `tar` is the rootfs tar; all others start from the kernel,
+command line and initrd. File names are LinuxKit's, so tools that know `linuxkit build` output find them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
 
-from lkctl.build._entry import Entry, Reader
-from lkctl.build.initrd import InitrdWriter
+from lkctl.build import _media
+from lkctl.build._parts import Parts
 from lkctl.errors import BuildError
-from lkctl.fsutil import atomic_output
 
-__all__ = ["SINKS", "KernelInitrdSink", "OutputPaths", "Sink"]
+__all__ = ["FORMATS", "Format", "write_format"]
+
+_MIB = 1 << 20
 
 
 @dataclass(frozen=True)
-class OutputPaths:
-    kernel: Path
-    initrd: Path
-    cmdline: Path
+class Format:
+    name: str
+    kind: str  # the part it is made from: "initrd" or "tar"
+    suffixes: tuple[str, ...]  # output files: <name><suffix>
+    sized: bool = False  # --size applies
+    default_size: int | None = None  # bytes; None: as small as the contents allow
 
-    @classmethod
-    def for_name(cls, out_dir: Path, name: str) -> OutputPaths:
-        """LinuxKit's names: `<name>-kernel`, `<name>-initrd.img`, `<name>-cmdline`."""
-        return cls(out_dir / f"{name}-kernel", out_dir / f"{name}-initrd.img", out_dir / f"{name}-cmdline")
-
-    def all(self) -> tuple[Path, ...]:
-        return (self.kernel, self.initrd, self.cmdline)
+    def files(self, name: str) -> tuple[str, ...]:
+        return tuple(name + s for s in self.suffixes)
 
 
-class Sink(Protocol):
-    def add(self, entry: Entry) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class KernelInitrdSink:
-    """`kernel+initrd`: boot/kernel and boot/cmdline become their own files, boot/ucode.cpio leads the initrd
-    uncompressed (the kernel's early microcode loader reads it there), everything else is the gzip cpio."""
-
-    def __init__(self, stack: contextlib.ExitStack, paths: OutputPaths, *, level: int, threads: int | None) -> None:
-        self._stack, self._paths = stack, paths
-        self._level, self._threads = level, threads
-        self._initrd_file: IO[bytes] = stack.enter_context(atomic_output(paths.initrd))
-        self._writer: InitrdWriter | None = None
-        self.cmdline: str | None = None
-        self._kernel = False
-
-    def add(self, e: Entry) -> None:
-        if e.path == "boot/kernel":
-            f = self._stack.enter_context(atomic_output(self._paths.kernel))
-            if e.data is not None:
-                copied = _copy(e.data, f, e.size)
-                if copied != e.size:
-                    raise BuildError(f"kernel is shorter than its recorded size ({copied} < {e.size})")
-            self._kernel = True
-        elif e.path == "boot/cmdline":
-            self.cmdline = e.data.read(e.size).decode() if e.data is not None else ""
-        elif e.path == "boot/ucode.cpio":
-            if self._writer is not None:
-                raise BuildError("boot/ucode.cpio came after the initrd had started")
-            if e.data is not None:
-                _copy(e.data, self._initrd_file, e.size)
-        elif e.path == "boot" or e.path.startswith("boot/"):
-            pass  # e.g. boot/dtb from kernel.tar: LinuxKit leaves all of boot/ out of the initrd
-        else:
-            if self._writer is None:
-                self._writer = self._stack.enter_context(
-                    InitrdWriter(self._initrd_file, level=self._level, threads=self._threads)
-                )
-            self._writer.add(e)
-
-    def finish(self) -> None:
-        if not self._kernel:
-            raise BuildError("the build produced no kernel (the YAML needs kernel.image)")
-        if self._writer is None:  # an image of nothing but a kernel still gets a valid (empty) initrd
-            self._writer = self._stack.enter_context(
-                InitrdWriter(self._initrd_file, level=self._level, threads=self._threads)
-            )
-        self._writer.close()  # every byte is written before the first output is renamed into place
-        f = self._stack.enter_context(atomic_output(self._paths.cmdline))
-        f.write((self.cmdline or "").encode())
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("kernel+initrd", "initrd", ("-kernel", "-initrd.img", "-cmdline")),
+        Format("tar", "tar", (".tar",)),
+        Format("iso-bios", "initrd", (".iso",)),
+        Format("iso-efi", "initrd", ("-efi.iso",)),
+        Format("raw-bios", "initrd", ("-bios.img",), sized=True),
+        Format("raw-efi", "initrd", ("-efi.img",), sized=True),
+        Format("qcow2-bios", "initrd", (".qcow2",), sized=True, default_size=1024 * _MIB),
+        Format("vmdk", "initrd", (".vmdk",), sized=True, default_size=1024 * _MIB),
+    )
+}
 
 
-def _copy(src: Reader, dst: IO[bytes], size: int) -> int:
-    done = 0
-    while done < size:
-        chunk = src.read(min(1 << 20, size - done))
-        if not chunk:
-            break
-        dst.write(chunk)
-        done += len(chunk)
-    return done
+def _link(src: Path, dest: Path) -> None:
+    """Publish a part as an output without copying it (parts are only ever replaced, never rewritten)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
 
 
-SINKS: dict[str, Callable[..., Sink]] = {"kernel+initrd": KernelInitrdSink}
+def write_format(
+    fmt: Format, parts: Parts, outs: tuple[Path, ...], *, work: Path, size: int | None, tag: str, arch: str
+) -> None:
+    """Write `fmt`'s files to `outs` (fresh paths, in the order of `fmt.suffixes`); `work` is scratch space."""
+    if fmt.kind == "tar":
+        _link(parts.tar, outs[0])
+        return
+    if fmt.name == "kernel+initrd":
+        _link(parts.kernel, outs[0])
+        _link(parts.initrd, outs[1])
+        outs[2].write_text(parts.cmdline)
+        return
+    boot = _media.BootFiles(parts.kernel, parts.initrd, parts.cmdline, tag, arch)
+    work.mkdir(parents=True, exist_ok=True)
+    size = size if size is not None else fmt.default_size
+    writers: dict[str, Callable[[], None]] = {
+        "iso-bios": lambda: _media.iso_bios(outs[0], boot, work),
+        "iso-efi": lambda: _media.iso_efi(outs[0], boot, work),
+        "raw-bios": lambda: _media.disk_bios(outs[0], boot, work, size),
+        "raw-efi": lambda: _media.disk_efi(outs[0], boot, work, size),
+    }
+    if fmt.name in writers:
+        writers[fmt.name]()
+    elif fmt.name in ("qcow2-bios", "vmdk"):
+        raw = work / "disk.raw"
+        _media.disk_bios(raw, boot, work, size)
+        _media.convert_disk(raw, outs[0], "qcow2" if fmt.name == "qcow2-bios" else "vmdk")
+    else:
+        raise BuildError(f"format {fmt.name} has no writer")
