@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,7 @@ class RunOptions:
     data_disk: DataDisk | None = None  # --disk SIZE: a persistent data disk in the VM's state dir
     uefi: bool | None = None  # None: decided from the image (LinuxKit -efi names, EFI-only ISOs, GPT disks)
     hypervisor: str = "auto"  # auto | qemu | hyperkit
+    keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
 
 
 def _now() -> str:
@@ -188,6 +190,9 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
         )
         state.save_record(record)  # reserves the name and id under the lock
     try:
+        for f in sorted(opts.keys_from.iterdir()) if opts.keys_from else ():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
     except BaseException:
         state.remove_record(record)
