@@ -45,6 +45,7 @@ __all__ = [
     "assemble",
     "build_image",
     "build_key",
+    "build_source",
     "host_arch",
     "load_spec",
     "merge_specs",
@@ -312,3 +313,45 @@ def build_image(
             keep[f] = {"key": fmt_keys[f], "outputs": state}
         atomic_write(stamp, json.dumps({"version": _STAMP_VERSION, "formats": keep}, indent=2))
     return replace(result, assembled=assembled, built=tuple(todo))
+
+
+def build_source(
+    source: str,
+    files: Sequence[Path] = (),
+    *,
+    variables: Mapping[str, str] | None = None,
+    name: str = "",
+    out_dir: Path | None = None,
+    **options: Any,
+) -> BuildResult:
+    """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
+    a.yml b.yml`); `options` are `build_image`'s (formats, size, arch, pull, ...).
+
+    With no options this is exactly what `--image` builds (`lkctl.images`: same cache directory, so a later
+    `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
+    lkctl's base images are made or refreshed first, as `--image` does."""
+    from lkctl import images, paths
+    from lkctl.baseimages import ensure_base_image, is_base_image
+    from lkctl.templates import find_template, render_template
+
+    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
+    paths_in = [] if template is not None and not files else [Path(source), *files]
+    for p in paths_in:
+        if not p.is_file():
+            raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
+    if not options:
+        if paths_in:
+            return images.build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
+        assert template is not None
+        return images.build_template(template, dict(variables or {}), out_dir=out_dir)
+    if template is not None and not paths_in:
+        spec = parse_spec(render_template(template, dict(variables or {})), str(template.path))
+        name = name or template.name
+    else:
+        spec = load_spec(paths_in)
+        name = name or paths_in[-1].stem
+    store = images.store()
+    for ref in spec.image_refs():
+        if is_base_image(ref):
+            ensure_base_image(ref, store)  # a no-op unless the host's packages changed
+    return build_image(spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=store, **options)

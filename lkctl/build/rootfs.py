@@ -262,6 +262,7 @@ def flatten(image: Image, store: Store) -> Iterator[Entry]:
     for layer in reversed(image.layers):
         raw, stream, what = _layer_stream(store, image, layer)
         new_deleted: list[str] = []
+        own_nondirs: set[str] = set()  # symlinks and files this layer made: nothing of its own may be below them
         new_opaque: list[str] = []
         with raw:
             for m, data in _tar_members(stream, what):
@@ -276,13 +277,20 @@ def flatten(image: Image, store: Store) -> Iterator[Entry]:
                     elif not base.startswith(".wh..wh."):  # other .wh..wh.* are aufs bookkeeping
                         new_deleted.append(f"{parent}/{base[4:]}" if parent else base[4:])
                     continue
-                if path in seen or path in deleted or "" in opaque:
-                    continue
                 parents = parent_dirs(path)
+                through = next((p for p in parents if p in own_nondirs), None)
+                if through is not None:  # e.g. `evil -> /etc` then `evil/passwd`: a write through a symlink
+                    raise BuildError(f"{what}: entry {m.name!r} lies below {through!r}, which the same layer made "
+                                     "a symlink or file")  # fmt: skip
+                if path in seen or path in deleted or "" in opaque:
+                    if not m.isdir():
+                        own_nondirs.add(path)
+                    continue
                 if any(p in deleted or p in opaque or p in nondirs for p in parents):
                     continue
                 entry = _member_entry(m, path, data, what)
                 if entry.kind is not EntryKind.DIR:
+                    own_nondirs.add(path)
                     if path in implied:
                         continue  # an upper layer has children here, so it is a directory
                     nondirs.add(path)

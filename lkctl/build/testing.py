@@ -7,6 +7,7 @@ Docker: `add_image(store, "lkctl.local/x:1", [[file("etc/a", b"1")], [whiteout("
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lkctl.oci.layout import Descriptor, Store
+from lkctl.oci.layout import MEDIA_INDEX, Descriptor, Store
 
 __all__ = [
     "Member",
     "add_image",
+    "add_index",
     "device",
     "directory",
     "fifo",
@@ -108,3 +110,33 @@ def add_image(
     with tempfile.TemporaryDirectory(prefix="lkctl-layers-") as tmp:
         stored = [store.put_layer_tar(write_tar(Path(tmp) / f"{i}.tar", ms)) for i, ms in enumerate(layers)]
     return store.add_image(ref, stored, config=config, labels=labels, architecture=architecture)
+
+
+def add_index(
+    store: Store,
+    ref: str,
+    per_arch: dict[str, Sequence[Sequence[Member]]],
+    *,
+    config: dict[str, Any] | None = None,
+    attestations: bool = False,
+) -> Descriptor:
+    """Store a multi-platform image: an OCI index over one image per architecture (`{"amd64": layers, ...}`).
+
+    `attestations` adds, as BuildKit does, an `unknown/unknown` manifest per platform describing it."""
+    entries = []
+    helpers = []  # names the per-platform manifests get while they are made; only the index keeps one
+    for arch, layers in per_arch.items():
+        helpers.append(f"{ref}-{arch}")
+        d = add_image(store, helpers[-1], layers, config=config, architecture=arch)
+        entries.append({**d.to_json(), "platform": {"os": "linux", "architecture": arch}})
+    for e in list(entries) if attestations else []:
+        helpers.append(f"{ref}-{e['platform']['architecture']}-attestation")
+        att = add_image(store, helpers[-1], [[file("sbom.spdx.json", b"{}")]])
+        ann = {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": e["digest"]}
+        entries.append({**att.to_json(), "platform": {"os": "unknown", "architecture": "unknown"}, "annotations": ann})
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
+    desc = store.put_blob(json.dumps(index, separators=(",", ":")).encode(), MEDIA_INDEX)
+    store.set_ref(ref, desc)
+    for name in helpers:
+        store.remove(name)  # the blobs stay: the index reaches them
+    return desc

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +44,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 INDEX_TYPES = (MEDIA_INDEX, DOCKER_INDEX)
+_MAX_MANIFEST = 4 << 20  # bigger blobs are layers: not parsed when following references
 MANIFEST_TYPES = (MEDIA_MANIFEST, DOCKER_MANIFEST)
 
 
@@ -253,17 +254,82 @@ class Store:
         index.setdefault("manifests", [])
         return dict(index)
 
-    def set_ref(self, ref: str, desc: Descriptor) -> None:
-        """Point the expanded reference `ref` at `desc`, replacing any entry with that name."""
+    def set_ref(self, ref: str, desc: Descriptor, *, locked: bool = False) -> None:
+        """Point the expanded reference `ref` at `desc`, replacing any entry with that name.
+
+        `locked=True`: the caller already holds `lock()` (flock is not re-entrant across file descriptors)."""
         name = str(parse_reference(ref))
         self.ensure()
-        with self.lock():
+        with contextlib.nullcontext() if locked else self.lock():
             index = self._read_index()
             keep = [m for m in index["manifests"] if (m.get("annotations") or {}).get(REF_ANNOTATION) != name]
             entry = desc.to_json()
             entry["annotations"] = {**entry.get("annotations", {}), REF_ANNOTATION: name}
             index["manifests"] = [*keep, entry]
             atomic_write(self.root / "index.json", json.dumps(index, indent=2))
+
+    def ingest_dir(self) -> Path:
+        """Scratch space on the store's file system for blobs on their way in (containerd's name for it)."""
+        path = self.root / "ingest"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def adopt_blob(self, path: Path, digest: str) -> None:
+        """Move a file already verified to hash to `digest` into place (atomic rename)."""
+        os.chmod(path, 0o644)
+        os.replace(path, self.blob_path(digest))
+
+    def reachable(self, digests: Iterable[str]) -> set[str]:
+        """Every blob `digests` lead to (index → manifests → config and layers), including themselves.
+
+        Blobs that are absent are included but not followed (an index pulled for one platform only)."""
+        seen: set[str] = set()
+        todo = list(digests)
+        while todo:
+            digest = todo.pop()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            path = self.blob_path(digest)
+            try:
+                if path.stat().st_size > _MAX_MANIFEST:
+                    continue
+                doc = json.loads(path.read_bytes())
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue  # absent, or a layer (not JSON): nothing to follow
+            if not isinstance(doc, dict):
+                continue
+            children = [*(doc.get("manifests") or []), *(doc.get("layers") or [])]
+            if isinstance(doc.get("config"), dict):
+                children.append(doc["config"])
+            if isinstance(doc.get("subject"), dict):
+                children.append(doc["subject"])
+            todo += [str(c["digest"]) for c in children if isinstance(c, dict) and "digest" in c]
+        return seen
+
+    def remove(self, ref: str) -> list[str]:
+        """Forget the image named `ref` and delete the blobs only it used; returns the deleted digests.
+
+        Blobs any other named image still reaches are kept (LinuxKit's `cache rm` deletes them regardless)."""
+        parsed = parse_reference(ref)
+        names = {str(parsed)}
+        if parsed.tag is None and parsed.digest is None:
+            names.add(str(parsed.with_tag("latest")))
+        with self.lock():
+            index = self._read_index()
+            gone = [m for m in index["manifests"] if (m.get("annotations") or {}).get(REF_ANNOTATION) in names]
+            if not gone:
+                raise ImageError(f"image {parsed} is not in the local image store {self.root}")
+            kept = [m for m in index["manifests"] if m not in gone]
+            index["manifests"] = kept
+            atomic_write(self.root / "index.json", json.dumps(index, indent=2))  # names first: never dangling
+            doomed = self.reachable(m["digest"] for m in gone) - self.reachable(m["digest"] for m in kept)
+            deleted = []
+            for digest in sorted(doomed):
+                with contextlib.suppress(FileNotFoundError, ImageError):
+                    self.blob_path(digest).unlink()
+                    deleted.append(digest)
+        return deleted
 
     def refs(self) -> list[tuple[str, Descriptor]]:
         """Every named entry of index.json, in file order."""

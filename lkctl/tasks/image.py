@@ -1,4 +1,4 @@
-"""image.*: build, ls, base, pull, update, rm."""
+"""image.*: build, ls, base, pull, update, rm, import, push, export."""
 
 from __future__ import annotations
 
@@ -19,41 +19,64 @@ if TYPE_CHECKING:
     from lkctl.installed import PullResult
     from lkctl.sources import Download, ProgressFn
 
-__all__ = ["base", "build", "ls", "pull", "rm", "update"]
+__all__ = ["base", "build", "export", "import_", "ls", "pull", "push", "rm", "update"]
 
 
 @task(
-    iterable=["file", "var"],
+    iterable=["file", "var", "format"],
     help={
         "source": "a template name (e.g. minimal) or a LinuxKit YAML file",
         "file": "more LinuxKit YAML files merged after SOURCE (repeatable), as `linuxkit build a.yml b.yml`",
-        "name": "output name (default: the template or file name)",
-        "out": "directory for <name>-kernel, <name>-initrd.img, <name>-cmdline (default: lkctl's build cache)",
+        "name": "output name (default: the template or the last file's name)",
+        "out": "output directory (default: lkctl's build cache, where --image finds it)",
         "var": "template variable NAME=VALUE (repeatable)",
+        "format": "output format, repeatable or comma-separated (default kernel+initrd): "
+        "kernel+initrd tar iso-bios iso-efi raw-bios raw-efi qcow2-bios vmdk",
+        "size": "disk size for raw-*, qcow2-bios and vmdk, e.g. 2G (default: as needed; qcow2-bios/vmdk 1024M)",
+        "arch": "build for this architecture (amd64, arm64; default this machine's)",
+        "pull": "missing (default: pull images the store lacks) | always | never",
+        "decompress_kernel": "write the kernel uncompressed (vmlinux), as linuxkit --decompress-kernel",
     },
 )
 @adapt
 def build(
-    c: Context, source: str, file: list[str] | None = None, name: str = "", out: str = "", var: list[str] | None = None
+    c: Context,
+    source: str,
+    file: list[str] | None = None,
+    name: str = "",
+    out: str = "",
+    var: list[str] | None = None,
+    format: list[str] | None = None,
+    size: str = "",
+    arch: str = "",
+    pull: str = "missing",
+    decompress_kernel: bool = False,
 ) -> None:
-    """Build a LinuxKit image (kernel+initrd) from a template or YAML files."""
-    from lkctl.errors import ImageError
-    from lkctl.images import build_spec_files, build_template
-    from lkctl.templates import find_template
+    """Build a LinuxKit image (any common format) from a template or YAML files."""
+    from lkctl.build import build_source
 
-    out_dir = Path(out) if out else None
+    formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
+    options: dict[str, object] = {}
+    if formats != ["kernel+initrd"]:
+        options["formats"] = formats
+    if size:
+        options["size"] = size
+    if arch:
+        options["arch"] = arch
+    if pull != "missing":
+        options["pull"] = pull
+    if decompress_kernel:
+        options["decompress_kernel"] = True
     extra = [Path(f) for f in file or []]
-    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
-    if template is not None and not extra:
-        result = build_template(template, parse_vars(var), out_dir=out_dir)
+    out_dir = Path(out) if out else None
+    result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, **options)
+    files = [p for f in formats for p in result.outputs[f]]
+    state = "unchanged, from cache" if result.cached else f"built {', '.join(result.built)}"
+    print(f"lkctl: {state}: {', '.join(str(p) for p in files)}", file=sys.stderr)
+    if formats == ["kernel+initrd"]:
+        print(Path(str(result.kernel)[: -len("-kernel")]))  # the prefix `vm.run --image` takes
     else:
-        first = Path(source)
-        if not first.is_file():
-            raise ImageError(f"{source} is neither a template nor a LinuxKit YAML file")
-        result = build_spec_files([first, *extra], name=name or first.stem, out_dir=out_dir)
-    state = "unchanged, from cache" if result.cached else "built"
-    print(f"lkctl: {state}: {result.kernel}, {result.initrd}", file=sys.stderr)
-    print(Path(str(result.kernel)[: -len("-kernel")]))
+        print("\n".join(str(p) for p in files))
 
 
 @task(help={"json": "print JSON"})
@@ -121,18 +144,32 @@ def _say_pulled(result: PullResult, quiet: bool) -> None:
 
 @task(
     help={
-        "name": "NAME or NAME:VERSION (default version: the newest)",
-        "source": "auto (lkctl.sources.order) | cdn | github | oci",
+        "name": "an installed image NAME[:VERSION], or an OCI reference (REGISTRY/REPO[:TAG|@DIGEST])",
+        "source": "auto (lkctl.sources.order) | cdn | github | oci (installed images only)",
         "platform": "OS/ARCH, default this machine's (e.g. linux/amd64)",
-        "force": "download again even if this version is installed",
+        "force": "download again even if this version is installed (installed images only)",
         "quiet": "no progress output",
+        "oci": "NAME is an OCI image to pull into the image store (implied when NAME has a / or @)",
+        "all_platforms": "OCI: pull every platform of an index, not just --platform",
     }
 )
 @adapt
 def pull(
-    c: Context, name: str, source: str = "auto", platform: str = "", force: bool = False, quiet: bool = False
+    c: Context,
+    name: str,
+    source: str = "auto",
+    platform: str = "",
+    force: bool = False,
+    quiet: bool = False,
+    oci: bool = False,
+    all_platforms: bool = False,
 ) -> None:
-    """Download a prebuilt image (verified, resumable) and install it for vm.run --image=NAME."""
+    """Pull a prebuilt VM image, or an OCI image (--oci) into the image store."""
+    from lkctl.oci.pull import is_oci_reference
+
+    if oci or is_oci_reference(name):
+        _pull_oci(c, name, platform, all_platforms, quiet)
+        return
     from lkctl.installed import pull_image
     from lkctl.sources import Platform, opened_sources, split_name
 
@@ -147,6 +184,33 @@ def pull(
             raise
         end(True)
     _say_pulled(result, quiet)
+
+
+def _insecure(c: Context) -> list[str]:
+    return [h.strip() for h in settings_from(c).sources.insecure_registries.split(",") if h.strip()]
+
+
+def _pull_oci(c: Context, ref: str, platform: str, all_platforms: bool, quiet: bool) -> None:
+    from lkctl.images import store
+    from lkctl.oci.pull import pull_image
+    from lkctl.progress import ProgressReporter, format_size
+    from lkctl.sources import Platform
+
+    reporter = ProgressReporter(ref, quiet=quiet)
+    plats = [Platform.parse(platform)] if platform else None
+    try:
+        result = pull_image(
+            ref, store(), platforms=plats, all_platforms=all_platforms, insecure=_insecure(c), progress=reporter
+        )
+    except BaseException:
+        reporter.abort()
+        raise
+    reporter.finish()
+    if not quiet:
+        what = ", ".join(result.platforms) or "single-platform image"
+        size = format_size(result.fetched_bytes)
+        print(f"lkctl: pulled {result.name} ({what}): {result.fetched} blobs, {size}", file=sys.stderr)
+    print(f"{result.name}@{result.digest}")
 
 
 @task(
@@ -199,14 +263,77 @@ def update(c: Context, name: str = "", check: bool = False, source: str = "auto"
         raise ImageError(f"could not check {', '.join(failed)}")
 
 
-@task(help={"name": "an installed image"})
+@task(help={"name": "an installed image, or an OCI image in the store (NAME with a / or @, or --oci)",
+            "oci": "NAME is an OCI image in the local store"})  # fmt: skip
 @adapt
-def rm(c: Context, name: str) -> None:
-    """Remove an installed image."""
+def rm(c: Context, name: str, oci: bool = False) -> None:
+    """Remove an installed image, or an OCI image from the image store."""
+    from lkctl.oci.pull import is_oci_reference
+
+    if oci or is_oci_reference(name):
+        from lkctl.images import store
+
+        deleted = store().remove(name)
+        print(f"lkctl: removed {name} ({len(deleted)} blobs no other image uses)", file=sys.stderr)
+        return
     from lkctl.installed import remove_installed
 
     path = remove_installed(name)
     print(f"lkctl: removed {name} ({path})", file=sys.stderr)
 
 
-ns = Collection("image", build, ls, base, pull, update, rm)
+@task(
+    name="import",
+    help={
+        "src": "an OCI layout (dir or tar), a docker-archive tarball, or a root filesystem (dir or tar[.gz])",
+        "ref": "name for the image (required for a root filesystem; else taken from the archive)",
+        "arch": "architecture recorded for a root filesystem (default this machine's)",
+    },
+)
+@adapt
+def import_(c: Context, src: str, ref: str = "", arch: str = "") -> None:
+    """Import an OCI layout, docker-archive or root filesystem as an image."""
+    from lkctl.build import host_arch
+    from lkctl.images import store
+    from lkctl.oci.archive import import_archive
+
+    for n in import_archive(Path(src), store(), ref=ref or None, arch=arch or host_arch()):
+        print(n)
+
+
+@task(help={"ref": "an image in the local store", "to": "push under this reference instead (REGISTRY/REPO:TAG)"})
+@adapt
+def push(c: Context, ref: str, to: str = "") -> None:
+    """Push an image from the local image store to a registry."""
+    from lkctl.images import store
+    from lkctl.oci.pull import push_image
+
+    result = push_image(ref, store(), to=to or None, insecure=_insecure(c))
+    print(f"lkctl: pushed {result.name} ({result.pushed} blobs/manifests checked)", file=sys.stderr)
+    print(f"{result.name}@{result.digest}")
+
+
+@task(
+    help={
+        "ref": "an image in the local store",
+        "out": "output file (default: stdout)",
+        "format": "oci (OCI layout tar) | docker (docker-archive, for docker load) | filesystem (flattened root tar)",
+        "platform": "OS/ARCH of an index to export (default this machine's)",
+        "name": "the name recorded in the archive (default REF)",
+    }
+)
+@adapt
+def export(c: Context, ref: str, out: str = "", format: str = "oci", platform: str = "", name: str = "") -> None:
+    """Export an image as an OCI layout, docker-archive or root filesystem."""
+    from lkctl.build import host_arch
+    from lkctl.images import store
+    from lkctl.oci.archive import export_image
+    from lkctl.sources import Platform
+
+    arch = Platform.parse(platform).arch if platform else host_arch()
+    export_image(ref, store(), Path(out) if out else None, fmt=format, arch=arch, name=name or None)
+    if out:
+        print(out)
+
+
+ns = Collection("image", build, ls, base, pull, update, rm, import_, push, export)
