@@ -11,6 +11,8 @@ import bz2
 import lzma
 import struct
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from lkctl.errors import BuildError
 from lkctl.proc import find_program, run
@@ -24,6 +26,14 @@ _MAGICS = (
     (b"BZh", "bzip2"),
     (b"\x5d\x00\x00", "lzma"),
 )
+
+
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: zlib.decompressobj(31),
+    "xz": lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ),
+    "lzma": lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE),
+    "bzip2": bz2.BZ2Decompressor,
+}
 
 
 def _payload(data: bytes) -> bytes:
@@ -46,19 +56,16 @@ def decompress_kernel(data: bytes) -> bytes:
     payload = _payload(data)
     kind = next((k for magic, k in _MAGICS if payload.startswith(magic)), None)
     try:
-        if kind == "gzip":
-            return zlib.decompressobj(31).decompress(payload)  # stops at the end of the member: the kernel
-            # build appends the uncompressed size after it
-        if kind == "xz":
-            return lzma.LZMADecompressor(lzma.FORMAT_XZ).decompress(payload)
-        if kind == "lzma":
-            return lzma.LZMADecompressor(lzma.FORMAT_ALONE).decompress(payload)
-        if kind == "bzip2":
-            return bz2.BZ2Decompressor().decompress(payload)
         if kind == "zstd":
             if payload is not data:
                 payload = payload[:-4]  # the kernel build appends the size, which zstd would read as a bad frame
             return run([find_program("zstd"), "-dcq"], input=payload, what="zstd (kernel payload)").stdout
+        if kind is not None:
+            d = _DECOMPRESSORS[kind]()
+            out: bytes = d.decompress(payload)  # stops at the end of the stream: the build appends the size
+            if not d.eof:
+                raise EOFError("the compressed data ends early")
+            return out
     except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
         raise BuildError(f"cannot decompress the kernel ({kind}): {e}") from None
     raise BuildError("--decompress-kernel: the kernel is neither compressed nor a bzImage with a known payload")

@@ -188,7 +188,7 @@ def iso_efi(out: Path, boot: BootFiles, work: Path) -> None:
 
 def _disk_size(payload: int, size: int | None, *, gpt: bool, what: str) -> int:
     """The whole disk: 1 MiB gap + a FAT partition with room for `payload` bytes (+ GPT's backup), or `size`."""
-    fat = _align(payload + payload // 16 + 4 * _MIB)
+    fat = max(16 * _MIB, _align(payload + payload // 16 + 4 * _MIB))  # mkfs.fat's FAT16 needs 9 MiB or more
     needed = _MIB + fat + (_MIB if gpt else 0)
     if size is None:
         return needed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,7 @@ from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, Reader, clean_pa
 from lkctl.build.spec import KernelSpec
 from lkctl.errors import BuildError
 from lkctl.oci.layout import Descriptor, Image, Store
+from lkctl.proc import find_program
 
 __all__ = [
     "ApkDbMerger",
@@ -56,12 +58,13 @@ class _TarStream:
     members are read in order. The raw (compressed) bytes are hashed as they pass, for the digest check.
     """
 
-    def __init__(self, raw: Reader, what: str, hasher: hashlib._Hash | None = None) -> None:
+    def __init__(self, raw: Reader, what: str, hasher: hashlib._Hash | None = None, *, digest: str = "") -> None:
         self._raw, self._what, self._hash = raw, what, hasher
+        self._verified = digest  # checked by whoever made `raw` (a zstd layer is hashed before decompressing)
         self._buf, self._off, self._pos = b"", 0, 0
         self._input = self._raw_chunk()
         if self._input.startswith(_ZSTD_MAGIC):
-            raise BuildError(f"{what}: zstd-compressed layers are not supported yet")
+            raise BuildError(f"{what}: zstd-compressed tar data is only supported as a layer")
         self._gz = zlib.decompressobj(31) if self._input.startswith(_GZIP_MAGIC) else None
 
     def _raw_chunk(self) -> bytes:
@@ -158,7 +161,7 @@ class _TarStream:
             pass
 
     def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest() if self._hash is not None else ""
+        return "sha256:" + self._hash.hexdigest() if self._hash is not None else self._verified
 
 
 class _Window:
@@ -242,10 +245,58 @@ def tar_entries(raw: Reader, what: str) -> Iterator[Entry]:
             yield _member_entry(m, path, data, what)
 
 
-def _layer_stream(store: Store, image: Image, layer: Descriptor) -> tuple[IO[bytes], _TarStream, str]:
+class _Zstd:
+    """A zstd layer decompressed by the `zstd` program (the standard library has no zstd before 3.14).
+
+    The blob is hashed first, so a layer with the wrong digest never reaches the decompressor."""
+
+    def __init__(self, path: str, what: str, digest: str) -> None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        if "sha256:" + h.hexdigest() != digest:
+            raise BuildError(f"{what}: blob content does not match its digest; remove the image and pull it again")
+        self._what = what
+        argv = [find_program("zstd"), "-dcq", "--", path]
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def read(self, n: int = -1, /) -> bytes:
+        assert self._proc.stdout is not None
+        data = self._proc.stdout.read(n)
+        if not data and self._proc.wait() != 0:
+            err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+            raise BuildError(f"{self._what}: zstd failed: {err or 'exit status ' + str(self._proc.returncode)}")
+        return data
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def __enter__(self) -> _Zstd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _layer_stream(store: Store, image: Image, layer: Descriptor) -> tuple[IO[bytes] | _Zstd, _TarStream, str]:
     what = f"image {image.ref}, layer {layer.digest}"
     raw = store.open_blob(layer.digest)
     try:
+        if raw.read(4) == _ZSTD_MAGIC:
+            raw.close()
+            zstd = _Zstd(str(store.blob_path(layer.digest)), what, layer.digest)
+            try:
+                return zstd, _TarStream(zstd, what, None, digest=layer.digest), what
+            except BaseException:
+                zstd.close()
+                raise
+        raw.seek(0)
         return raw, _TarStream(raw, what, hashlib.sha256()), what
     except BaseException:
         raw.close()

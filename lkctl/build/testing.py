@@ -131,7 +131,8 @@ def add_index(
         entries.append({**d.to_json(), "platform": {"os": "linux", "architecture": arch}})
     for e in list(entries) if attestations else []:
         helpers.append(f"{ref}-{e['platform']['architecture']}-attestation")
-        att = add_image(store, helpers[-1], [[file("sbom.spdx.json", b"{}")]])
+        sbom = json.dumps({"describes": e["digest"]}).encode()
+        att = add_image(store, helpers[-1], [[file("sbom.spdx.json", sbom)]])
         ann = {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": e["digest"]}
         entries.append({**att.to_json(), "platform": {"os": "unknown", "architecture": "unknown"}, "annotations": ann})
     index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}

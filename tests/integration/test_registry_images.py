@@ -112,8 +112,8 @@ def test_an_image_pushed_with_lkctl_pulls_back_byte_for_byte(registry: Reg, tmp_
     image = dst.resolve(ref)
     for d in (image.manifest["config"], *image.manifest["layers"]):
         assert dst.read_blob(d["digest"]) == src.read_blob(d["digest"])
-    names = [m["annotations"]["org.opencontainers.image.ref.name"] for m in json.loads((dst.root / "index.json").read_text())["manifests"]]  # fmt: skip
-    assert names == [ref]
+    index = json.loads((dst.root / "index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == [ref]
     # a second pull has nothing to fetch
     assert pull_image(ref, dst).fetched == 0
 
@@ -123,7 +123,9 @@ def test_a_skopeo_pushed_index_pulls_only_the_asked_platform_and_its_attestation
     per_arch = {arch: [[file("etc/arch", arch.encode())]] for arch in ("amd64", "arm64")}
     index = add_index(src, "lkctl.test/multi:1", per_arch, attestations=True)
     ref = f"{registry.host}/lkctl/multi:1"
-    skopeo("copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{src.root}:lkctl.test/multi:1", f"docker://{ref}")
+    skopeo(
+        "copy", "--all", "--quiet", "--dest-tls-verify=false", f"oci:{src.root}:lkctl.test/multi:1", f"docker://{ref}"
+    )
 
     result = pull_image(ref, dst, platforms=[ARM64])
 
@@ -173,7 +175,9 @@ def htpasswd_auth(work: Path, user: str, password: str) -> dict[str, object]:
     return {"htpasswd": {"realm": "lkctl-test", "path": str(work / "htpasswd")}}
 
 
-def test_htpasswd_registry_takes_credentials_from_docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_htpasswd_registry_takes_credentials_from_docker_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, dst = stores(tmp_path)
     add_image(src, "lkctl.test/secret:1", [[file("s", b"secret")]])
     with docker_registry(tmp_path / "reg", htpasswd_auth(tmp_path / "reg", "alice", "s3cret")) as reg:
