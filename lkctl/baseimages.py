@@ -1,9 +1,11 @@
-"""lkctl's base images (kernel, init, sshd), made from this machine's Debian packages.
+"""lkctl's base images (kernel, init, sshd, dev), made from this machine's Debian packages.
 
 LinuxKit YAML names OCI images for its kernel, init and services. So that no registry is needed, lkctl makes
 `lkctl.local/kernel`, `lkctl.local/init` and `lkctl.local/sshd` from the host's /boot kernel, busybox-static and
-dropbear-bin. Each image is data (`images/<name>/recipe.yml`: files, trees, symlinks, dirs, plus typed `busybox`,
-`elf` and `kernel` steps) run here into one deterministic layer (sorted, fixed mtime, uid/gid 0) in the local OCI
+dropbear-bin, and `lkctl.local/dev` (bash, git, python3, make, curl, an editor) from the files of the host's
+installed Debian packages and their dependencies, only when something names it. Each image is data
+(`images/<name>/recipe.yml`: files, trees, symlinks, dirs, plus typed `busybox`, `elf`, `kernel` and `packages`
+steps) run here into one deterministic layer (sorted, fixed mtime, uid/gid 0) in the local OCI
 store, tagged `latest` and with a content tag. A stamp in the store (recipe contents + every host file used, by
 path, size and mtime) makes a second run a no-op.
 """
@@ -35,6 +37,7 @@ from lkctl.proc import ProgramMissing, find_program, run
 
 __all__ = [
     "BASE_IMAGES",
+    "LOCAL_IMAGES",
     "base_image_name",
     "build_all",
     "ensure_base_image",
@@ -49,6 +52,8 @@ log = logging.getLogger("lkctl.baseimages")
 BASE_IMAGES: Mapping[str, str] = MappingProxyType(
     {"kernel": "lkctl.local/kernel", "init": "lkctl.local/init", "sshd": "lkctl.local/sshd"}
 )
+#: every image lkctl can make: the base images plus those made only on demand (the large `dev` userland)
+LOCAL_IMAGES: Mapping[str, str] = MappingProxyType({**BASE_IMAGES, "dev": "lkctl.local/dev"})
 
 _STAMP_FORMAT = 1
 _MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated files
@@ -58,16 +63,16 @@ _KO = re.compile(r"\.ko(\.(xz|gz|zst))?$")
 
 
 def base_image_name(ref: str) -> str | None:
-    """The short name (`kernel`, `init`, `sshd`) if `ref` names one of lkctl's base images, else None."""
+    """The short name (`kernel`, `init`, `sshd`, `dev`) if `ref` names an image lkctl makes, else None."""
     try:
         name = parse_reference(ref).name
     except ImageError:
         return None
-    return next((short for short, repo in BASE_IMAGES.items() if repo == name), None)
+    return next((short for short, repo in LOCAL_IMAGES.items() if repo == name), None)
 
 
 def is_base_image(ref: str) -> bool:
-    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd}[:tag]`)."""
+    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd,dev}[:tag]`)."""
     return base_image_name(ref) is not None
 
 
@@ -167,7 +172,7 @@ def _load_recipe(name: str) -> _Recipe:
     }
     return _Recipe(
         name=name,
-        ref=str(doc.get("ref") or BASE_IMAGES[name]),
+        ref=str(doc.get("ref") or LOCAL_IMAGES[name]),
         dir=rdir,
         steps=tuple(doc["steps"]),
         config=dict(doc.get("config") or {}),
@@ -278,6 +283,21 @@ def _elf(tree: _Tree, spec: dict[str, Any]) -> None:
         tree.add_host(item.get("dest", item["host"]), host, 0o755)
         for lib in _ldd(host):
             tree.add_host(str(lib), lib, 0o755)
+
+
+def _packages(tree: _Tree, spec: dict[str, Any]) -> None:
+    from lkctl.debpackages import collect_package_files
+
+    entries, used = collect_package_files(
+        spec.get("names") or [],
+        exclude=spec.get("exclude") or [],
+        skip=spec.get("skip") or [],
+        alternatives=bool(spec.get("alternatives", True)),
+    )
+    for e in entries:
+        tree.add(e.path, _Entry(e.kind, e.mode, host=e.host, target=e.target))
+    tree.host_files.update(used)
+    log.info("packages: %d entries from %s", len(entries), ", ".join(spec.get("names") or []))
 
 
 # -- the kernel ----------------------------------------------------------------------------------------------
@@ -468,6 +488,8 @@ def _build_tree(recipe: _Recipe, params: dict[str, str]) -> _Tree:
             _elf(tree, spec)
         elif kind == "kernel":
             _kernel(tree, spec, params[f"{i}.kernel"])
+        elif kind == "packages":
+            _packages(tree, spec)
         else:
             raise BuildError(f"{recipe.dir / 'recipe.yml'}: unknown step type {kind!r}")
     return tree
@@ -563,10 +585,12 @@ def ensure_base_image(ref: str, store: Store) -> bool:
     """Make the base image `ref` (e.g. `lkctl.local/init`) if it is missing or stale; True if it did work."""
     name = base_image_name(ref)
     if name is None:
-        raise ImageError(f"{ref} is not one of lkctl's base images ({', '.join(BASE_IMAGES.values())})")
+        raise ImageError(f"{ref} is not one of lkctl's base images ({', '.join(LOCAL_IMAGES.values())})")
     built = _ensure(store, name, force=False)
     if store.lookup(ref) is None:
-        raise ImageError(f"{ref} is not available: lkctl makes {BASE_IMAGES[name]}:latest from this machine's packages")
+        raise ImageError(
+            f"{ref} is not available: lkctl makes {LOCAL_IMAGES[name]}:latest from this machine's packages"
+        )
     return built
 
 
