@@ -11,7 +11,7 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from lkctl.settings import invoke_defaults
-from lkctl.tasks import image, vm
+from lkctl.tasks import image, template, vm
 
 PY = shlex.quote(sys.executable)
 
@@ -44,4 +44,5 @@ def bench(c: Context) -> None:
 ns = Collection(test, lint, bench)
 ns.add_collection(vm.ns)
 ns.add_collection(image.ns)
+ns.add_collection(template.ns)
 ns.configure(invoke_defaults())

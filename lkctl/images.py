@@ -3,13 +3,21 @@
 `--image` resolves in this order: a path (an image file, a LinuxKit `<prefix>` with `<prefix>-kernel` and
 `<prefix>-initrd.img`, or a LinuxKit YAML file to build); an installed image name; a template name (rendered and
 built on demand, cached by content so an unchanged rebuild is instant).
+
+A template render lands in a directory named after its text's digest, so a VM started from one set of variables
+never has its image replaced under it by a build with another (the Go tool deleted a running VM's image).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import difflib
+import hashlib
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +26,15 @@ from lkctl.errors import ImageError, StateError
 from lkctl.oci.layout import Store
 from lkctl.runtime.disks import detect_format
 from lkctl.runtime.qemu import BootImage, ImageFormat
-from lkctl.templates import Template, find_template, list_templates, render_template
+from lkctl.templates import (
+    Template,
+    TemplateInputs,
+    TemplateMeta,
+    find_template,
+    list_templates,
+    render_template,
+    template_meta,
+)
 
 if TYPE_CHECKING:
     from lkctl.build import BuildResult
@@ -27,12 +43,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ImageInfo",
     "ResolvedImage",
+    "StagedKeys",
     "build_spec_files",
     "build_template",
     "detect_format",
     "installed_dir",
     "list_images",
     "resolve_image",
+    "staged_vm_keys",
     "store",
 ]
 
@@ -42,6 +60,8 @@ class ResolvedImage:
     boot: BootImage
     label: str  # what `vm.ps` shows in its IMAGE column
     built: bool = False  # True if this call (re)built it
+    memory: int = 0  # MB a template asks for (`# lkctl: memory=`); 0: not said
+    cpus: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,22 +167,71 @@ def build_spec_files(files: Sequence[Path], *, name: str, out_dir: Path | None =
     )
 
 
-def build_template(
-    template: Template, variables: dict[str, str] | None = None, *, out_dir: Path | None = None
-) -> BuildResult:
-    """Render `template` with `variables` and build it (cached by content)."""
+def _render(template: Template, variables: Mapping[str, str] | TemplateInputs | None) -> str:
+    return render_template(template, variables if isinstance(variables, TemplateInputs) else dict(variables or {}))
+
+
+def _build_rendered(template: Template, text: str, out_dir: Path) -> BuildResult:
     from lkctl.build import build_image
     from lkctl.build.spec import parse_spec
 
-    text = render_template(template, variables or {})
-    spec = parse_spec(text, str(template.path))
+    spec = parse_spec(text, f"template {template.name} ({template.path}, rendered)")
     _refresh_bases(spec)
-    out = out_dir or paths.cache_dir() / "builds" / f"template-{template.name}"
-    return build_image(spec, name=template.name, out_dir=out, store=store(), ensure_image=_ensure_base)
+    return build_image(spec, name=template.name, out_dir=out_dir, store=store(), ensure_image=_ensure_base)
 
 
-def resolve_image(text: str, variables: dict[str, str] | None = None) -> ResolvedImage:
-    """What `--image TEXT` means: a path, then an installed image, then a template (built on demand)."""
+def build_template(
+    template: Template,
+    variables: Mapping[str, str] | TemplateInputs | None = None,
+    *,
+    out_dir: Path | None = None,
+) -> BuildResult:
+    """Render `template` (with `--var` values, or values resolved from TemplateInputs) and build it.
+
+    Cached by content: an unchanged render is not rebuilt. Without `out_dir` the output lands in lkctl's build
+    cache, in a directory per rendered text.
+    """
+    text = _render(template, variables)
+    return _build_rendered(template, text, out_dir or _render_dir(template, text))
+
+
+#: renders of one template kept in the build cache (the newest; older ones go once an hour has passed)
+_KEEP_RENDERS = 4
+
+
+def _render_dir(template: Template, text: str) -> Path:
+    return paths.cache_dir() / "builds" / f"template-{template.name}" / hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _prune_renders(parent: Path, keep: Path) -> None:
+    """Drop old renders of one template (per-VM keys make a new one per VM), never one younger than an hour:
+    a VM that is starting may be about to read it."""
+    try:
+        dirs = sorted((d for d in parent.iterdir() if d.is_dir() and d != keep), key=lambda d: d.stat().st_mtime)
+    except OSError:
+        return
+    now = time.time()
+    for d in dirs[: max(len(dirs) - (_KEEP_RENDERS - 1), 0)]:
+        with contextlib.suppress(OSError):
+            if now - d.stat().st_mtime > 3600:
+                shutil.rmtree(d)
+
+
+def _from_template(template: Template, variables: Mapping[str, str] | TemplateInputs | None) -> ResolvedImage:
+    text = _render(template, variables)
+    meta: TemplateMeta = template_meta(text, f"template {template.name} ({template.path})")
+    out_dir = _render_dir(template, text)
+    result = _build_rendered(template, text, out_dir)
+    _prune_renders(out_dir.parent, out_dir)
+    boot = _kernel_initrd(_prefix(result), template.name)
+    return ResolvedImage(boot, template.name, built=not result.cached, memory=meta.memory, cpus=meta.cpus)
+
+
+def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | None = None) -> ResolvedImage:
+    """What `--image TEXT` means: a path, then an installed image, then a template (built on demand).
+
+    `variables`: `--var` values, or TemplateInputs (config, environment, the VM's keys, extra template dirs).
+    """
     if not text:
         raise ImageError("no image given: use --image NAME (a template such as minimal, an installed image or a file)")
     from_path = _from_path(text)
@@ -171,15 +240,57 @@ def resolve_image(text: str, variables: dict[str, str] | None = None) -> Resolve
     installed = _installed(text)
     if installed is not None:
         return installed
-    template = find_template(text)
+    inputs = variables if isinstance(variables, TemplateInputs) else TemplateInputs(variables=dict(variables or {}))
+    template = find_template(text, inputs.cwd, inputs.extra_dirs)
     if template is not None:
-        result = build_template(template, variables)
-        return ResolvedImage(_kernel_initrd(_prefix(result), text), text, built=not result.cached)
-    known = sorted({t.name for t in list_templates()} | {i.name for i in list_images() if i.kind == "installed"})
+        return _from_template(template, inputs)
+    templates = list_templates(inputs.cwd, inputs.extra_dirs)
+    known = sorted({t.name for t in templates} | {i.name for i in list_images() if i.kind == "installed"})
+    close = difflib.get_close_matches(text, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ImageError(
-        f"unknown image {text!r}: not a file, an installed image or a template "
+        f"unknown image {text!r}{hint}: not a file, an installed image or a template "
         f"(available: {', '.join(known) or 'none'})"
     )
+
+
+@dataclass
+class StagedKeys:
+    """A VM's SSH keys made before the VM exists, so a template can be rendered with them (`SSH_KEY`,
+    `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (RunOptions.keys_from) and the new VM
+    adopts them. Made on first use: templates that do not ask for a key cost nothing."""
+
+    directory: Path
+    made: bool = field(default=False)
+
+    def variables(self) -> dict[str, str]:
+        from lkctl import ssh
+
+        keys = ssh.generate_keys(self.directory)
+        self.made = True
+
+        def public(path: Path) -> str:  # "ssh-ed25519 AAAA...": the comment names a staging dir, not the VM
+            return " ".join(path.read_text().split()[:2])
+
+        return {
+            "SSH_KEY": public(keys.client_pub),
+            "SSH_HOST_KEY": keys.host_key.read_text(),
+            "SSH_HOST_KEY_PUB": public(keys.host_pub),
+        }
+
+
+@contextlib.contextmanager
+def staged_vm_keys() -> Iterator[StagedKeys]:
+    """A private directory for StagedKeys, removed on exit (the VM has its own copy by then)."""
+    from lkctl.fsutil import private_dir
+
+    root = paths.state_dir() / "staging"
+    private_dir(root)
+    directory = Path(tempfile.mkdtemp(prefix="keys-", dir=root))
+    try:
+        yield StagedKeys(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def list_images() -> list[ImageInfo]:

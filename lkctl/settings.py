@@ -8,6 +8,7 @@ library or our tasks from their own `tasks.py` gets the same defaults because th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,15 @@ from typing import Any
 
 from lkctl.errors import ConfigError
 
-__all__ = ["BuildSettings", "Settings", "SourcesSettings", "VmSettings", "invoke_defaults", "load_settings"]
+__all__ = [
+    "BuildSettings",
+    "Settings",
+    "SourcesSettings",
+    "TemplatesSettings",
+    "VmSettings",
+    "invoke_defaults",
+    "load_settings",
+]
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,21 @@ class SourcesSettings:
 
 
 @dataclass(frozen=True)
+class TemplatesSettings:
+    """Where templates are found (besides workspace, user and built-in ones) and where their variables come from."""
+
+    dirs: str = ""  # more template directories, os.pathsep-separated; searched after the user's, before built-ins
+    use_env: bool = False  # fill template variables from the environment too (as `--env-vars` does)
+    env_prefix: str = ""  # with use_env: variable NAME comes from <env_prefix>NAME (e.g. LKCTL_VAR_)
+    variables: dict[str, str] = field(default_factory=dict)  # NAME: VALUE for every template, below --var
+
+
+@dataclass(frozen=True)
 class Settings:
     vm: VmSettings = field(default_factory=VmSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
     sources: SourcesSettings = field(default_factory=SourcesSettings)
+    templates: TemplatesSettings = field(default_factory=TemplatesSettings)
 
 
 def invoke_defaults() -> dict[str, Any]:
@@ -66,8 +86,24 @@ def invoke_defaults() -> dict[str, Any]:
     return {"lkctl": dataclasses.asdict(Settings())}
 
 
+def _mapping(value: Any) -> dict[str, str]:
+    """A NAME → VALUE table from config (a mapping) or the environment (a JSON object); scalars become text."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise TypeError(value)
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, Mapping | list) or v is None:
+            raise TypeError(v)
+        out[str(k)] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+    return out
+
+
 def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> Any:
     try:
+        if isinstance(default, dict):
+            return _mapping(value)
         if isinstance(default, bool):
             if isinstance(value, str):
                 return value.strip().lower() in ("1", "true", "yes", "on")
@@ -78,9 +114,8 @@ def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> A
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{origin}: lkctl.{section}.{name} must be a {type(default).__name__}, got {value!r}"
-        ) from None
+        kind = "mapping of names to scalar values" if isinstance(default, dict) else type(default).__name__
+        raise ConfigError(f"{origin}: lkctl.{section}.{name} must be a {kind}, got {value!r}") from None
 
 
 def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:

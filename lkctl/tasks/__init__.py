@@ -1,15 +1,16 @@
-"""lkctl's invoke collections. In your own tasks.py: `from lkctl.tasks import ns` (or add `vm`/`image`)."""
+"""lkctl's invoke collections. In your own tasks.py: `from lkctl.tasks import ns` (or add `vm`/`image`/`template`)."""
 
 from __future__ import annotations
 
 from invoke.collection import Collection
 
 from lkctl.settings import invoke_defaults
-from lkctl.tasks import image, vm
+from lkctl.tasks import image, template, vm
 
-__all__ = ["image", "ns", "vm"]
+__all__ = ["image", "ns", "template", "vm"]
 
 ns = Collection()
 ns.add_collection(vm.ns)
 ns.add_collection(image.ns)
+ns.add_collection(template.ns)
 ns.configure(invoke_defaults())

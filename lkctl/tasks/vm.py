@@ -28,8 +28,8 @@ def _err(msg: str) -> None:
         "image": "template name (e.g. minimal), installed image name, LinuxKit YAML file or image path",
         "name": "name for the VM (default: its 8-hex ID)",
         "detach": "run in the background and return once the guest answers SSH",
-        "memory": "guest memory in MB (default 1024)",
-        "cpus": "guest CPUs (default 1)",
+        "memory": "guest memory in MB (default: what the template says, else lkctl.vm.memory, 1024)",
+        "cpus": "guest CPUs (default: what the template says, else lkctl.vm.cpus, 1)",
         "ssh-port": "host port for the guest's SSH on 127.0.0.1 (default: a free one)",
         "port": "forward [HOST_IP:]HOST:GUEST[/udp] (repeatable; binds 127.0.0.1 unless an IP is given)",
         "template": "same as --image for a template name",
@@ -41,6 +41,7 @@ def _err(msg: str) -> None:
         "disk": "attach a persistent data disk of this size (e.g. 10G), kept until vm.rm",
         "uefi": "boot with UEFI firmware (default: decided from the image)",
         "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
+        "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
     },
 )
 @adapt
@@ -62,13 +63,17 @@ def run(
     disk: str = "",
     uefi: bool = False,
     hypervisor: str = "",
+    env_vars: bool = False,
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
-    from lkctl.images import resolve_image
+    import dataclasses
+
+    from lkctl.images import resolve_image, staged_vm_keys
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.host import require_qemu
     from lkctl.runtime.qemu import parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions, run_vm
+    from lkctl.templates import inputs_from_settings
 
     if template and image and template != image:
         raise ConfigError("give either --image or --template, not both")
@@ -91,11 +96,19 @@ def run(
     )
     what = template or image
     _err(f"lkctl: resolving image {what!r}")
-    resolved = resolve_image(what, parse_vars(var))
-    if resolved.built:
-        _err(f"lkctl: built {resolved.boot.path}")
-    _err("lkctl: booting" + (" and waiting for SSH" if detach and wait else ""))
-    record, code = run_vm(resolved.boot, resolved.label, opts, settings, console=sys.stdout.buffer)
+    with staged_vm_keys() as keys:  # a template may ask for this VM's keys (SSH_KEY...): made before the VM
+        inputs = inputs_from_settings(settings.templates, parse_vars(var), use_env=env_vars, vm_keys=keys.variables)
+        resolved = resolve_image(what, inputs)
+        if resolved.built:
+            _err(f"lkctl: built {resolved.boot.path}")
+        opts = dataclasses.replace(
+            opts,
+            memory=memory or resolved.memory,  # --memory, else the template's `# lkctl: memory=`, else settings
+            cpus=cpus or resolved.cpus,
+            keys_from=keys.directory if keys.made else None,
+        )
+        _err("lkctl: booting" + (" and waiting for SSH" if detach and wait else ""))
+        record, code = run_vm(resolved.boot, resolved.label, opts, settings, console=sys.stdout.buffer)
     if detach:
         print(record.id)
         _err(

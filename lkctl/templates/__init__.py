@@ -1,142 +1,218 @@
-"""LinuxKit YAML templates: discovery and `${VAR}` / `${VAR:-default}` substitution.
+"""LinuxKit YAML templates: discovery, variables from every source, rendering that keeps the YAML valid.
 
-Built-in templates ship in `templates/`; workspace (`.lkctl/templates/` up to the repository root) and user
-(`~/.config/lkctl/templates/`) templates override them by name.
+A template is a LinuxKit YAML file with `${VAR}` (required), `${VAR:-default}` (optional) and `$${VAR}` (a
+literal `${VAR}`), or a `.yml.j2` file rendered with jinja2. Values come from `--var NAME=VALUE`, then config
+(`lkctl.templates.variables`), then the environment when asked (`--env-vars` or `lkctl.templates.use_env`), then
+this VM's own SSH keys for `SSH_KEY`/`SSH_HOST_KEY`/`SSH_HOST_KEY_PUB`, then the template's defaults.
+
+A `# lkctl: memory=${MEMORY:-2048} cpus=${CPUS:-2}` line in the header comment sizes the VM (LinuxKit YAML has
+no such fields); `vm.run --memory/--cpus` still win.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lkctl import paths
-from lkctl.errors import ConfigError, ImageError
+from lkctl.errors import ConfigError
+from lkctl.templates.discovery import (
+    SUFFIXES,
+    Template,
+    check_name,
+    discover_templates,
+    find_template,
+    list_templates,
+    require_template,
+    template_dirs,
+)
+from lkctl.templates.substitute import Variables, substitute, variables_of, yaml_scalar
 
-__all__ = ["Template", "find_template", "list_templates", "render_template", "template_variables"]
+if TYPE_CHECKING:
+    from lkctl.settings import TemplatesSettings
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+__all__ = [
+    "KEY_VARIABLES",
+    "SUFFIXES",
+    "Template",
+    "TemplateInputs",
+    "TemplateMeta",
+    "Variables",
+    "check_name",
+    "discover_templates",
+    "find_template",
+    "inputs_from_settings",
+    "list_templates",
+    "render_template",
+    "require_template",
+    "resolve_values",
+    "template_dirs",
+    "template_meta",
+    "template_variables",
+    "yaml_scalar",
+]
+
+#: variables lkctl fills from the VM's own keys when nothing else gives them: the client public key (for
+#: authorized_keys), the host private key (OpenSSH PEM) and its public half (what lkctl's known_hosts pins)
+KEY_VARIABLES = ("SSH_KEY", "SSH_HOST_KEY", "SSH_HOST_KEY_PUB")
+_META = re.compile(r"^#\s*lkctl:(.*)$")
 
 
 @dataclass(frozen=True)
-class Template:
-    name: str
-    path: Path
-    source: str  # builtin | user | workspace
+class TemplateInputs:
+    """Everything rendering depends on besides the template: where to look and where values come from."""
 
-    @property
-    def description(self) -> str:
-        for line in self.path.read_text().splitlines():
-            stripped = line.strip()
-            if stripped.startswith("#") and stripped.lstrip("#").strip():
-                return stripped.lstrip("#").strip()
-            if stripped and not stripped.startswith("#"):
-                break
-        return ""
+    variables: Mapping[str, str] = field(default_factory=dict)  # --var NAME=VALUE: the highest precedence
+    config: Mapping[str, str] = field(default_factory=dict)  # lkctl.templates.variables
+    environ: Mapping[str, str] | None = None  # None: the environment is not consulted
+    env_prefix: str = ""
+    vm_keys: Callable[[], Mapping[str, str]] | None = None  # this VM's keys by KEY_VARIABLES name, made on demand
+    extra_dirs: tuple[Path, ...] = ()
+    cwd: Path | None = None
 
 
-def _workspace_dirs(start: Path) -> list[Path]:
-    dirs = []
-    for d in [start, *start.parents]:
-        candidate = d / ".lkctl" / "templates"
-        if candidate.is_dir():
-            dirs.append(candidate)
-        if (d / ".git").exists():
-            break
-    return dirs
+@dataclass(frozen=True)
+class TemplateMeta:
+    """What a template says about the VM beyond LinuxKit YAML (0: not said)."""
+
+    memory: int = 0  # MB
+    cpus: int = 0
 
 
-def _search_path(cwd: Path | None = None) -> list[tuple[str, Path]]:
-    """Template directories, highest precedence first."""
-    found = [("workspace", d) for d in _workspace_dirs((cwd or Path.cwd()).resolve())]
-    found.append(("user", paths.config_dir() / "templates"))
-    found.append(("builtin", paths.resource_dir("templates")))
-    return found
+def inputs_from_settings(
+    settings: TemplatesSettings,
+    variables: Mapping[str, str] | None = None,
+    *,
+    use_env: bool = False,
+    vm_keys: Callable[[], Mapping[str, str]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TemplateInputs:
+    """TemplateInputs from lkctl's settings plus the command line (`--var`, `--env-vars`)."""
+    import os
+
+    env = (os.environ if environ is None else environ) if (use_env or settings.use_env) else None
+    return TemplateInputs(
+        variables=dict(variables or {}),
+        config=dict(settings.variables),
+        environ=env,
+        env_prefix=settings.env_prefix,
+        vm_keys=vm_keys,
+        extra_dirs=tuple(Path(d) for d in settings.dirs.split(os.pathsep) if d),
+    )
 
 
-def list_templates(cwd: Path | None = None) -> list[Template]:
-    """Every visible template (the highest-precedence one per name), sorted by name."""
-    seen: dict[str, Template] = {}
-    for source, d in _search_path(cwd):
-        if not d.is_dir():
-            continue
-        for f in sorted(d.iterdir()):
-            if f.suffix in (".yml", ".yaml") and f.is_file() and _NAME.match(f.stem):
-                seen.setdefault(f.stem, Template(f.stem, f, source))
-    return [seen[k] for k in sorted(seen)]
+def template_variables(template: Template) -> Variables:
+    """The variables `template` uses: required (with lines) and optional (with defaults)."""
+    if template.jinja:
+        from lkctl.templates._jinja import jinja_variables
+
+        return jinja_variables(template.path)
+    return variables_of(_read(template))
 
 
-def find_template(name: str, cwd: Path | None = None) -> Template | None:
-    if not _NAME.match(name):
-        return None  # never a path: "../x" or "a/b" are not template names
-    for t in list_templates(cwd):
-        if t.name == name:
-            return t
-    return None
+def _read(template: Template) -> str:
+    try:
+        return template.path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read template {template.name} ({template.path}): {e}") from None
 
 
-def template_variables(text: str) -> tuple[list[str], dict[str, str]]:
-    """(required names, optional name → default) used in `text`."""
-    required: list[str] = []
-    optional: dict[str, str] = {}
-    for m in _VAR.finditer(text):
-        if m.group(1):
-            continue
-        name, default = m.group(2), m.group(3)
-        if default is None:
-            if name not in required:
-                required.append(name)
-        else:
-            optional.setdefault(name, default)
-    return required, optional
+def resolve_values(template: Template, inputs: TemplateInputs) -> dict[str, str]:
+    """The value of each variable `template` uses that some source gives (defaults stay in the template).
+
+    A `--var` the template does not use is an error (a typo would otherwise be silently ignored); config values
+    are shared by every template, so unused ones are fine.
+    """
+    import difflib
+
+    used = template_variables(template)
+    names = used.names
+    unknown = [n for n in inputs.variables if n not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"template {template.name} has no variable {unknown[0]}{hint} (its variables: {', '.join(names) or 'none'})"
+        )
+    out: dict[str, str] = {}
+    for name in names:
+        if name in inputs.variables:
+            out[name] = inputs.variables[name]
+        elif name in inputs.config:
+            out[name] = inputs.config[name]
+        elif inputs.environ is not None and inputs.env_prefix + name in inputs.environ:
+            out[name] = inputs.environ[inputs.env_prefix + name]
+    wanted = [n for n in KEY_VARIABLES if n in names and n not in out]
+    if wanted and inputs.vm_keys is not None:
+        keys = inputs.vm_keys()
+        out.update({n: keys[n] for n in wanted})
+    return out
 
 
-def _yaml_scalar(value: str) -> str:
-    # JSON strings are valid YAML flow scalars: quotes, colons and newlines cannot break the document
-    return json.dumps(value)
+def _check_yaml(text: str, source: str) -> None:
+    import yaml
+
+    try:
+        list(yaml.load_all(text, Loader=yaml.SafeLoader))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        if mark is None:
+            raise ConfigError(f"{source} rendered to invalid YAML: {e.problem or e.context}") from None
+        lines = text.splitlines() or [""]
+        line = min(mark.line, len(lines) - 1)  # an error at the end of the text: show its last line
+        while line > 0 and not lines[line].strip():
+            line -= 1
+        problem = e.problem or e.context
+        raise ConfigError(
+            f"{source} rendered to invalid YAML at line {line + 1}: {problem}\n  {line + 1} | {lines[line]}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} rendered to invalid YAML: {e}") from None
 
 
-def render_template(template: Template, variables: dict[str, str]) -> str:
-    """Substitute variables. A variable that is a whole YAML scalar is inserted as a quoted string."""
-    text = template.path.read_text()
-    missing: list[str] = []
-    lines_of: dict[str, int] = {}
-    for m in _VAR.finditer(text):
-        if not m.group(1) and m.group(3) is None and m.group(2) not in variables and m.group(2) not in lines_of:
-            lines_of[m.group(2)] = text.count("\n", 0, m.start()) + 1
-            missing.append(m.group(2))
-    if missing:
-        where = ", ".join(f"{n} (line {lines_of[n]})" for n in missing)
-        raise ConfigError(f"template {template.name} ({template.path}) needs variables: {where}; pass --var NAME=VALUE")
+def render_template(template: Template, values: Mapping[str, str] | TemplateInputs | None = None) -> str:
+    """The LinuxKit YAML `template` makes with `values` (or with values resolved from `TemplateInputs`).
 
-    def replace(m: re.Match[str]) -> str:
-        if m.group(1):
-            return m.group(0)[1:]  # $${VAR} is a literal ${VAR}
-        value = variables.get(m.group(2), m.group(3) or "")
-        return value
+    Every missing required variable is named in one error, with its lines; output that is not valid YAML (a
+    `.j2` template can produce anything) is an error showing the rendered line.
+    """
+    if isinstance(values, TemplateInputs):
+        values = resolve_values(template, values)
+    source = f"template {template.name} ({template.path})"
+    if template.jinja:
+        from lkctl.templates._jinja import render_jinja
 
-    out_lines = []
-    for line in text.splitlines(keepends=True):
-        stripped = line.rstrip("\n")
-        key, sep, rest = stripped.partition(": ")
-        whole = _VAR.fullmatch(rest.strip()) if sep else None
-        if whole and not whole.group(1):
-            indent = stripped[: len(stripped) - len(stripped.lstrip())]
-            value = variables.get(whole.group(2), whole.group(3) or "")
-            out_lines.append(f"{key}{sep}{_yaml_scalar(value)}\n" if indent or key else line)
-        else:
-            out_lines.append(_VAR.sub(replace, line))
-    return "".join(out_lines)
+        text = render_jinja(template.path, values or {}, source)
+    else:
+        text = substitute(_read(template), values or {}, source)
+    _check_yaml(text, source)
+    return text
 
 
-def require_template(name: str) -> Template:
-    t = find_template(name)
-    if t is None:
-        names = ", ".join(t.name for t in list_templates()) or "none"
-        raise ImageError(f"unknown template {name!r} (templates: {names})")
-    return t
+def _size(key: str, value: str, source: str, suffixes: dict[str, int]) -> int:
+    m = re.fullmatch(r"([0-9]+)([A-Za-z]?)", value.strip())
+    unit = m.group(2).upper() if m else ""
+    if m is None or unit not in suffixes or int(m.group(1)) <= 0:
+        raise ConfigError(f"{source}: `# lkctl: {key}=` needs a positive whole number, got {value!r}")
+    return int(m.group(1)) * suffixes[unit]
 
 
-__all__ += ["require_template"]
+def template_meta(rendered: str, source: str = "template") -> TemplateMeta:
+    """The `# lkctl: memory=... cpus=...` line(s) of a rendered template's header comment."""
+    found: dict[str, int] = {}
+    for line in rendered.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break  # only the header comment
+        m = _META.match(stripped)
+        for word in m.group(1).split() if m else []:
+            key, sep, value = word.partition("=")
+            if key == "memory" and sep:
+                found["memory"] = _size(key, value, source, {"": 1, "M": 1, "G": 1024})
+            elif key == "cpus" and sep:
+                found["cpus"] = _size(key, value, source, {"": 1})
+            else:
+                raise ConfigError(f"{source}: unknown `# lkctl:` setting {word!r} (known: memory=MB, cpus=N)")
+    return TemplateMeta(**found)
