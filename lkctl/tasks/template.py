@@ -46,8 +46,13 @@ def ls(c: Context, json: bool = False) -> None:
     if not rows:
         print("no templates", file=sys.stderr)
         return
+
+    def short(text: str, width: int = 60) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
     body = [
-        [t.name, t.source + (" (shadowed)" if t.shadowed_by else ""), t.description or "-", str(t.path)] for t in found
+        [t.name, t.source + (" (shadowed)" if t.shadowed_by else ""), short(t.description or "-"), str(t.path)]
+        for t in found
     ]
     print(table(["NAME", "SOURCE", "DESCRIPTION", "PATH"], body))
 
