@@ -206,6 +206,12 @@ def _content_indents(span: str) -> list[int]:
     return [len(ln) - len(ln.lstrip(" ")) for ln in span.split("\n")[1:] if ln.strip(" ")]
 
 
+def _indent_after_first(value: str, pad: str) -> str:
+    """`value` with each line after the first indented by `pad` (empty lines stay empty)."""
+    first, *rest = value.split("\n")
+    return "\n".join([first, *(pad + ln if ln else "" for ln in rest)])
+
+
 def _in_block(span: str, token_re: re.Pattern[str], values: Mapping[str, str]) -> str | None:
     """A literal block with its tokens replaced in place, each value line indented like the block; None when
     that would change how the block is read (a value whose first line starts with a space, or a character YAML
@@ -217,10 +223,7 @@ def _in_block(span: str, token_re: re.Pattern[str], values: Mapping[str, str]) -
     if not indents:
         return None
     pad = " " * min(indents)
-    new = token_re.sub(
-        lambda m: "\n".join(ln if i == 0 or not ln else pad + ln for i, ln in enumerate(values[m.group()].split("\n"))),
-        span,
-    )
+    new = token_re.sub(lambda m: _indent_after_first(values[m.group()], pad), span)
     header = span.split("\n", 1)[0]
     explicit = any(c.isdigit() for c in header.split("#", 1)[0])
     new_indents = _content_indents(new)

@@ -293,6 +293,12 @@ def test_a_whole_value_that_is_a_number_or_boolean_keeps_its_type(value: str) ->
     assert yaml.safe_load(substitute("v: x${V}\n", {"V": value}))["v"] == "x" + value
 
 
+@pytest.mark.parametrize("value", ["1e3", "0o17", "0x1F", ".inf", "Null", "TRUE", "~", "yes", "on", "007"])
+def test_values_a_yaml_1_2_reader_would_not_take_as_strings_are_quoted(value: str) -> None:
+    out = substitute("v: ${V}\n", {"V": value})
+    assert out == f'v: "{value}"\n'  # LinuxKit (Go yaml.v3) and pyyaml both read a string
+
+
 def test_multiline_whole_value_becomes_a_literal_block_keeping_the_comment() -> None:
     out = substitute("a:\n  script: ${S}  # run me\n  b: 1\n", {"S": "echo 1\necho 2\n"})
     assert out == "a:\n  script: | # run me\n    echo 1\n    echo 2\n  b: 1\n"
