@@ -8,11 +8,14 @@ emitted links the two: a file's missing parents are created only if the base did
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
 
 import yaml
 
@@ -24,7 +27,62 @@ from lkctl.errors import BuildError, ImageError, SpecError
 from lkctl.oci.layout import REF_ANNOTATION, Image, Store
 from lkctl.oci.reference import parse_reference
 
-__all__ = ["assemble", "assemble_base", "assemble_files", "file_source_path", "metadata_bytes"]
+__all__ = [
+    "ImageRun",
+    "assemble",
+    "assemble_base",
+    "assemble_base_items",
+    "assemble_files",
+    "file_source_path",
+    "metadata_bytes",
+]
+
+Item = Union[Entry, "ImageRun"]
+
+
+@dataclass
+class ImageRun:
+    """One image's entries at one place in the tree: the unit the initrd writer keeps compressed, by `key`.
+
+    `entries` is lazy (nothing is read until iterated) and self-contained: parents inside the run come before
+    their children whatever came earlier, so its bytes do not depend on the rest of the build. Whoever consumes
+    it sets `added`/`removed`: the directories the entries after it can take as existing (or no longer)."""
+
+    key: str
+    entries: Iterator[Entry]
+    apk: ApkDbMerger | None = None  # init images: the merger of their package databases
+    added: set[str] | None = None
+    removed: set[str] | None = None
+
+    def consume(self) -> Iterator[Entry]:
+        """The entries, noting the directories they leave behind."""
+        added: set[str] = set()
+        removed: set[str] = set()
+        for e in self.entries:
+            if e.kind is EntryKind.DIR:
+                added.add(e.path)
+                removed.discard(e.path)
+            else:
+                removed.add(e.path)
+                added.discard(e.path)
+            yield e
+        self.added, self.removed = added, removed
+
+
+def _run(
+    key_parts: list[str], entries: Iterable[Entry], known: Iterable[str], apk: ApkDbMerger | None = None
+) -> ImageRun:
+    key = hashlib.sha256(json.dumps(["image-run-1", *key_parts]).encode()).hexdigest()
+    watched = apk.watch(entries) if apk is not None else entries
+    return ImageRun(key, ensure_parents(watched, set(known)), apk)
+
+
+def _image_run(image: Image, store: Store, prefix: str, *, resolv_symlink: str | None = None,
+               apk: ApkDbMerger | None = None) -> ImageRun:  # fmt: skip
+    entries = image_entries(image, store, resolv_symlink=resolv_symlink)
+    moved = (e.under(prefix) for e in entries) if prefix else entries
+    known = [*parent_dirs(prefix), prefix] if prefix else []
+    return _run([image.manifest_digest, prefix, resolv_symlink or ""], moved, known, apk)
 
 
 def assemble(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
@@ -37,9 +95,31 @@ def assemble(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[
     yield from assemble_files(spec, dirs)
 
 
+def _flat(items: Iterable[Item]) -> Iterator[Entry]:
+    for item in items:
+        if isinstance(item, ImageRun):
+            yield from item.consume()
+        else:
+            yield item
+
+
 def assemble_base(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[str]) -> Iterator[Entry]:
     """Every entry but the `files` section; `dirs` collects the directories emitted."""
-    return ensure_parents(_sections(spec, images, store), dirs)
+    return ensure_parents(_flat(_sections(spec, images, store)), dirs)
+
+
+def assemble_base_items(spec: Spec, images: Mapping[str, Image], store: Store, dirs: set[str]) -> Iterator[Item]:
+    """`assemble_base` with each image's entries left as an `ImageRun`, for a consumer that may have them
+    already compressed. The consumer must set each run's `added`/`removed` before asking for the next item."""
+    for item in _sections(spec, images, store):
+        if isinstance(item, ImageRun):
+            yield item
+            if item.added is None or item.removed is None:
+                raise BuildError(f"internal: image run {item.key[:12]} was not consumed")
+            dirs.update(item.added)
+            dirs.difference_update(item.removed)
+        else:
+            yield from ensure_parents([item], dirs)
 
 
 def assemble_files(spec: Spec, dirs: set[str]) -> Iterator[Entry]:
@@ -55,13 +135,18 @@ def _blob(path: str, content: bytes, mode: int = 0o644) -> Entry:
     return Entry(path, EntryKind.FILE, mode, size=len(content), data=io.BytesIO(content))
 
 
-def _sections(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
+def _sections(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator[Item]:
     if spec.kernel.image:
-        yield from kernel_entries(images[spec.kernel.image], store, spec.kernel)
+        k = spec.kernel
+        image = images[k.image]
+        yield _dir("boot")
+        yield _blob("boot/cmdline", k.cmdline.encode())
+        key = [image.manifest_digest, k.binary_name, k.tar_name or "", k.ucode or ""]
+        yield _run(key, kernel_entries(image, store, k, boot=False), ["boot"])
 
     apk = ApkDbMerger()
     for ref in spec.init:
-        yield from apk.watch(image_entries(images[ref], store, resolv_symlink=RESOLV_SYMLINK))
+        yield _image_run(images[ref], store, "", resolv_symlink=RESOLV_SYMLINK, apk=apk)
     yield from apk.merged()
 
     for vol in spec.volumes:
@@ -88,14 +173,13 @@ def _sections(spec: Spec, images: Mapping[str, Image], store: Store) -> Iterator
         )
 
 
-def _volume(vol: Volume, images: Mapping[str, Image], store: Store) -> Iterator[Entry]:
+def _volume(vol: Volume, images: Mapping[str, Image], store: Store) -> Iterator[Item]:
     base = f"containers/volumes/{vol.name}"
     yield _dir(f"{base}/lower")
     if vol.image and vol.format == "oci":
         yield from (e.under(f"{base}/lower") for e in _oci_layout(vol, images[vol.image], store))
     elif vol.image:
-        entries = image_entries(images[vol.image], store, resolv_symlink=RESOLV_SYMLINK)
-        yield from (e.under(f"{base}/lower") for e in entries)
+        yield _image_run(images[vol.image], store, f"{base}/lower", resolv_symlink=RESOLV_SYMLINK)
     yield _dir(f"{base}/tmp")
     yield _dir(f"{base}/merged")
 
@@ -164,7 +248,7 @@ def _bundle(
     extracted: dict[str, str],
     id_map: Mapping[str, int],
     volumes: Mapping[str, Volume],
-) -> Iterator[Entry]:
+) -> Iterator[Item]:
     """An OCI bundle as LinuxKit lays it out: config.json, runtime.json and the root filesystem, either
     `rootfs/` (read-only) or `lower/` + `tmp/` + `rootfs/` overlaid at boot by the runtime mounts."""
     image = images[c.image]
@@ -183,7 +267,7 @@ def _bundle(
     if root is None:
         root = f"{prefix}/{'rootfs' if readonly else 'lower'}"
         yield _dir(root)
-        yield from (e.under(root) for e in image_entries(image, store))
+        yield _image_run(image, store, root)
         extracted[key] = root
     yield _blob(f"{prefix}/config.json", go_json(oci))
     if readonly:

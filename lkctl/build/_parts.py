@@ -16,17 +16,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from lkctl.build._assemble import assemble_base, assemble_files
+from lkctl.build._assemble import ImageRun, assemble_base_items, assemble_files
 from lkctl.build._entry import Entry, EntryKind
+from lkctl.build._fragments import FragmentCache
 from lkctl.build._kernel import decompress_kernel
 from lkctl.build._tar import TarWriter
 from lkctl.build.initrd import GzipState, InitrdCheckpoint, InitrdWriter, is_boot_path
@@ -62,10 +64,13 @@ class PartsRequest:
     level: int
     threads: int | None
     decompress_kernel: bool = False
+    fragments: bool = True  # keep and reuse compressed image runs (`_fragments`)
 
 
 class _Part(Protocol):
     def add(self, e: Entry) -> None: ...
+
+    def open_run(self, run: ImageRun) -> _RunSink | None: ...
 
     def checkpoint(self) -> None: ...
 
@@ -136,10 +141,17 @@ class _Staged:
 
 class _InitrdPart:
     """boot/kernel → `kernel`, boot/cmdline → the command line, boot/ucode.cpio leads the initrd uncompressed,
-    everything else outside boot/ → the gzip cpio `initrd.img`."""
+    everything else outside boot/ → the gzip cpio `initrd.img`. Image runs go through the fragment cache."""
 
-    def __init__(self, staged: _Staged, parts: Parts, req: PartsRequest, resume: Mapping[str, Any] | None) -> None:
-        self._parts, self._req = parts, req
+    def __init__(
+        self,
+        staged: _Staged,
+        parts: Parts,
+        req: PartsRequest,
+        resume: Mapping[str, Any] | None,
+        fragments: FragmentCache | None,
+    ) -> None:
+        self._parts, self._req, self._fragments = parts, req, fragments
         self._out = staged.open(parts.initrd)
         self._staged = staged
         self._writer: InitrdWriter | None = None
@@ -158,24 +170,47 @@ class _InitrdPart:
             self._writer = InitrdWriter(self._out, level=self._req.level, threads=self._req.threads)
         return self._writer
 
+    def _write_kernel(self, src: Any, size: int) -> None:
+        f = self._staged.open(self._parts.kernel)
+        if self._req.decompress_kernel:
+            data = src.read(size)
+            f.write(decompress_kernel(data))
+        else:
+            _copy(src, f, size, "boot/kernel")
+        self._kernel = True
+
+    def _write_ucode(self, content: bytes) -> None:
+        if self._writer is not None:
+            raise BuildError("boot/ucode.cpio came after the initrd had started")
+        self._out.write(content)
+
     def add(self, e: Entry) -> None:
         if e.path == "boot/kernel":
-            f = self._staged.open(self._parts.kernel)
-            if self._req.decompress_kernel:
-                data = e.data.read(e.size) if e.data is not None else b""
-                f.write(decompress_kernel(data))
-            elif e.data is not None:
-                _copy(e.data, f, e.size, e.path)
-            self._kernel = True
+            self._write_kernel(e.data if e.data is not None else io.BytesIO(), e.size)
         elif e.path == "boot/cmdline":
             self.cmdline = e.data.read(e.size).decode() if e.data is not None else ""
         elif e.path == "boot/ucode.cpio":
-            if self._writer is not None:
-                raise BuildError("boot/ucode.cpio came after the initrd had started")
-            if e.data is not None:
-                self._out.write(e.data.read(e.size))
+            self._write_ucode(e.data.read(e.size) if e.data is not None else b"")
         elif not is_boot_path(e.path):
             self._start().add(e)
+
+    def open_run(self, run: ImageRun) -> _RunSink | None:
+        """None when the run's fragment is cached (then it is used here and now); else a sink for its entries."""
+        key = hashlib.sha256(f"{run.key}:{self._req.level}".encode()).hexdigest()
+        frag = self._fragments.get(key) if self._fragments is not None else None
+        if frag is None:
+            return _RunFragment(self, run, key, self._fragments or FragmentCache(None))
+        if "ucode" in frag.side:
+            self._write_ucode((frag.dir / "ucode").read_bytes())
+        if "kernel" in frag.side:
+            with open(frag.dir / "kernel", "rb") as k:
+                self._write_kernel(k, os.fstat(k.fileno()).st_size)
+        with open(frag.data, "rb") as data:
+            self._start().splice(data, frag.state)
+        if run.apk is not None and frag.apk is not None:
+            run.apk.add(frag.apk)
+        run.added, run.removed = set(frag.added), set(frag.removed)
+        return None
 
     def checkpoint(self) -> None:
         cp = self._start().checkpoint()
@@ -198,6 +233,55 @@ class _InitrdPart:
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.abort()
+
+
+class _RunSink(Protocol):
+    def add(self, e: Entry) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class _RunFragment:
+    """An image run compressed on its own (kept in the fragment cache), then spliced into the initrd."""
+
+    def __init__(self, part: _InitrdPart, run: ImageRun, key: str, cache: FragmentCache) -> None:
+        self._part, self._run, self._cache = part, run, cache
+        self._stack = contextlib.ExitStack()
+        self._draft = self._stack.enter_context(cache.draft(key))
+        req = part._req
+        self._writer = InitrdWriter(self._draft.data, level=req.level, threads=req.threads, fragment=True)
+        self._apk_before = len(run.apk.dbs) if run.apk is not None else 0
+
+    def add(self, e: Entry) -> None:
+        if e.path in ("boot/kernel", "boot/ucode.cpio"):
+            content = e.data.read(e.size) if e.data is not None else b""
+            with self._draft.side("kernel" if e.path == "boot/kernel" else "ucode") as side:
+                side.write(content)
+            self._part.add(dataclasses.replace(e, data=io.BytesIO(content)))
+        elif not is_boot_path(e.path):
+            self._writer.add(e)
+
+    def close(self) -> None:
+        try:
+            state = self._writer.checkpoint().gzip
+            self._writer.abort()  # the pool only: a fragment has no trailer
+            added, removed = self._run.added, self._run.removed
+            assert added is not None and removed is not None
+            new_dbs = self._run.apk.dbs[self._apk_before :] if self._run.apk is not None else []
+            self._cache.finish(self._draft, state, added, removed, new_dbs[0] if new_dbs else None)
+            self._draft.data.flush()
+            self._draft.data.seek(0)
+            self._part._start().splice(self._draft.data, state)
+        except BaseException:
+            self.abort()
+            raise
+        self._stack.close()
+
+    def abort(self) -> None:
+        self._writer.abort()
+        self._stack.close()
 
 
 def _copy(src: Any, dst: IO[bytes], size: int, what: str) -> None:
@@ -234,8 +318,40 @@ class _TarPart:
     def abort(self) -> None:
         pass
 
+    def open_run(self, run: ImageRun) -> _RunSink | None:
+        return _Adder(self.add)
 
-def _tee(entries: Iterable[Entry], parts: list[_Part], spool_dir: Path) -> None:
+
+class _Adder:
+    def __init__(self, add: Any) -> None:
+        self.add = add
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def _feed(items: Iterable[Entry | ImageRun], parts: list[_Part], spool_dir: Path) -> None:
+    """Entries to every part; an image run to those that do not have it cached already."""
+    for item in items:
+        if not isinstance(item, ImageRun):
+            _tee([item], parts, spool_dir)
+            continue
+        sinks = [s for s in (p.open_run(item) for p in parts) if s is not None]
+        try:
+            if sinks:
+                _tee(item.consume(), sinks, spool_dir)
+        except BaseException:
+            for s in sinks:
+                s.abort()
+            raise
+        for s in sinks:
+            s.close()
+
+
+def _tee(entries: Iterable[Entry], parts: Sequence[_Part | _RunSink], spool_dir: Path) -> None:
     """Give every entry to every part; a file's bytes (readable once) are read once and handed to each."""
     if len(parts) == 1:
         add = parts[0].add
@@ -300,17 +416,20 @@ def make_parts(
         return dataclasses.replace(parts, cmdline=cmdline), "none"
 
     staged = _Staged(directory)
+    fragments = FragmentCache(store.root / ".lkctl" / "initrd-fragments") if req.fragments else None
     made: dict[str, Any] = {}
     try:
         for kind in (*full, *tail):
             resume = state[kind] if kind in tail else None
             made[kind] = (
-                _InitrdPart(staged, parts, req, resume) if kind == "initrd" else _TarPart(staged, parts, resume)
+                _InitrdPart(staged, parts, req, resume, fragments)
+                if kind == "initrd"
+                else _TarPart(staged, parts, resume)
             )
         try:
             dirs: set[str] = set(state.get("dirs") or []) if not full else set()
             if full:
-                _tee(assemble_base(spec, images, store, dirs), [made[k] for k in full], directory)
+                _feed(assemble_base_items(spec, images, store, dirs), [made[k] for k in full], directory)
                 for k in full:
                     made[k].checkpoint()
                 state["dirs"], state["dirs_key"] = sorted(dirs), req.base_key
@@ -331,6 +450,8 @@ def make_parts(
         state[kind] = rec
     state["version"] = _VERSION
     atomic_write(manifest, json.dumps(state))
+    if fragments is not None:
+        fragments.prune()
     if "initrd" in made:
         cmdline = made["initrd"].record.get("cmdline", "")
     return dataclasses.replace(parts, cmdline=cmdline), "all" if full else "files"

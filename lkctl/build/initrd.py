@@ -20,7 +20,16 @@ from typing import Protocol
 from lkctl.build._entry import Entry, EntryKind
 from lkctl.errors import BuildError
 
-__all__ = ["DEFAULT_LEVEL", "CpioWriter", "GzipState", "GzipStream", "InitrdCheckpoint", "InitrdWriter", "is_boot_path"]
+__all__ = [
+    "DEFAULT_LEVEL",
+    "CpioWriter",
+    "GzipState",
+    "GzipStream",
+    "InitrdCheckpoint",
+    "InitrdWriter",
+    "crc32_combine",
+    "is_boot_path",
+]
 
 # Measured on a 396 MB kernel-modules tree, 2 cores (time with this writer / size): level 1 3.3 s / 117 MB,
 # 4 4.4 s / 109 MB, 5 5.4 s / 106 MB, 6 8.8 s / 105 MB; `find | cpio -o -H newc | gzip` (level 6, one core)
@@ -48,6 +57,10 @@ class _Sink(Protocol):
     def write(self, data: bytes, /) -> object: ...
 
 
+class _Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 def is_boot_path(path: str) -> bool:
     """`boot/` holds the kernel, cmdline and ucode: LinuxKit keeps all of it out of the initrd."""
     return path == "boot" or path.startswith("boot/")
@@ -71,14 +84,59 @@ class GzipState:
     tail: bytes  # the last 32 KiB of uncompressed data: the next block's dictionary
 
 
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, mat[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """crc32(a + b) from crc32(a), crc32(b) and len(b) (zlib's crc32_combine, which Python does not expose)."""
+    if len2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four
+    while True:  # apply len2 zero bytes to crc1, squaring the operator for each bit of len2
+        even = _gf2_square(odd)
+        if len2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
 class GzipStream:
     """A write-only gzip stream whose blocks are deflated in parallel; `close()` writes the trailer.
 
     `resume` continues a stream from a `checkpoint()` whose bytes are already in `out` (no header is written).
+    `header=False` makes a fragment: raw deflate blocks ending on a sync flush (`checkpoint()` then `abort()`),
+    which `splice` copies into another stream, so a compressed piece can be kept and reused.
     """
 
     def __init__(
-        self, out: _Sink, level: int = DEFAULT_LEVEL, *, threads: int | None = None, resume: GzipState | None = None
+        self,
+        out: _Sink,
+        level: int = DEFAULT_LEVEL,
+        *,
+        threads: int | None = None,
+        resume: GzipState | None = None,
+        header: bool = True,
     ) -> None:
         if not 0 <= level <= 9:
             raise BuildError(f"gzip level must be 0..9, not {level}")
@@ -91,7 +149,7 @@ class GzipStream:
         self._crc = resume.crc if resume else 0
         self._size = resume.size if resume else 0
         self._closed = False
-        if resume is None:
+        if resume is None and header:
             xfl = b"\x02" if level == 9 else b"\x04" if level == 1 else b"\x00"
             out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + xfl + b"\x03")  # no name, mtime 0, OS unix
 
@@ -115,6 +173,20 @@ class GzipStream:
         """Flush everything written so far to `out` (ending on a sync flush) and say how to resume from here."""
         self._submit(final=False, drain=True)
         return GzipState(self._crc, self._size, self._tail)
+
+    def splice(self, fragment: _Source, state: GzipState) -> None:
+        """Append a fragment's deflate bytes (read from `fragment` to its end) as if its data had been written.
+
+        A fragment starts without a dictionary and ends on a sync flush, so it fits anywhere between blocks."""
+        if self._pending:
+            self._submit(final=False, drain=True)
+        while self._inflight:
+            self._out.write(self._inflight.popleft().result())
+        while chunk := fragment.read(_CHUNK):
+            self._out.write(chunk)
+        self._crc = crc32_combine(self._crc, state.crc, state.size)
+        self._size += state.size
+        self._tail = (self._tail + state.tail)[-_WINDOW:]
 
     def close(self) -> None:
         if self._closed:
@@ -229,8 +301,11 @@ class InitrdWriter:
         level: int = DEFAULT_LEVEL,
         threads: int | None = None,
         resume: InitrdCheckpoint | None = None,
+        fragment: bool = False,
     ) -> None:
-        self._gzip = GzipStream(out, level, threads=threads, resume=resume.gzip if resume else None)
+        self._gzip = GzipStream(
+            out, level, threads=threads, resume=resume.gzip if resume else None, header=not fragment
+        )
         self._cpio = CpioWriter(self._gzip, first_ino=resume.ino if resume else 0)
         self._closed = False
         self.count = 0
@@ -238,6 +313,10 @@ class InitrdWriter:
     def checkpoint(self) -> InitrdCheckpoint:
         """Flush what has been added; the bytes in `out` so far plus this state let a later writer go on."""
         return InitrdCheckpoint(self._gzip.checkpoint(), self._cpio.ino)
+
+    def splice(self, fragment: _Source, state: GzipState) -> None:
+        """Append a fragment made by a `fragment=True` writer (its cpio entries, compressed)."""
+        self._gzip.splice(fragment, state)
 
     def add(self, entry: Entry) -> None:
         if is_boot_path(entry.path):

@@ -407,6 +407,15 @@ class ApkDbMerger:
     def __init__(self) -> None:
         self._dbs: list[bytes] = []
 
+    @property
+    def dbs(self) -> list[bytes]:
+        """The databases seen so far, in order."""
+        return list(self._dbs)
+
+    def add(self, db: bytes) -> None:
+        """A database seen without its entries passing through `watch` (an image served from a cache)."""
+        self._dbs.append(db)
+
     def watch(self, entries: Iterable[Entry]) -> Iterator[Entry]:
         for e in entries:
             if e.path == _APK_DB and e.kind is EntryKind.FILE and e.data is not None:
@@ -420,16 +429,17 @@ class ApkDbMerger:
             yield _file(_APK_DB, b"".join(db + b"\n\n" for db in self._dbs))
 
 
-def kernel_entries(image: Image, store: Store, kernel: KernelSpec) -> Iterator[Entry]:
+def kernel_entries(image: Image, store: Store, kernel: KernelSpec, *, boot: bool = True) -> Iterator[Entry]:
     """`boot/` (ucode.cpio first if asked for, cmdline, kernel) plus the kernel tarball's entries at `/`.
 
-    Everything else in the kernel image (headers, System.map, ...) is dropped, as LinuxKit does.
+    Everything else in the kernel image (headers, System.map, ...) is dropped, as LinuxKit does. `boot=False`:
+    the caller emits `boot/` and `boot/cmdline` (which do not come from the image) itself.
     """
     binary = clean_path(kernel.binary_name, "kernel binary")
     tar_name = clean_path(kernel.tar_name, "kernel tar") if kernel.tar_name else ""
     ucode = clean_path(kernel.ucode, "ucode") if kernel.ucode else ""
     where = f"kernel image {image.ref}"
-    boot = Entry("boot", EntryKind.DIR, 0o755)
+    boot_dir = [Entry("boot", EntryKind.DIR, 0o755)] if boot else []
     if ucode:
         # An extra pass so the microcode leads the stream: it has to precede the compressed initrd.
         for e in flatten(image, store):
@@ -438,7 +448,7 @@ def kernel_entries(image: Image, store: Store, kernel: KernelSpec) -> Iterator[E
                 break
         else:
             raise BuildError(f"did not find ucode {ucode!r} in {where}")
-        yield boot
+        yield from boot_dir
         yield Entry("boot/ucode.cpio", EntryKind.FILE, 0o644, size=len(content), data=io.BytesIO(content))
     found_kernel = found_tar = False
     for e in flatten(image, store):
@@ -447,9 +457,10 @@ def kernel_entries(image: Image, store: Store, kernel: KernelSpec) -> Iterator[E
                 raise BuildError(f"{binary!r} in {where} is not a regular file")
             found_kernel = True
             if not ucode:
-                yield boot
-            cmdline = kernel.cmdline.encode()
-            yield Entry("boot/cmdline", EntryKind.FILE, 0o644, size=len(cmdline), data=io.BytesIO(cmdline))
+                yield from boot_dir
+            if boot:
+                cmdline = kernel.cmdline.encode()
+                yield Entry("boot/cmdline", EntryKind.FILE, 0o644, size=len(cmdline), data=io.BytesIO(cmdline))
             yield Entry("boot/kernel", EntryKind.FILE, e.mode, size=e.size, data=e.data)
         elif tar_name and e.path == tar_name:
             if e.kind is not EntryKind.FILE or e.data is None:
