@@ -138,7 +138,9 @@ def test_sshd_image_has_dropbear_with_its_libraries_and_a_linuxkit_label(built: 
         assert files[program].isfile() and files[program].mode == 0o755, program
     libs = {Path(n).name for n in files if ".so" in n}
     assert {"libc.so.6", "libtomcrypt.so.1", "ld-linux-x86-64.so.2"} <= libs
-    assert "root:x:0:0:root:/root:/bin/sh" in passwd.splitlines()
+    # root's login shell runs commands in the VM's root filesystem (bind-mounted at /hostroot)
+    assert "root:x:0:0:root:/root:/usr/sbin/lkctl-vmshell" in passwd.splitlines()
+    assert files["usr/sbin/lkctl-vmshell"].mode == 0o755
     assert files["etc/shadow"].mode == 0o600
     assert image.config["config"]["Cmd"] == ["/usr/sbin/lkctl-sshd"]
     label = json.loads(image.labels["org.mobyproject.config"])
