@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl.errors import ImageError
+from lkctl.fsutil import file_lock
 from lkctl.oci.layout import Descriptor, Store
 from lkctl.oci.reference import Reference, parse_reference
 from lkctl.oci.registry import Manifest, Registry, RegistryError, RegistryNotFound
@@ -182,9 +183,14 @@ def pull_image(
 
             def fetch(d: Descriptor, reg: Registry = reg, ingest: Path = ingest, meter: _Progress = meter) -> int:
                 dest = ingest / d.digest.replace(":", "-")
-                got = reg.get_blob(parsed, d.digest, dest, size=d.size or None, progress=meter.for_blob(d.digest))
-                store.adopt_blob(got.path, d.digest)
-                return got.size
+                # one process at a time per blob: a second pull of the same layer waits, then finds it in place
+                with file_lock(ingest / f".{dest.name}.pull"):
+                    if store.has_blob(d.digest):
+                        return 0
+                    progress = meter.for_blob(d.digest)
+                    got = reg.get_blob(parsed, d.digest, dest, size=d.size or None, progress=progress)
+                    store.adopt_blob(got.path, d.digest)
+                    return got.size
 
             fetched_bytes += sum(_run_parallel(jobs, todo, fetch))
             fetched += len(todo)

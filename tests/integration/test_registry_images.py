@@ -10,6 +10,7 @@ import hashlib
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,3 +257,36 @@ def test_a_build_pulls_the_images_its_yaml_names_and_refuses_a_hostile_one(regis
     with pytest.raises(BuildError, match=r"lkctl/evil:1, layer sha256:[0-9a-f]+: entry '\.\./\.\./etc/passwd' escapes"):
         build_image(parse_spec(evil), name="evil", out_dir=tmp_path / "out", store=dst, formats=["tar"])
     assert not (tmp_path / "out" / "evil.tar").exists()
+
+
+CONCURRENT = """
+import sys
+from pathlib import Path
+from lkctl.build import build_image, parse_spec
+from lkctl.oci.layout import Store
+store, ref, out = Store(Path(sys.argv[1])), sys.argv[2], Path(sys.argv[3])
+spec = parse_spec(f"kernel:\\n  image: {ref}-kernel\\n  tar: none\\ninit:\\n  - {ref}\\n")
+print(build_image(spec, name="vm", out_dir=out, store=store).initrd)
+"""
+
+
+def test_processes_pulling_and_building_at_once_share_one_store(registry: Reg, tmp_path: Path) -> None:
+    src, dst = stores(tmp_path)
+    add_image(src, "lkctl.test/init:1", [[file(f"usr/lib/f{i}", secrets.token_bytes(40_000)) for i in range(20)]])
+    add_image(src, "lkctl.test/init:1-kernel", [[file("kernel", b"MZ kernel")]])
+    ref = f"{registry.host}/lkctl/init:1"
+    push_image("lkctl.test/init:1", src, to=ref)
+    push_image("lkctl.test/init:1-kernel", src, to=f"{ref}-kernel")
+    argv = [sys.executable, "-c", CONCURRENT, str(dst.root), ref]
+    out = subprocess.PIPE
+    procs = [subprocess.Popen([*argv, str(tmp_path / f"out{i}")], stdout=out, stderr=out) for i in range(3)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [r[1].decode()[-500:] for r in results]
+    initrds = {Path(r[0].decode().strip()).read_bytes() for r in results}
+    assert len(initrds) == 1  # the same bytes whichever process pulled or compressed first
+    index = json.loads((dst.root / "index.json").read_text())
+    assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == [
+        ref,
+        f"{ref}-kernel",
+    ]
+    assert not [p for p in (dst.root / "ingest").iterdir() if not p.name.startswith(".")]  # nothing left half-done
