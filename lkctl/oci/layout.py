@@ -270,6 +270,7 @@ class Store:
 
     def ingest_dir(self) -> Path:
         """Scratch space on the store's file system for blobs on their way in (containerd's name for it)."""
+        self.ensure()
         path = self.root / "ingest"
         path.mkdir(parents=True, exist_ok=True)
         return path

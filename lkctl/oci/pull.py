@@ -152,6 +152,7 @@ def pull_image(
     if parsed.is_local:
         raise ImageError(f"{parsed.name} is made by lkctl on this machine (lkctl image.base), not pulled")
     wanted = list(platforms or [Platform.host()])
+    store.ensure()
     with contextlib.ExitStack() as stack:
         reg = registry or stack.enter_context(Registry(parsed.domain, insecure=insecure))
         root = reg.get_manifest(parsed)

@@ -117,6 +117,9 @@ def test_an_image_pushed_with_lkctl_pulls_back_byte_for_byte(registry: Reg, tmp_
     assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == [ref]
     # a second pull has nothing to fetch
     assert pull_image(ref, dst).fetched == 0
+    # a store that does not exist yet is created by the first pull
+    fresh = Store(tmp_path / "never-used" / "store")
+    assert pull_image(ref, fresh).fetched == 3 and fresh.resolve(ref).manifest_digest == pushed.digest
 
 
 def test_a_skopeo_pushed_index_pulls_only_the_asked_platform_and_its_attestation(registry: Reg, tmp_path: Path) -> None:
