@@ -19,7 +19,9 @@ PY = shlex.quote(sys.executable)
 @task(help={"boot": "include the boot tests (default: yes)", "k": "only tests matching this expression"})
 def test(c: Context, boot: bool = True, k: str = "") -> None:
     """Run the whole test suite: lint and types, unit, integration and boot tests."""
-    args = ["-m", "not boot"] if not boot else []
+    args = ["-n", "2", "--dist", "loadfile"]
+    if not boot:
+        args += ["-m", "not boot"]
     if k:
         args += ["-k", k]
     c.run(f"{PY} -m pytest {shlex.join(args)}", pty=False, in_stream=False)
