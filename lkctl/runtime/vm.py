@@ -250,6 +250,19 @@ def _spec(
     return spec
 
 
+def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: str) -> BootImage:
+    """Under QEMU on x86, boot the kernel's uncompressed ELF through PVH when it supports it (2x faster boots)."""
+    if not settings.vm.pvh or hypervisor != "qemu" or host.arch != "x86_64" or boot.kernel is None:
+        return boot
+    from lkctl.runtime.pvh import pvh_kernel
+
+    try:
+        vmlinux = pvh_kernel(boot.kernel)
+    except OSError:
+        return boot
+    return boot if vmlinux is None else dataclasses.replace(boot, kernel=vmlinux)
+
+
 def _launch(
     record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
@@ -259,6 +272,7 @@ def _launch(
     from lkctl.runtime.hyperkit import detect_hypervisor, hypervisor_argv
 
     hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
+    boot = _fast_kernel(boot, host, settings, hypervisor)
     for attempt in range(3):
         ssh_port = opts.ssh_port or _free_port()
         _check_ports(ssh_port, opts.ports)
