@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import IN_CI
 
@@ -220,3 +222,39 @@ def json_response(
     obj: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     return status, {"Content-Type": "application/json; charset=utf-8", **(headers or {})}, json.dumps(obj).encode()
+
+
+# ---- a real registry server (Debian's docker-registry) on loopback ----
+
+
+@dataclass
+class Reg:
+    host: str
+    storage: Path
+
+    def blob_file(self, digest: str) -> Path:
+        hexpart = digest.removeprefix("sha256:")
+        return self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+
+@contextlib.contextmanager
+def docker_registry(work: Path, auth: dict[str, object] | None = None) -> Iterator[Reg]:
+    binary = require("docker-registry", "docker-registry")
+    port = free_port()
+    config: dict[str, object] = {
+        "version": 0.1,
+        "log": {"level": "error", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+    }
+    if auth:
+        config["auth"] = auth
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yml").write_text(yaml.safe_dump(config))
+    with open(work / "registry.log", "wb") as log:
+        proc = subprocess.Popen([binary, "serve", str(work / "config.yml")], stdout=log, stderr=log)
+    try:
+        wait_port(port, proc)
+        yield Reg(f"127.0.0.1:{port}", work / "data")
+    finally:
+        stop(proc)

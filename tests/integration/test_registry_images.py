@@ -5,19 +5,16 @@ that answers 503/429 first, and builds that pull what their YAML names."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from lkctl.build import build_image, parse_spec
 from lkctl.build.testing import add_image, add_index, directory, file, opaque, whiteout
@@ -27,46 +24,13 @@ from lkctl.oci.pull import pull_image, push_image
 from lkctl.oci.registry import Registry, RegistryAuthError, RegistryNotFound
 from lkctl.sources import Platform
 from lkctl.sources._http import RetryPolicy
-from tests.integration._loopback import Request, free_port, require, route_server, stop, wait_port
+from tests.integration._loopback import Reg, Request, docker_registry, require, route_server
 
 pytestmark = pytest.mark.integration
 
 NO_WAIT = RetryPolicy(attempts=4, sleep=lambda s: None)
 ARM64 = Platform("linux", "arm64")
 AMD64 = Platform("linux", "amd64")
-
-
-@dataclass
-class Reg:
-    host: str
-    storage: Path
-
-    def blob_file(self, digest: str) -> Path:
-        hexpart = digest.removeprefix("sha256:")
-        return self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
-
-
-@contextlib.contextmanager
-def docker_registry(work: Path, auth: dict[str, object] | None = None) -> Iterator[Reg]:
-    binary = require("docker-registry", "docker-registry")
-    port = free_port()
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
-    }
-    if auth:
-        config["auth"] = auth
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yml").write_text(yaml.safe_dump(config))
-    with open(work / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(work / "config.yml")], stdout=log, stderr=log)
-    try:
-        wait_port(port, proc)
-        yield Reg(f"127.0.0.1:{port}", work / "data")
-    finally:
-        stop(proc)
 
 
 @pytest.fixture

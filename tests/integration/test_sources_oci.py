@@ -5,7 +5,6 @@ distribution's `auth.token` expects), artifacts pushed with our own client and r
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -17,7 +16,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import yaml
 
 from lkctl.errors import ImageError
 from lkctl.installed import pull_image, read_installed
@@ -25,46 +23,20 @@ from lkctl.oci.registry import Credentials, Registry, RegistryAuthError, Registr
 from lkctl.sources import Platform, SourceNotFound
 from lkctl.sources._http import ChecksumMismatch, RetryPolicy
 from lkctl.sources.oci import ARTIFACT_TYPE, TITLE_ANNOTATION, OciSource, publish_artifact
-from tests.integration._loopback import Request, free_port, json_response, require, route_server, stop, wait_port
+from tests.integration._loopback import (
+    Reg,
+    Request,
+    docker_registry,
+    json_response,
+    require,
+    route_server,
+)
 
 pytestmark = pytest.mark.integration
 
 AMD64 = Platform("linux", "amd64")
 ARM64 = Platform("linux", "arm64")
 NO_WAIT = RetryPolicy(attempts=2, sleep=lambda s: None)
-
-
-@dataclass
-class RegistryProc:
-    host: str  # 127.0.0.1:PORT
-    storage: Path
-
-    def blob_file(self, digest: str) -> Path:
-        hexpart = digest.removeprefix("sha256:")
-        return self.storage / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
-
-
-@contextlib.contextmanager
-def docker_registry(work: Path, auth: dict[str, object] | None = None) -> Iterator[RegistryProc]:
-    binary = require("docker-registry", "docker-registry")
-    port = free_port()
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(work / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
-    }
-    if auth:
-        config["auth"] = auth
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yml").write_text(yaml.safe_dump(config))
-    with open(work / "registry.log", "wb") as log:
-        proc = subprocess.Popen([binary, "serve", str(work / "config.yml")], stdout=log, stderr=log)
-    try:
-        wait_port(port, proc)
-        yield RegistryProc(f"127.0.0.1:{port}", work / "data")
-    finally:
-        stop(proc)
 
 
 def htpasswd_auth(work: Path, user: str, password: str) -> dict[str, object]:
@@ -81,7 +53,7 @@ def image(n_kib: int, seed: int = 0) -> bytes:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[RegistryProc]:
+def registry(tmp_path: Path) -> Iterator[Reg]:
     with docker_registry(tmp_path / "registry") as reg:
         yield reg
 
@@ -101,7 +73,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 @pytest.mark.usefixtures("no_docker_creds")
-def test_artifact_pushed_with_our_client_is_pulled_and_installed(registry: RegistryProc, tmp_path: Path) -> None:
+def test_artifact_pushed_with_our_client_is_pulled_and_installed(registry: Reg, tmp_path: Path) -> None:
     data = image(512)
     with Registry(registry.host, retry=NO_WAIT) as reg:
         for version in ("1.2.0", "1.10.0", "latest"):
@@ -120,7 +92,7 @@ def test_artifact_pushed_with_our_client_is_pulled_and_installed(registry: Regis
 
 @pytest.mark.usefixtures("no_docker_creds")
 def test_index_is_narrowed_to_the_platform_and_a_missing_one_names_those_available(
-    registry: RegistryProc, tmp_path: Path
+    registry: Reg, tmp_path: Path
 ) -> None:
     files = {AMD64: write(tmp_path, "dev-amd64.img", image(8)), ARM64: write(tmp_path, "dev-arm64.img", image(8, 1))}
     ref = f"{registry.host}/lkctl/dev:2.0.0"
@@ -143,7 +115,7 @@ def test_index_is_narrowed_to_the_platform_and_a_missing_one_names_those_availab
 
 @pytest.mark.usefixtures("no_docker_creds")
 def test_blob_corrupted_in_the_registry_is_rejected_and_nothing_installed(
-    registry: RegistryProc, tmp_path: Path, lkctl_home: Path
+    registry: Reg, tmp_path: Path, lkctl_home: Path
 ) -> None:
     data = image(64)
     with Registry(registry.host, retry=NO_WAIT) as reg:
@@ -321,7 +293,7 @@ def test_bearer_token_challenge_is_answered_anonymously_for_pull_and_with_creden
 
 
 @pytest.mark.usefixtures("no_docker_creds")
-def test_unknown_repository_is_not_found(registry: RegistryProc) -> None:
+def test_unknown_repository_is_not_found(registry: Reg) -> None:
     with Registry(registry.host, retry=NO_WAIT) as reg:
         with pytest.raises(RegistryNotFound, match="not found"):
             reg.get_manifest(f"{registry.host}/lkctl/nothing:1.0")
