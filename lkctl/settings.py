@@ -39,6 +39,7 @@ class VmSettings:
     stop_timeout: float = 30.0  # seconds a guest gets to power off after ACPI shutdown before SIGTERM
     cmdline_extra: str = ""  # appended to every kernel command line
     hypervisor: str = "auto"  # auto | qemu | hyperkit (macOS on Intel)
+    virtiofs: bool = False  # share read-write volumes over virtiofs (root + virtiofsd) instead of 9p
     pvh: bool = True  # x86 QEMU: boot the uncompressed kernel through PVH (skips in-guest decompression)
 
 

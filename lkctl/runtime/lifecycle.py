@@ -15,7 +15,7 @@ from lkctl.errors import ConfigError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import _check_ports, _signal, _wait_gone, _wait_ready, ssh_target, stop_vm
+from lkctl.runtime.vm import _check_ports, _kill_helpers, _signal, _wait_gone, _wait_ready, ssh_target, stop_vm
 
 __all__ = [
     "copy_path",
@@ -60,10 +60,12 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
 def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
     """Send `sig` to the VM's QEMU (only if it is really ours). Returns False if it was not running."""
     if not state.is_our_process(record):
+        _kill_helpers(record)
         return False
     _signal(record, sig)
     if sig in (signal.SIGKILL, signal.SIGTERM):
         _wait_gone(record, 10)
+        _kill_helpers(record)
     return True
 
 
@@ -72,6 +74,7 @@ def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
+    _kill_helpers(record)
     with state.vms_lock():
         state.remove_record(record)
 

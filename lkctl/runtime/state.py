@@ -77,6 +77,7 @@ class VmRecord:
     exit_reason: str = ""  # set when lkctl saw the VM end badly (start failure, readiness timeout)
     auto_remove: bool = False  # `vm.run --rm`: forget the VM once it has stopped
     image_digest: str = ""  # sha256 of what was booted (kernel+initrd, or the image file)
+    helpers: list[list[str]] = field(default_factory=list)  # [pid, start time] of daemons serving the VM (virtiofsd)
     version: int = STATE_VERSION
 
     @property

@@ -66,6 +66,7 @@ class RunOptions:
     data_disk: DataDisk | None = None  # --disk SIZE: a persistent data disk in the VM's state dir
     uefi: bool | None = None  # None: decided from the image (LinuxKit -efi names, EFI-only ISOs, GPT disks)
     hypervisor: str = "auto"  # auto | qemu | hyperkit
+    virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
 
 
@@ -238,6 +239,7 @@ def _spec(
         daemonize=opts.detach,
         volumes=opts.volumes,
         data_disk=opts.data_disk,
+        virtiofs=opts.virtiofs,
     )
     if needs_uefi(spec, host.arch):
         firmware = find_uefi_firmware(host.arch)
@@ -279,6 +281,7 @@ def _launch(
         spec = _spec(record, boot, opts, settings, ssh_port, host)
         prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
         argv = hypervisor_argv(spec, host, hypervisor)
+        record = _start_virtiofsd(record, spec)
         ssh.write_known_hosts(
             record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
         )
@@ -313,6 +316,54 @@ def _launch(
             continue  # someone took the free port between our check and QEMU's bind
         raise VmError(f"QEMU failed to start VM {record.name}: {last}")
     raise AssertionError("unreachable")
+
+
+def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
+    """Start one virtiofsd per virtiofs volume, in the VM's state dir and its own session, before QEMU connects.
+
+    They are recorded like QEMU (pid + start time) so stop/kill/rm and a failed start clean them up; normally each
+    exits by itself when QEMU disconnects.
+    """
+    from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
+    from lkctl.runtime.qemu import volume_mounts
+
+    mounts = [m for m in volume_mounts(spec) if m.fstype == "virtiofs"]
+    if not mounts:
+        return record
+    binary = find_virtiofsd()
+    if binary is None:
+        raise ConfigError("--virtiofs needs virtiofsd (Debian: sudo apt-get install qemu-system-common or virtiofsd)")
+    if os.geteuid() != 0:
+        raise ConfigError("--virtiofs needs root (virtiofsd must run as root); without it, volumes use 9p")
+    helpers = list(record.helpers)
+    for m in mounts:
+        sock = record.dir / m.socket
+        sock.unlink(missing_ok=True)
+        with open(record.dir / f"virtiofsd-{m.tag}.log", "wb") as log:
+            daemon = subprocess.Popen(
+                virtiofsd_argv(binary, m), cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=proc.minimal_env(), start_new_session=True,
+            )  # fmt: skip
+        ident = state.process_identity(daemon.pid)
+        if ident is not None:
+            helpers.append([str(ident.pid), ident.start])
+        record = dataclasses.replace(record, helpers=helpers)
+        state.save_record(record)
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise VmError(f"virtiofsd for volume {m.volume} did not start; see {record.dir}/virtiofsd-{m.tag}.log")
+            time.sleep(0.02)
+    return record
+
+
+def _kill_helpers(record: VmRecord) -> None:
+    """Stop the VM's helper daemons that are still alive (never a process that merely reuses a PID)."""
+    for pid_text, start in record.helpers:
+        ident = state.process_identity(int(pid_text))
+        if ident is not None and ident.start == start:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(ident.pid, signal.SIGTERM)
 
 
 def _wait_ready(record: VmRecord, timeout: float) -> None:
@@ -409,6 +460,7 @@ def _abandon(record: VmRecord, child: subprocess.Popen[bytes] | None, error: Bas
         _kill(record)
     if child is not None and child.poll() is None:
         proc.shutdown_process(child)
+    _kill_helpers(record)
     if not record.pid:
         state.remove_record(record)  # never started: leave nothing behind
     else:
@@ -456,9 +508,19 @@ def _kill(record: VmRecord) -> None:
 
 
 def stop_vm(record: VmRecord, *, timeout: float = 30.0) -> str:
-    """Power the VM off: ACPI shutdown over QMP, then SIGTERM, then SIGKILL. Returns how it ended."""
+    """Power the VM off: ACPI shutdown over QMP, then SIGTERM, then SIGKILL. Returns how it ended.
+
+    Helper daemons (virtiofsd) that outlive QEMU are stopped too."""
     if not state.is_our_process(record):
+        _kill_helpers(record)
         return "not running"
+    try:
+        return _stop_qemu(record, timeout)
+    finally:
+        _kill_helpers(record)
+
+
+def _stop_qemu(record: VmRecord, timeout: float) -> str:
     with contextlib.suppress(VmError):
         qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
         if _wait_gone(record, timeout):

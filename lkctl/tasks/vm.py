@@ -42,6 +42,7 @@ def _err(msg: str) -> None:
         "uefi": "boot with UEFI firmware (default: decided from the image)",
         "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
         "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
+        "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
     },
 )
 @adapt
@@ -64,6 +65,7 @@ def run(
     uefi: bool = False,
     hypervisor: str = "",
     env_vars: bool = False,
+    virtiofs: bool = False,
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     import dataclasses
@@ -93,6 +95,7 @@ def run(
         data_disk=parse_data_disk(disk) if disk else None,
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,
+        virtiofs=virtiofs or settings.vm.virtiofs,
     )
     what = template or image
     _err(f"lkctl: resolving image {what!r}")

@@ -142,3 +142,26 @@ def test_sigkill_of_lkctl_at_any_point_is_reconciled(cli: Cli, lkctl_home: Path,
     leftovers = [f for f in (lkctl_home / "state" / "vms").glob("*") if f.name != ".lock"]
     assert leftovers == [], leftovers
     assert os.path.isdir(lkctl_home / "state")
+
+
+def test_virtiofs_volume_round_trips_and_its_daemon_goes_with_the_vm(cli: Cli, tmp_path: Path) -> None:
+    from lkctl.runtime.disks import find_virtiofsd
+
+    if find_virtiofsd() is None or os.geteuid() != 0:
+        pytest.skip("virtiofsd (run as root) is not available")
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "h").write_text("host side\n")
+    cli("vm.run", "--image=minimal", "-d", "--name", "vfs", "--virtiofs", "--volume", f"{share}:/share")
+    try:
+        out = cli("vm.exec", "vfs", "--", "sh", "-c", "cat /share/h; grep ' /share ' /proc/mounts; echo g > /share/g")
+        assert out.stdout.startswith("host side\nlkvol0 /share virtiofs ")
+        assert (share / "g").read_text() == "g\n"
+        helpers = json.loads(cli("vm.inspect", "vfs").stdout)["helpers"]
+        assert helpers
+    finally:
+        cli("vm.rm", "--force", "vfs")
+    from lkctl.runtime.state import process_identity
+
+    time.sleep(0.5)
+    assert all(process_identity(int(pid)) is None for pid, _ in helpers)
