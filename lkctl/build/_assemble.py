@@ -20,7 +20,7 @@ from typing import Any, Union
 import yaml
 
 from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, parent_dirs
-from lkctl.build.ociconfig import config_to_oci, go_json
+from lkctl.build.ociconfig import config_to_oci, go_json, resolve_id
 from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
 from lkctl.build.spec import Container, FileSpec, Spec, Volume
 from lkctl.errors import BuildError, ImageError, SpecError
@@ -306,18 +306,6 @@ def metadata_bytes(spec: Spec, kind: str) -> bytes:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False).encode()
 
 
-def _id(value: int | str | None, id_map: Mapping[str, int], where: str) -> int:
-    if value is None or value in ("", "root"):
-        return 0
-    if isinstance(value, int):
-        return value
-    if value.isdigit():
-        return int(value)
-    if value in id_map:
-        return id_map[value]
-    raise SpecError(f"{where}: cannot find id {value!r} (not a number and no container has that name)")
-
-
 def _files(spec: Spec, dirs: set[str], id_map: Mapping[str, int]) -> Iterator[Entry]:
     for i, f in enumerate(spec.files):
         where = f"{f.origin or '<spec>'}: files[{i}] ({f.path})"
@@ -326,7 +314,7 @@ def _files(spec: Spec, dirs: set[str], id_map: Mapping[str, int]) -> Iterator[En
         except BuildError as e:
             raise SpecError(f"{where}: {e.message}") from None
         mode = f.file_mode
-        uid, gid = _id(f.uid, id_map, where), _id(f.gid, id_map, where)
+        uid, gid = resolve_id(f.uid, id_map, where), resolve_id(f.gid, id_map, where)
         opened = None
         if f.directory:
             entry = Entry(path, EntryKind.DIR, mode, uid, gid)

@@ -43,6 +43,7 @@ __all__ = [
     "config_to_oci",
     "go_json",
     "label_config",
+    "resolve_id",
     "volume_merged_dir",
 ]
 
@@ -186,7 +187,8 @@ def _with_volumes(cfg: ContainerConfig, volumes: Mapping[str, Volume], where: st
     )
 
 
-def _numeric_id(value: int | str | None, id_map: Mapping[str, int], where: str) -> int:
+def resolve_id(value: int | str | None, id_map: Mapping[str, int], where: str) -> int:
+    """A uid/gid given as a number, a digit string, "root"/empty (0) or a container name (its allocated id)."""
     if value is None or value in ("", "root"):
         return 0
     if isinstance(value, int):
@@ -384,11 +386,11 @@ def config_to_oci(
 
     rlimits = [_rlimit(r, where) for r in _first(y.rlimits, label.rlimits, default=())]
     user: dict[str, Any] = {
-        "uid": _numeric_id(_first(y.uid, label.uid, default=None), id_map, f"{where}: uid"),
-        "gid": _numeric_id(_first(y.gid, label.gid, default=None), id_map, f"{where}: gid"),
+        "uid": resolve_id(_first(y.uid, label.uid, default=None), id_map, f"{where}: uid"),
+        "gid": resolve_id(_first(y.gid, label.gid, default=None), id_map, f"{where}: gid"),
     }
     extra_gids = [
-        _numeric_id(g, id_map, f"{where}: additionalGids")
+        resolve_id(g, id_map, f"{where}: additionalGids")
         for g in _first(y.additional_gids, label.additional_gids, default=())
     ]
     if extra_gids:
