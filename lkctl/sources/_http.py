@@ -42,6 +42,7 @@ from lkctl.sources import Fetched, ProgressFn
 
 __all__ = [
     "ChecksumMismatch",
+    "ClientOwner",
     "DownloadError",
     "HttpError",
     "RetryPolicy",
@@ -140,6 +141,21 @@ def new_client(
         headers=base,
         transport=transport,
     )
+
+
+class ClientOwner:
+    """What every HTTP source shares: its timeout and retry policy, and one lazily made client (or the one a
+    caller injected)."""
+
+    def __init__(self, *, timeout: float, retry: RetryPolicy | None, client: httpx.Client | None) -> None:
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._client = client
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = new_client(timeout=self.timeout)
+        return self._client
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:

@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, file_for_platform, parse_checksums
-from lkctl.sources._http import DownloadError, HttpError, RetryPolicy, download, new_client, request
+from lkctl.sources._http import ClientOwner, DownloadError, HttpError, RetryPolicy, download, request
 
 __all__ = ["CdnSource"]
 
 
-class CdnSource:
+class CdnSource(ClientOwner):
     """Images from a static HTTP layout (module docstring), mirrors in order."""
 
     name = "cdn"
@@ -44,17 +44,10 @@ class CdnSource:
         client: httpx.Client | None = None,
     ) -> None:
         self.base_urls = [u.rstrip("/") for u in base_urls if u.strip()]
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._client = client
+        super().__init__(timeout=timeout, retry=retry, client=client)
 
     def available(self) -> bool:
         return bool(self.base_urls)
-
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = new_client(timeout=self.timeout)
-        return self._client
 
     def _get(self, rel: str, *, missing_ok: bool = False) -> bytes | None:
         """GET `<mirror>/<rel>` from the first mirror that answers; None (if missing_ok) when all say 404."""

@@ -26,7 +26,7 @@ import httpx
 
 from lkctl.errors import ConfigError, ImageError
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, parse_checksums
-from lkctl.sources._http import DownloadError, HttpError, RetryPolicy, download, new_client, request
+from lkctl.sources._http import ClientOwner, DownloadError, HttpError, RetryPolicy, download, request
 
 __all__ = ["GithubSource", "github_token", "rate_limit_message"]
 
@@ -84,7 +84,7 @@ def rate_limit_message(headers: Mapping[str, str], *, authenticated: bool, now: 
     return msg
 
 
-class GithubSource:
+class GithubSource(ClientOwner):
     """Release assets of one repository (module docstring)."""
 
     name = "github"
@@ -106,17 +106,10 @@ class GithubSource:
         self.api_url = api_url.rstrip("/")
         self.asset_pattern = asset_pattern
         self.token = github_token(self.api_url) if token is None else token
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._client = client
+        super().__init__(timeout=timeout, retry=retry, client=client)
 
     def available(self) -> bool:
         return bool(self.repo)
-
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = new_client(timeout=self.timeout)
-        return self._client
 
     def _headers(self, accept: str | None = None) -> dict[str, str]:
         h = dict(_API_HEADERS)
