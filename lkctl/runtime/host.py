@@ -25,7 +25,16 @@ from lkctl.errors import ConfigError
 from lkctl.fsutil import atomic_write
 from lkctl.proc import find_program
 
-__all__ = ["Accel", "HostCaps", "guest_arch", "probe_accel", "probe_host", "qemu_binary_name", "require_qemu"]
+__all__ = [
+    "Accel",
+    "HostCaps",
+    "boot_id",
+    "guest_arch",
+    "probe_accel",
+    "probe_host",
+    "qemu_binary_name",
+    "require_qemu",
+]
 
 
 class Accel(StrEnum):
@@ -61,11 +70,12 @@ _SECTOR_TIMEOUT = 3.0
 _KERNEL_TIMEOUT = 8.0
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
+    """This host boot's id (Linux), "" elsewhere: what makes a pid + start time unique across reboots."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
-        return "unknown"
+        return ""
 
 
 def _run_probe(qemu: str, accel: Accel, kernel: Path | None = None) -> bool:
@@ -132,7 +142,7 @@ def probe_accel(qemu: str, *, kernel: Path | None = None, cache: bool = True) ->
         return Accel.TCG
     st = os.stat(qemu)
     kernel_id = f"{kernel}:{kernel.stat().st_size}" if kernel else "-"
-    key = hashlib.sha256(f"{_boot_id()}|{qemu}|{st.st_size}|{st.st_mtime_ns}|{kernel_id}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{boot_id()}|{qemu}|{st.st_size}|{st.st_mtime_ns}|{kernel_id}".encode()).hexdigest()[:16]
     cache_file = paths.cache_dir() / "probe" / f"accel-{key}.json"
     if cache:
         try:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import os
 import signal
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lkctl import proc
 from lkctl.errors import ConfigError, VmError
+from lkctl.fsutil import atomic_write
+from lkctl.paths import cache_dir
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import _check_ports, _kill_helpers, _signal, _wait_gone, _wait_ready, ssh_target, stop_vm
+from lkctl.runtime.vm import (
+    _check_ports,
+    _kill_helpers,
+    _signal,
+    _start_qemu,
+    _wait_gone,
+    _wait_ready,
+    ssh_target,
+    stop_vm,
+)
 
 __all__ = [
     "copy_path",
@@ -30,13 +41,30 @@ __all__ = [
 
 
 def file_digest(paths: Sequence[Path]) -> str:
-    """sha256 over the files that make up a boot image (kernel then initrd, or the one image file)."""
+    """sha256 over the files that make up a boot image (kernel then initrd, or the one image file).
+
+    Disk images run to gigabytes and are booted again and again: the digest is remembered in lkctl's cache,
+    keyed by each file's path, size, mtime and inode, so only a changed file is read again.
+    """
+    stats = [os.stat(p) for p in paths]
+    key = hashlib.sha256(
+        "|".join(
+            f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+            for p, st in zip(paths, stats, strict=True)
+        ).encode()
+    ).hexdigest()[:32]
+    memo = cache_dir() / "digests" / key
+    with contextlib.suppress(OSError):
+        return memo.read_text().strip()
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    digest = "sha256:" + h.hexdigest()
+    with contextlib.suppress(OSError):
+        atomic_write(memo, digest)
+    return digest
 
 
 def inspect_vm(record: VmRecord) -> dict[str, Any]:
@@ -105,9 +133,7 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
     if "-daemonize" not in argv:
         argv.append("-daemonize")
     (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
-    result = subprocess.run(
-        argv, cwd=record.dir, stdin=subprocess.DEVNULL, capture_output=True, env=proc.minimal_env(), check=False
-    )
+    result = _start_qemu(argv, record.dir)
     if result.returncode != 0:
         last = (result.stderr.decode(errors="replace").strip().splitlines() or [f"exit {result.returncode}"])[-1]
         raise VmError(f"QEMU failed to restart VM {record.name}: {last}")

@@ -25,6 +25,7 @@ from typing import Any
 from lkctl import paths
 from lkctl.errors import StateError, VmNotFound
 from lkctl.fsutil import atomic_write, file_lock, private_dir
+from lkctl.runtime.host import boot_id
 
 __all__ = [
     "STATE_VERSION",
@@ -185,13 +186,6 @@ def find_vm(target: str) -> VmRecord:
     raise VmNotFound(f"{target!r} is ambiguous: it matches {listing}; give more characters")
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def process_identity(pid: int) -> ProcessIdentity | None:
     """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
     if pid <= 0:
@@ -206,7 +200,7 @@ def process_identity(pid: int) -> ProcessIdentity | None:
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] in ("Z", "X"):
             return None
-        return ProcessIdentity(pid, fields[19], _boot_id())
+        return ProcessIdentity(pid, fields[19], boot_id())
     try:  # macOS and other systems without /proc
         out = subprocess.run(
             ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
@@ -34,6 +34,9 @@ from lkctl.runtime.qemu import (
 from lkctl.runtime.qmp import qmp_command
 from lkctl.runtime.state import VmRecord
 from lkctl.settings import Settings
+
+if TYPE_CHECKING:
+    from lkctl.ssh import SshTarget
 
 __all__ = [
     "RunOptions",
@@ -124,7 +127,8 @@ def _console_bytes(record: VmRecord) -> bytes:
         return b""
 
 
-def ssh_target(record: VmRecord):  # type: ignore[no-untyped-def]  # SshTarget lives behind a lazy import
+def ssh_target(record: VmRecord) -> SshTarget:
+    """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
     from lkctl.ssh import SshTarget
 
     return SshTarget(
