@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json as _json
 import sys
-from typing import Any
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -68,19 +67,14 @@ def run(
     virtiofs: bool = False,
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
-    import dataclasses
-
-    from lkctl.images import resolve_image, staged_vm_keys
     from lkctl.runtime.disks import parse_data_disk
-    from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.launch import run_image
     from lkctl.runtime.qemu import parse_port, parse_volume
-    from lkctl.runtime.vm import RunOptions, run_vm
-    from lkctl.templates import inputs_from_settings
+    from lkctl.runtime.vm import RunOptions
 
     if template and image and template != image:
         raise ConfigError("give either --image or --template, not both")
     settings = settings_from(c)
-    require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     opts = RunOptions(
         name=name,
         memory=memory,
@@ -97,21 +91,10 @@ def run(
         hypervisor=hypervisor or settings.vm.hypervisor,
         virtiofs=virtiofs or settings.vm.virtiofs,
     )
-    what = template or image
-    _err(f"lkctl: resolving image {what!r}")
-    with staged_vm_keys() as keys:  # a template may ask for this VM's keys (SSH_KEY...): made before the VM
-        inputs = inputs_from_settings(settings.templates, parse_vars(var), use_env=env_vars, vm_keys=keys.variables)
-        resolved = resolve_image(what, inputs)
-        if resolved.built:
-            _err(f"lkctl: built {resolved.boot.path}")
-        opts = dataclasses.replace(
-            opts,
-            memory=memory or resolved.memory,  # --memory, else the template's `# lkctl: memory=`, else settings
-            cpus=cpus or resolved.cpus,
-            keys_from=keys.directory if keys.made else None,
-        )
-        _err("lkctl: booting" + (" and waiting for SSH" if detach and wait else ""))
-        record, code = run_vm(resolved.boot, resolved.label, opts, settings, console=sys.stdout.buffer)
+    record, code = run_image(
+        template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
+        console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"),
+    )  # fmt: skip
     if detach:
         print(record.id)
         _err(
@@ -127,33 +110,9 @@ def run(
 @adapt
 def ps(c: Context, all: bool = False, json: bool = False) -> None:
     """List VMs (running ones unless --all)."""
-    from lkctl.runtime import state
+    from lkctl.runtime.launch import list_vms
 
-    rows: list[dict[str, Any]] = []
-    for r in state.all_records():
-        status = state.vm_status(r)
-        if r.auto_remove and status != "running":
-            with state.vms_lock():
-                state.remove_record(r)  # started with --rm and has ended: forget it
-            continue
-        if not all and status != "running":
-            continue
-        rows.append(
-            {
-                "id": r.id,
-                "name": r.name,
-                "image": r.image,
-                "status": status,
-                "created": r.created,
-                "pid": r.pid if status == "running" else None,
-                "ssh_port": r.ssh_port,
-                "ports": r.ports,
-                "memory": r.memory,
-                "cpus": r.cpus,
-                "accel": r.accel,
-                "error": r.exit_reason or None,
-            }
-        )
+    rows = list_vms(include_stopped=all)
     if json:
         print(_json.dumps(rows, indent=2))
         return
