@@ -155,10 +155,9 @@ def _pump(
             failures.append(e)
             channel.close()
 
-    def copy_in(source: IO[bytes]) -> None:
-        read = getattr(source, "read1", source.read)
+    def copy_in(source: IO[bytes], stop_fd: int) -> None:
         try:
-            while data := read(_CHUNK):
+            for data in _read_until_stopped(source, stop_fd):
                 channel.sendall(data)
         except OSError:
             return  # the command exited (or the channel closed) before reading all of its input
@@ -169,20 +168,64 @@ def _pump(
         threading.Thread(target=copy_out, args=(channel.recv, out), daemon=True, name="lkctl-ssh-stdout"),
         threading.Thread(target=copy_out, args=(channel.recv_stderr, err), daemon=True, name="lkctl-ssh-stderr"),
     ]
-    with _raw_terminal(stdin, raw):
-        if stdin is None:
-            channel.shutdown_write()
-        else:
-            # Daemon: a read from a terminal cannot be interrupted, and must not keep the process alive.
-            threading.Thread(target=copy_in, args=(stdin,), daemon=True, name="lkctl-ssh-stdin").start()
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if t.is_alive():
-                channel.close()
-                raise SshError(f"command on VM {target.label} did not finish in time; it was cut off")
+    # stdin is read from its file descriptor by a non-daemon thread that a self-pipe stops: a daemon thread
+    # blocked in sys.stdin.buffer.read() at interpreter exit aborts Python (exit 134, _enter_buffered_busy).
+    stop_r, stop_w = os.pipe()
+    feeder: threading.Thread | None = None
+    try:
+        with _raw_terminal(stdin, raw):
+            if stdin is None:
+                channel.shutdown_write()
+            else:
+                feeder = threading.Thread(target=copy_in, args=(stdin, stop_r), name="lkctl-ssh-stdin")
+                feeder.start()
+            for t in readers:
+                t.start()
+            for t in readers:
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                if t.is_alive():
+                    channel.close()
+                    raise SshError(f"command on VM {target.label} did not finish in time; it was cut off")
+    finally:
+        os.write(stop_w, b"x")
+        if feeder is not None:
+            feeder.join()
+        os.close(stop_r)
+        os.close(stop_w)
     if failures:
         raise failures[0]
     status = channel.recv_exit_status()
     return 255 if status < 0 else status
+
+
+def _read_until_stopped(source: IO[bytes], stop_fd: int) -> Iterator[bytes]:
+    """Chunks of `source` until EOF or until `stop_fd` becomes readable (the command ended).
+
+    A stream with a file descriptor is read with os.read after select() on it and on the stop pipe, never through
+    its buffer, so stopping never leaves a thread inside a buffered read. A stream without one (BytesIO) cannot
+    block and is read directly.
+    """
+    import select
+
+    try:
+        fd = source.fileno()
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        read = getattr(source, "read1", source.read)
+        while True:
+            if select.select([stop_fd], [], [], 0)[0]:
+                return
+            data = read(_CHUNK)
+            if not data:
+                return
+            yield data
+    while True:
+        ready, _, _ = select.select([fd, stop_fd], [], [])
+        if stop_fd in ready:
+            return
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            continue
+        if not data:
+            return
+        yield data
