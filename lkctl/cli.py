@@ -1,18 +1,65 @@
-"""The `lkctl` command: an invoke Program over the same collections `invoke` users import."""
+"""The `lkctl` command: an invoke Program over the same collections `invoke` users import.
+
+What it adds to invoke's Program: `TASK --help`/`-h` for every task (invoke lets a task's first positional
+swallow `--help`), usage lines that show positionals, parse errors that say what to type instead, no inherited
+core flags that mean nothing here (`--dry`, `--echo`, `--hide`, `--pty`, `--warn-only`, `-T`...), a `-f FILE`
+that must exist, and quiet exits when the reader of our output goes away (`lkctl vm.ps | head -1`).
+"""
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import os
+import re
 import signal
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from invoke.config import Config
+from invoke.exceptions import Exit, ParseError
+from invoke.parser import Argument, ParserContext
 from invoke.program import Program
 
 from lkctl import __version__
 from lkctl.tasks import ns
 
-__all__ = ["LkConfig", "LkProgram", "program"]
+__all__ = [
+    "USAGE_ERROR",
+    "LkConfig",
+    "LkProgram",
+    "did_you_mean",
+    "explain_parse_error",
+    "make_program",
+    "option_help",
+    "program",
+    "task_usage",
+]
+
+USAGE_ERROR = 2
+"""Exit code of a command line lkctl cannot parse (vm.exec and vm.shell use 125 instead, as Docker does)."""
+
+_OWN_FAILURE = {"vm.exec": 125, "vm.shell": 125}
+
+# invoke's core flags about its own shell commands (c.run): lkctl's tasks run none, so they would do nothing
+# (or, for --dry, still boot a VM). They are not offered; typing one gets this explanation.
+_INVOKE_ONLY = {
+    "command-timeout": ("T",),
+    "dry": ("R",),
+    "echo": ("e",),
+    "hide": (),
+    "prompt-for-sudo-password": (),
+    "pty": ("p",),
+    "warn-only": ("w",),
+    "write-pyc": (),
+}
+_INVOKE_ONLY_SPELLINGS = {f"--{n}" for n in _INVOKE_ONLY}
+_LONG_ONLY = {"debug", "list-depth", "list-format"}  # their -d, -D, -F are left to tasks (-d is vm.run --detach)
+
+# What follows a task's positionals in its usage line.
+_TRAILING = {"vm.exec": "-- COMMAND [ARG...]"}
 
 
 class LkConfig(Config):
@@ -40,7 +87,123 @@ def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def did_you_mean(word: str, names: Iterable[str]) -> list[str]:
+    """Task names close to `word` (`vm.runn` → vm.run; `ps` → vm.ps; `image.list` → image.ls)."""
+    names = sorted(set(names))
+    close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
+    tail = word.rpartition(".")[2]
+    by_tail = [n for n in names if n.rpartition(".")[2] == tail]
+    by_tail += [n for n in names if n.rpartition(".")[2] in difflib.get_close_matches(tail, [tail_of(n)], cutoff=0.75)]
+    out: list[str] = []
+    for n in [*close, *by_tail]:
+        if n not in out:
+            out.append(n)
+    return out[:3]
+
+
+def tail_of(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def task_usage(binary: str, name: str, positionals: Sequence[str], has_options: bool) -> str:
+    """`Usage: lkctl vm.exec [OPTIONS] VM -- COMMAND [ARG...]`."""
+    words = [binary, name]
+    if has_options:
+        words.append("[OPTIONS]")
+    words += [p.upper().replace("-", "_") for p in positionals]
+    if name in _TRAILING:
+        words.append(_TRAILING[name])
+    return "Usage: " + " ".join(words)
+
+
+def option_help(arg: Argument) -> tuple[str, str]:
+    """`-m INT, --memory=INT`, `-v VALUE, --var=VALUE (repeatable)`, `--[no-]wait` and the option's help text."""
+    name = next(n for n in arg.names if len(n) > 1)
+    long = f"--[no-]{name}" if arg.kind is bool and arg.default is True else f"--{name}"
+    value = {str: "STRING", int: "INT", float: "NUMBER", list: "VALUE"}.get(arg.kind, "")
+    shorts = [n for n in arg.names if len(n) == 1]
+    spec = ", ".join([*(f"-{n} {value}".rstrip() for n in shorts), long + (f"={value}" if value else "")])
+    text = arg.help or ""
+    if arg.kind is list and "repeatable" not in text:
+        text = f"{text} (repeatable)".strip()
+    return spec, text
+
+
+def _first_string_option(ctx: ParserContext) -> str | None:
+    for arg in ctx.args.values():
+        if not arg.positional and arg.kind is str:
+            return str(arg.name)
+    return None
+
+
+def explain_parse_error(message: str, ctx: ParserContext | None, binary: str = "lkctl") -> str:
+    """invoke's parse error as one line that says what to type instead."""
+    name = ctx.name if ctx is not None and ctx.name else None
+    helpme = f"({binary} {name} --help)" if name else f"({binary} --help)"
+    m = re.fullmatch(r"No idea what '(.*)' is!", message)
+    if m:
+        word = m.group(1)
+        if word in _INVOKE_ONLY_SPELLINGS or word in ("-R", "-T"):
+            dry = word in ("--dry", "-R")
+            what = "--dry-run on vm.run shows what would start" if dry else "lkctl has no such option"
+            return f"{word} is an invoke option for shell commands, which lkctl's tasks do not run; {what}"
+        if name is None:
+            return f"unknown option {word} {helpme}"
+        if word.startswith("-"):
+            flags = [f for f in ctx.flags if f.startswith("--")] if ctx is not None else []
+            close = difflib.get_close_matches(word, flags, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            return f"{name} has no option {word}{hint} {helpme}"
+        if name in _TRAILING:
+            return f"{name} takes the command after --: {binary} {name} VM -- {word} ... {helpme}"
+        option = _first_string_option(ctx) if ctx is not None else None
+        if option:
+            return f"{name} does not take {word!r} here; did you mean --{option} {word}? {helpme}"
+        return f"{name} takes no argument {word!r} {helpme}"
+    m = re.fullmatch(r"'(.*)' did not receive required positional arguments: (.*)", message)
+    if m:
+        missing = " ".join(w.strip("'").upper() for w in m.group(2).split(", "))
+        return f"{m.group(1)} needs {missing} {helpme}"
+    m = re.fullmatch(r"Flag '?<Argument: ([\w-]+).*' needed value and was not given one!", message)
+    m = m or re.fullmatch(r"Flag <Argument: ([\w-]+).*> needed value and was not given one!", message)
+    if m:
+        return f"--{m.group(1)} needs a value {helpme}"
+    m = re.fullmatch(r"Flag <Argument: ([\w-]+).*> doesn't take any value!", message)
+    if m:
+        return f"--{m.group(1)} is an on/off flag and takes no value {helpme}"
+    return f"{message} {helpme}"
+
+
 class LkProgram(Program):
+    def core_args(self) -> list[Argument]:
+        args = []
+        for arg in super().core_args():
+            if arg.name in _INVOKE_ONLY:
+                continue
+            if arg.name in _LONG_ONLY:
+                arg.names = (arg.name,)
+            args.append(arg)
+        return args
+
+    def parse_core(self, argv: list[str] | None) -> None:
+        # As Program.parse_core, minus the flags lkctl does not offer (--write-pyc).
+        from invoke.completion.complete import print_completion_script
+        from invoke.util import enable_logging
+
+        self.normalize_argv(argv)
+        try:
+            self.parse_core_args()
+        except ParseError as e:
+            raise Exit(f"lkctl: {explain_parse_error(str(e), None, self.binary)}", code=USAGE_ERROR) from None
+        if self.args.debug.value:
+            enable_logging()
+        if self.args.version.value:
+            self.print_version()
+            raise Exit
+        if self.args["print-completion-script"].value:
+            print_completion_script(shell=self.args["print-completion-script"].value, names=self.binary_names)
+            raise Exit
+
     def parse_collection(self) -> None:
         super().parse_collection()
         project = _project_dir(Path.cwd())
@@ -48,6 +211,94 @@ class LkProgram(Program):
             # invoke skips project config in bundled-namespace mode; load ./lkctl.yaml ourselves
             self.config.set_project_location(str(project))
             self.config.load_project()
+        self._check_task_word()
+
+    def _contexts(self) -> dict[str, ParserContext]:
+        contexts = self.collection.to_contexts(ignore_unknown_help=self.config.tasks.ignore_unknown_help)
+        out: dict[str, ParserContext] = {}
+        for ctx in contexts:
+            out[str(ctx.name)] = ctx
+            for alias in ctx.aliases:
+                out[alias] = ctx
+        return out
+
+    def _check_task_word(self) -> None:
+        """Unknown task → did-you-mean; `TASK ... --help`/`-h` (before any `--`) → that task's help."""
+        rest = list(self.core.unparsed)
+        if not rest:
+            return
+        word = rest[0]
+        contexts = self._contexts()
+        if word.startswith("-"):
+            msg = explain_parse_error(f"No idea what '{word}' is!", None, self.binary)
+            raise Exit(f"lkctl: {msg}", code=USAGE_ERROR)
+        if word not in contexts:
+            close = did_you_mean(word, contexts)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise Exit(f"lkctl: no task {word!r}{hint} ({self.binary} --list shows them all)", code=USAGE_ERROR)
+        head = rest[: rest.index("--")] if "--" in rest else rest
+        if "--help" in head or "-h" in head:
+            # the help is for the task named last before the flag (`lkctl vm.stop a vm.rm --help` → vm.rm)
+            flag_at = min(i for i, w in enumerate(head) if w in ("--help", "-h"))
+            named = [w for w in head[:flag_at] if w in contexts]
+            self.print_task_help(named[-1] if named else word)
+            raise Exit
+
+    def parse_tasks(self) -> None:
+        try:
+            super().parse_tasks()
+        except ParseError as e:
+            name = e.context.name if e.context is not None else None
+            code = _OWN_FAILURE.get(name or "", USAGE_ERROR)
+            raise Exit(f"lkctl: {explain_parse_error(str(e), e.context, self.binary)}", code=code) from None
+        except ValueError as e:  # a non-number given to an INT option
+            bad = re.search(r"'(.*)'", str(e))
+            what = f"{bad.group(1)!r} is not a whole number" if bad else str(e)
+            msg = f"lkctl: {what} ({self.binary} TASK --help shows each option's type)"
+            raise Exit(msg, code=USAGE_ERROR) from None
+
+    def update_config(self, merge: bool = True) -> None:
+        # As Program.update_config without invoke's shell-command overrides, and a -f FILE that must exist.
+        path = self.args.config.value or os.environ.get("LKCTL_RUNTIME_CONFIG")
+        path = path or os.environ.get("INVOKE_RUNTIME_CONFIG")
+        if path and not Path(path).is_file():
+            raise Exit(f"lkctl: config file {path} does not exist (given with -f or *_RUNTIME_CONFIG)", USAGE_ERROR)
+        self.config.set_runtime_path(Path(path) if path else None)
+        try:
+            self.config.load_runtime(merge=False)
+        except Exception as e:  # yaml/json/py errors from a user's file: one line, no traceback
+            raise Exit(f"lkctl: cannot read config file {path}: {str(e).splitlines()[0]}", USAGE_ERROR) from None
+        if merge:
+            self.config.merge()
+
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--core-opts] TASK [--task-opts] ... (`{self.binary} TASK --help` for one task)")
+        print("")
+        print("Core options:")
+        print("")
+        self.print_columns(self.initial_context.help_tuples())
+        self.list_tasks()
+
+    def print_task_help(self, name: str) -> None:
+        ctx = self._contexts()[name]
+        positionals = [str(a.name) for a in ctx.positional_args]
+        options = [a for a in ctx.args.values() if not a.positional]
+        print(task_usage(self.binary, name, positionals, bool(options)))
+        print("")
+        doc = inspect.getdoc(self.collection[name])
+        for line in (doc or "").splitlines():
+            print(self.leading_indent + line if line.strip() else "")
+        if positionals:
+            print("")
+            print("Arguments:")
+            self.print_columns([(p.upper().replace("-", "_"), ctx.args[p].help or "") for p in positionals])
+        print("")
+        print("Options:")
+        if options:
+            self.print_columns([option_help(a) for a in sorted(options, key=lambda a: str(a.name))])
+        else:
+            print(self.leading_indent + "none")
+            print("")
 
     def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
         # SIGTERM/SIGHUP (CI cancel, closed terminal) unwind like Ctrl-C so cleanup runs and no QEMU is orphaned
@@ -56,16 +307,29 @@ class LkProgram(Program):
             signal.signal(s, _sigterm_to_interrupt)
         try:
             super().run(argv, exit)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`lkctl vm.ps | head -1`): stop quietly, as `ls | head` does. stdout now goes
+            # nowhere so the interpreter's final flush cannot raise again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            if exit:
+                sys.exit(128 + signal.SIGPIPE)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
 
-program = LkProgram(
-    name="lkctl",
-    binary="lkctl",
-    binary_names=["lkctl"],
-    version=__version__,
-    namespace=ns,
-    config_class=LkConfig,
-)
+def make_program() -> LkProgram:
+    """A fresh `lkctl` Program (tests run several in one process)."""
+    return LkProgram(
+        name="lkctl",
+        binary="lkctl",
+        binary_names=["lkctl"],
+        version=__version__,
+        namespace=ns,
+        config_class=LkConfig,
+    )
+
+
+program = make_program()

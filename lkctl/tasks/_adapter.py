@@ -6,18 +6,73 @@ import functools
 import shlex
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.tasks import Task
+from invoke.tasks import task as _invoke_task
 
 from lkctl.errors import LkError
 from lkctl.settings import Settings, load_settings
 
-__all__ = ["adapt", "parse_vars", "remainder_argv", "settings_from"]
+__all__ = ["RESERVED_SHORT_FLAGS", "LkTask", "adapt", "parse_vars", "remainder_argv", "settings_from", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+RESERVED_SHORT_FLAGS = frozenset("hfVl")
+"""`lkctl`'s core short flags (-h help, -f config file, -V version, -l list): no task flag may take them."""
+
+
+class LkTask(Task[Callable[..., Any]]):
+    """A task whose short flags are predictable: `-X` only for an option starting with X, never a core flag's.
+
+    invoke picks any free letter of the name (`--timeout` became `-e`, `--hypervisor` took `-h` from --help);
+    here an option gets its own first letter if no earlier option has it, or what `short={"name": "v"}` says
+    (`""` for none). Positional arguments get no short flag: they are typed bare.
+    """
+
+    def __init__(self, body: Callable[..., Any], *args: Any, short: Mapping[str, str] | None = None, **kwargs: Any):
+        self.short = dict(short or {})
+        super().__init__(body, *args, **kwargs)
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Any]:
+        # invoke pops each help text as it uses it: a second call (help, completion, a test) would get none
+        saved = dict(self.help)
+        try:
+            args: list[Any] = super().get_arguments(ignore_unknown_help)
+        finally:
+            self.help = saved
+        return args
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        auto, self.auto_shortflags = self.auto_shortflags, False
+        try:
+            opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        finally:
+            self.auto_shortflags = auto
+        if not auto or opts["positional"]:
+            return opts
+        dashed = name.replace("_", "-")
+        explicit = self.short.get(name, self.short.get(dashed))
+        if explicit is None:
+            claimed = {v for k, v in self.short.items() if k not in (name, dashed)}
+            letter = dashed[0] if dashed[0] not in taken_names | claimed | RESERVED_SHORT_FLAGS else ""
+        else:
+            letter = explicit
+        if letter:
+            if not (len(letter) == 1 and letter.isalpha()) or letter in RESERVED_SHORT_FLAGS:
+                raise ValueError(f"task {self.name}: -{letter} cannot be a short flag (taken by lkctl or not a letter)")
+            opts["names"] = [*opts["names"], letter]
+        return opts
+
+
+def task(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+    """invoke's `@task`, making `LkTask`s: use it for every lkctl task (same arguments, plus `short=`)."""
+    kwargs.setdefault("klass", LkTask)
+    made: Callable[..., Any] = _invoke_task(*args, **kwargs)
+    return made
 
 
 def _plain(obj: Any) -> Any:
@@ -35,19 +90,32 @@ def settings_from(c: Context) -> Settings:
     return load_settings({"lkctl": _plain(tree)})
 
 
-def adapt(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn LkError into `Exit(message, code)` and Ctrl-C into exit 130, so users never see a traceback."""
+@overload
+def adapt(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def adapt(*, failure_code: int) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return func(*args, **kwargs)
-        except LkError as e:
-            raise Exit(f"lkctl: {e.message}", code=e.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("lkctl: interrupted", code=130) from None
 
-    return wrapper
+def adapt(func: Callable[P, R] | None = None, /, *, failure_code: int | None = None) -> Any:
+    """Turn LkError into `Exit(message, code)` and Ctrl-C into exit 130, so users never see a traceback.
+
+    `@adapt(failure_code=125)` gives every lkctl failure that one code, for tasks whose own exit code is another
+    program's (vm.exec, vm.shell): a script tells "lkctl could not run it" (125) from the command's status.
+    """
+
+    def decorate(f: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(f)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return f(*args, **kwargs)
+            except LkError as e:
+                raise Exit(f"lkctl: {e.message}", code=failure_code or e.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("lkctl: interrupted", code=130) from None
+
+        return wrapper
+
+    return decorate if func is None else decorate(func)
 
 
 def remainder_argv(c: Context) -> list[str]:

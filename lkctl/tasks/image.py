@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
-from invoke.tasks import task
 
-from lkctl.tasks._adapter import adapt, parse_vars, settings_from
+from lkctl.tasks._adapter import adapt, parse_vars, settings_from, task
 from lkctl.tasks._format import table
 
 if TYPE_CHECKING:

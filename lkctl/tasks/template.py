@@ -8,9 +8,8 @@ from pathlib import Path
 
 from invoke.collection import Collection
 from invoke.context import Context
-from invoke.tasks import task
 
-from lkctl.tasks._adapter import adapt, parse_vars, settings_from
+from lkctl.tasks._adapter import adapt, parse_vars, settings_from, task
 from lkctl.tasks._format import table
 
 __all__ = ["ls", "render", "show", "vars_"]

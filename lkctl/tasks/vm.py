@@ -8,10 +8,9 @@ import sys
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
 
 from lkctl.errors import ConfigError
-from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from
+from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, task
 from lkctl.tasks._format import age, table
 
 __all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
@@ -227,7 +226,7 @@ def cp(c: Context, src: str, dst: str) -> None:
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix"})
-@adapt
+@adapt(failure_code=125)
 def shell(c: Context, vm: str) -> None:
     """Open an interactive shell in a VM (over SSH, on a pseudo-terminal)."""
     from lkctl.runtime.lifecycle import shell_in_vm
@@ -263,7 +262,7 @@ def logs(c: Context, vm: str, follow: bool = False) -> None:
         "workdir": "run the command in this guest directory",
     },
 )
-@adapt
+@adapt(failure_code=125)
 def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, workdir: str = "") -> None:
     """Run a command in a VM over SSH: vm.exec NAME -- CMD ARGS... (exit code passes through)."""
     from lkctl.runtime.state import find_vm
