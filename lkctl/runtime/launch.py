@@ -23,11 +23,14 @@ def run_image(
     use_env: bool = False,
     console: IO[bytes] | None = None,
     say: Callable[[str], None] = lambda _: None,
+    size_sources: Mapping[str, str] | None = None,
 ) -> tuple[VmRecord, int]:
     """Resolve `what` (path, installed image or template, built on demand) and boot it as a new VM.
 
     A template may ask for this VM's own SSH keys (SSH_KEY, SSH_HOST_KEY...): they are made before the VM exists
     and handed to it. Memory and CPUs come from the options, else the template's `# lkctl:` header, else settings.
+    `size_sources` names where non-zero option sizes came from (`--memory`, `config`...); a size that is not the
+    default is then said with its source.
     """
     from lkctl.images import resolve_image, staged_vm_keys
     from lkctl.runtime.host import require_qemu
@@ -46,6 +49,18 @@ def run_image(
             cpus=opts.cpus or resolved.cpus,
             keys_from=keys.directory if keys.made else None,
         )
+        for key, unit in (("memory", " MB"), ("cpus", "")):
+            value = getattr(opts, key)
+            from_template = "the template's `# lkctl:` line" if getattr(resolved, key) else ""
+            source = (size_sources or {}).get(key) or from_template
+            if value and source:
+                say(f"{key} {value}{unit} (from {source})")
+        from lkctl.doctor import host_accel_reason
+        from lkctl.runtime.host import probe_host
+
+        # the same (cached) probe run_vm makes: say once what it chose and why
+        host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
+        say(f"accelerator {host_accel_reason(host.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from invoke.collection import Collection
 
 from lkctl.settings import invoke_defaults
-from lkctl.tasks import image, template, vm
+from lkctl.tasks import doctor, image, template, vm
 
-__all__ = ["image", "ns", "template", "vm"]
+__all__ = ["doctor", "image", "ns", "template", "vm"]
 
 ns = Collection()
 ns.add_collection(vm.ns)
 ns.add_collection(image.ns)
 ns.add_collection(template.ns)
+ns.add_task(doctor.doctor)
 ns.configure(invoke_defaults())

@@ -13,10 +13,20 @@ from invoke.exceptions import Exit
 from invoke.tasks import Task
 from invoke.tasks import task as _invoke_task
 
-from lkctl.errors import LkError
+from lkctl.errors import ConfigError, LkError
 from lkctl.settings import Settings, load_settings
 
-__all__ = ["RESERVED_SHORT_FLAGS", "LkTask", "adapt", "parse_vars", "remainder_argv", "settings_from", "task"]
+__all__ = [
+    "RESERVED_SHORT_FLAGS",
+    "LkTask",
+    "adapt",
+    "config_tree",
+    "parse_vars",
+    "remainder_argv",
+    "settings_from",
+    "size_sources",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -81,13 +91,39 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def settings_from(c: Context) -> Settings:
-    """Settings from the invoke config of `c` (a user's own Context works too: missing keys mean defaults)."""
+def config_tree(c: Context) -> dict[str, Any]:
+    """The `lkctl` config tree for `c`: the shared config files under what `c`'s own config really set.
+
+    The same files count under `lkctl` and under `invoke` (see lkctl.configfiles); a `-f FILE` that does not exist
+    is an error under both (invoke alone would ignore it).
+    """
+    from pathlib import Path
+
+    from lkctl.configfiles import config_files, explicit_values, merge_trees, read_files
+
     try:
         tree = c.config.get("lkctl", {})
     except AttributeError:
         tree = {}
-    return load_settings({"lkctl": _plain(tree)})
+    runtime = getattr(c.config, "_runtime_path", None)  # invoke keeps -f FILE here, with no public getter
+    if runtime and not Path(runtime).is_file():
+        raise ConfigError(f"config file {runtime} does not exist (given with -f or INVOKE_RUNTIME_CONFIG)")
+    return merge_trees(read_files(config_files()), explicit_values(_plain(tree)))
+
+
+def size_sources(c: Context, **flags: int) -> dict[str, str]:
+    """For each VM size flag (`memory=0`, `cpus=2`): `--cpus`, `environment LKCTL_VM_…`, `config` or ""."""
+    import os
+
+    from lkctl.configfiles import setting_source
+
+    tree = config_tree(c)
+    return {k: f"--{k}" if v else setting_source("vm", k, tree, os.environ) for k, v in flags.items()}
+
+
+def settings_from(c: Context) -> Settings:
+    """Settings from the invoke config of `c` (a user's own Context works too: missing keys mean defaults)."""
+    return load_settings({"lkctl": config_tree(c)})
 
 
 @overload

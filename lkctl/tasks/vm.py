@@ -10,7 +10,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 
 from lkctl.errors import ConfigError
-from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, task
+from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, size_sources, task
 from lkctl.tasks._format import age, table
 
 __all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
@@ -74,10 +74,12 @@ def run(
     if template and image and template != image:
         raise ConfigError("give either --image or --template, not both")
     settings = settings_from(c)
+    # flag > environment > config files > the template's `# lkctl:` sizing > defaults
+    sources = size_sources(c, memory=memory, cpus=cpus)
     opts = RunOptions(
         name=name,
-        memory=memory,
-        cpus=cpus,
+        memory=memory or (settings.vm.memory if sources["memory"] else 0),
+        cpus=cpus or (settings.vm.cpus if sources["cpus"] else 0),
         ssh_port=ssh_port,
         ports=tuple(parse_port(p) for p in port or []),
         detach=detach,
@@ -92,7 +94,7 @@ def run(
     )
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
-        console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"),
+        console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
     )  # fmt: skip
     if detach:
         print(record.id)
