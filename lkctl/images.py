@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lkctl import paths
-from lkctl.errors import ImageError, StateError
+from lkctl.errors import ImageError, LkError, StateError
 from lkctl.oci.layout import Store
 from lkctl.runtime.disks import detect_format
 from lkctl.runtime.qemu import BootImage, ImageFormat
@@ -46,6 +47,7 @@ __all__ = [
     "StagedKeys",
     "build_spec_files",
     "build_template",
+    "built_images",
     "detect_format",
     "installed_dir",
     "list_images",
@@ -69,6 +71,8 @@ class ImageInfo:
     name: str
     kind: str  # oci | installed | built
     detail: str
+    size: int | None = None  # bytes: an installed file, a build's outputs, an OCI image's layers (unknown: None)
+    created: str = ""  # RFC 3339: downloaded, built, or the OCI config's `created`
 
 
 def store() -> Store:
@@ -294,7 +298,7 @@ def staged_vm_keys() -> Iterator[StagedKeys]:
 
 
 def list_images() -> list[ImageInfo]:
-    """Images lkctl knows: installed images and OCI images in the local store."""
+    """Images lkctl knows: installed images, OCI images in the local store, and build outputs in the cache."""
     from lkctl.installed import read_installed
     from lkctl.progress import format_size
 
@@ -303,7 +307,7 @@ def list_images() -> list[ImageInfo]:
     if root.is_dir():
         for d in sorted(root.iterdir()):
             if d.is_dir() and not d.name.startswith("."):
-                detail = ""
+                detail, size, created = "", None, ""
                 try:
                     pulled = read_installed(d.name)
                 except (ImageError, StateError):
@@ -311,9 +315,59 @@ def list_images() -> list[ImageInfo]:
                 else:
                     if pulled is not None:
                         detail = f"{pulled.version} from {pulled.source or '?'}, {format_size(pulled.size)}"
-                out.append(ImageInfo(d.name, "installed", detail))
+                        size, created = pulled.size, pulled.downloaded_at
+                out.append(ImageInfo(d.name, "installed", detail, size, created))
     st = store()
     if (st.root / "index.json").is_file():
         for ref, desc in st.refs():
-            out.append(ImageInfo(ref, "oci", desc.digest))
+            size, created = _oci_size_created(st, desc.digest)
+            out.append(ImageInfo(ref, "oci", desc.digest, size, created))
+    out += built_images()
     return out
+
+
+def _oci_size_created(st: Store, digest: str) -> tuple[int | None, str]:
+    """Layer bytes and `created` of an image manifest (an index: of its first manifest); unknown parts: None, ""."""
+    try:
+        doc = st.read_json(digest)
+        if doc.get("manifests"):
+            doc = st.read_json(doc["manifests"][0]["digest"])
+        size = sum(int(layer.get("size", 0)) for layer in doc.get("layers", []))
+        config = st.read_json(doc["config"]["digest"]) if "config" in doc else {}
+        return size, str(config.get("created", ""))
+    except (OSError, ValueError, KeyError, TypeError, LkError):
+        return None, ""
+
+
+_BUILD_MANIFEST = ".lkctl-build.json"
+
+
+def built_images(root: Path | None = None) -> list[ImageInfo]:
+    """Build outputs under the cache's `builds/` (what `vm.run --image` and `image.build` made), newest first.
+
+    Each build directory holds `.<name>.lkctl-build.json` beside its outputs; the name shown is the path prefix
+    `vm.run --image` takes for kernel+initrd (else the directory).
+    """
+    from datetime import UTC, datetime
+
+    root = paths.cache_dir() / "builds" if root is None else root
+    found: list[tuple[float, ImageInfo]] = []
+    for manifest in root.glob(f"**/.*{_BUILD_MANIFEST}") if root.is_dir() else []:
+        name = manifest.name[1 : -len(_BUILD_MANIFEST)]
+        try:
+            doc = json.loads(manifest.read_text())
+            mtime = manifest.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        formats = sorted(doc.get("formats", {})) if isinstance(doc, dict) else []
+        size = 0
+        for fmt in formats:
+            for fname in doc["formats"][fmt].get("outputs", {}):
+                with contextlib.suppress(OSError):
+                    size += (manifest.parent / fname).stat().st_size
+        rel = manifest.parent.relative_to(root)
+        label = f"{rel.parts[0].removeprefix('template-')} (template)" if rel.parts[0].startswith("template-") else name
+        created = datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
+        info = ImageInfo(str(manifest.parent / name), "built", f"{label}: {', '.join(formats)}", size, created)
+        found.append((mtime, info))
+    return [info for _, info in sorted(found, key=lambda t: -t[0])]

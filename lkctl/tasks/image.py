@@ -81,17 +81,25 @@ def build(
 @task(help={"json": "print JSON"})
 @adapt
 def ls(c: Context, json: bool = False) -> None:
-    """List images: installed images and OCI images in the local store."""
+    """List images: installed, OCI images in the local store, and built ones in the cache (size, created)."""
     from lkctl.images import list_images
+    from lkctl.progress import format_size
+    from lkctl.tasks._format import age
 
     images = list_images()
     if json:
-        print(_json.dumps([{"name": i.name, "kind": i.kind, "detail": i.detail} for i in images], indent=2))
+        rows = [{"name": i.name, "kind": i.kind, "detail": i.detail, "size": i.size, "created": i.created or None}
+                for i in images]  # fmt: skip
+        print(_json.dumps(rows, indent=2))
         return
     if not images:
         print("no images (lkctl image.base makes the base images)", file=sys.stderr)
         return
-    print(table(["NAME", "KIND", "DETAIL"], [[i.name, i.kind, i.detail] for i in images]))
+    body = [
+        [i.name, i.kind, "-" if i.size is None else format_size(i.size), age(i.created) if i.created else "-", i.detail]
+        for i in images
+    ]
+    print(table(["NAME", "KIND", "SIZE", "CREATED", "DETAIL"], body))
 
 
 @task(help={"force": "rebuild even if up to date"})
