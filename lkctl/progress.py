@@ -17,13 +17,16 @@ from collections.abc import Callable, Mapping
 from typing import Literal, TextIO
 
 __all__ = [
+    "BootProgress",
     "Mode",
     "ProgressReporter",
+    "boot_phase",
     "choose_mode",
     "format_eta",
     "format_rate",
     "format_size",
     "render_bar",
+    "render_boot",
     "render_line",
     "render_summary",
 ]
@@ -202,3 +205,76 @@ class ProgressReporter:
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+# What the console shows, last phase first: dropbear logs `[sshd] ...`, lkctl's init says `lkctl-init: ...`.
+_BOOT_PHASES = (
+    (b"[sshd]", "sshd started, waiting for it to answer"),
+    (b"lkctl-init: ready", "init done, starting services"),
+    (b"lkctl-init: starting", "init"),
+    (b"Linux version", "kernel"),
+)
+
+
+def boot_phase(console: bytes) -> str:
+    """The boot phase a console log shows so far: kernel, init, services, sshd."""
+    for marker, phase in _BOOT_PHASES:
+        if marker in console:
+            return phase
+    return "kernel"  # the kernel runs with `quiet`: nothing on the console until init
+
+
+def render_boot(label: str, phase: str, elapsed: float, frame: int = 0, *, spinner: bool = False) -> str:
+    """`⠋ booting web: init (12s)` (terminal) or `booting web: init (12s)` (CI and pipes)."""
+    head = f"{_SPINNER[frame % len(_SPINNER)]} " if spinner else ""
+    return f"{head}booting {label}: {phase} ({elapsed:.0f}s)"
+
+
+class BootProgress:
+    """Boot-wait progress: a spinner with the phase and elapsed time on a terminal, a line per new phase otherwise.
+
+    Call it with the console so far (what `run_vm(on_wait=...)` passes); `finish()` ends the line.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        mode: Mode | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        prefix: str = "lkctl: ",
+    ) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode: Mode = mode or choose_mode(self.stream, env=env)
+        self.clock = clock
+        self.prefix = prefix
+        self.started = clock()
+        self.phase = ""
+        self.frame = 0
+        self._drawn = False
+
+    def __call__(self, console: bytes) -> None:
+        phase = boot_phase(console)
+        elapsed = self.clock() - self.started
+        if self.mode == "bar":
+            self.frame += 1
+            text = render_boot(self.label, phase, elapsed, self.frame, spinner=True)
+            self.stream.write("\r" + self.prefix + text + "\x1b[K")
+            self.stream.flush()
+            self._drawn = True
+        elif self.mode == "lines" and phase != self.phase:
+            self.stream.write(self.prefix + render_boot(self.label, phase, elapsed) + "\n")
+            self.stream.flush()
+        self.phase = phase
+
+    def finish(self) -> None:
+        """Clear the spinner line (the caller says what happened next)."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, Any, TextIO
 
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
@@ -24,13 +24,15 @@ def run_image(
     console: IO[bytes] | None = None,
     say: Callable[[str], None] = lambda _: None,
     size_sources: Mapping[str, str] | None = None,
+    progress: TextIO | None = None,
 ) -> tuple[VmRecord, int]:
     """Resolve `what` (path, installed image or template, built on demand) and boot it as a new VM.
 
     A template may ask for this VM's own SSH keys (SSH_KEY, SSH_HOST_KEY...): they are made before the VM exists
     and handed to it. Memory and CPUs come from the options, else the template's `# lkctl:` header, else settings.
     `size_sources` names where non-zero option sizes came from (`--memory`, `config`...); a size that is not the
-    default is then said with its source.
+    default is then said with its source. With `progress` (a text stream, e.g. stderr), a detached run shows its
+    boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
     """
     from lkctl.images import resolve_image, staged_vm_keys
     from lkctl.runtime.host import require_qemu
@@ -62,7 +64,24 @@ def run_image(
         host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
         say(f"accelerator {host_accel_reason(host.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
-        return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
+        if progress is None:
+            return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
+        from lkctl.progress import BootProgress
+
+        boot = BootProgress(opts.name or "the VM", stream=progress)
+
+        def started(record: VmRecord) -> None:
+            if not opts.detach:
+                say(
+                    f"VM {record.name} ({record.id}) started; ssh on 127.0.0.1:{record.ssh_port}. In another "
+                    f"terminal: lkctl vm.exec {record.name} -- sh   Stop: Ctrl-C or lkctl vm.stop {record.name}"
+                )
+
+        try:
+            return run_vm(resolved.boot, resolved.label, opts, settings, console=console, on_started=started,
+                          on_wait=boot)  # fmt: skip
+        finally:
+            boot.finish()
 
 
 def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:

@@ -370,7 +370,7 @@ def _kill_helpers(record: VmRecord) -> None:
                 os.kill(ident.pid, signal.SIGTERM)
 
 
-def _wait_ready(record: VmRecord, timeout: float) -> None:
+def _wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None] | None = None) -> None:
     from lkctl import ssh
     from lkctl.errors import SshError
 
@@ -379,6 +379,8 @@ def _wait_ready(record: VmRecord, timeout: float) -> None:
         for marker in _PANIC_MARKERS:
             if marker in console:
                 raise VmError(_diagnose(record, "the guest failed while booting"))
+        if on_wait is not None:
+            on_wait(console)
 
     try:
         ssh.wait_ready(
@@ -421,11 +423,14 @@ def run_vm(
     settings: Settings,
     *,
     console: IO[bytes] | None = None,
+    on_started: Callable[[VmRecord], None] | None = None,
+    on_wait: Callable[[bytes], None] | None = None,
 ) -> tuple[VmRecord, int]:
     """Boot `boot` as a new VM. Detached: returns once the guest answers SSH (exit status 0). Foreground: streams
     the console to `console` until the VM ends and returns its record and an exit status (0 = clean power-off).
 
-    Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason.
+    Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
+    once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
     """
     host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
     if opts.ssh_port or opts.ports:
@@ -435,9 +440,11 @@ def run_vm(
     try:
         with _signals_unwind():
             record, child = _launch(record, boot, opts, settings, host)
+            if on_started is not None:
+                on_started(record)
             if opts.detach:
                 if opts.wait_ssh:
-                    _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout)
+                    _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout, on_wait)
                 return record, 0
             assert child is not None
             code = _foreground(record, child, console, settings)

@@ -95,6 +95,7 @@ def run(
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
+        progress=sys.stderr,
     )  # fmt: skip
     if detach:
         print(record.id)

@@ -129,6 +129,7 @@ def test_foreground_run_streams_the_console_and_ends_when_the_guest_powers_off(c
             fg.wait()
     assert fg.returncode == 0, err
     assert b"lkctl-init: ready" in out
+    assert b"started; ssh on 127.0.0.1:" in err and b"lkctl vm.exec fg -- sh" in err  # how to reach it
 
 
 def test_readiness_timeout_says_why_and_leaves_no_qemu(cli: Cli, lkctl_home: Path) -> None:
