@@ -8,10 +8,10 @@ from typing import IO, Any, TextIO
 
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import RunOptions, run_vm
+from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["list_vms", "run_image"]
+__all__ = ["RunPlan", "list_vms", "plan_image", "run_image"]
 
 
 def run_image(
@@ -39,6 +39,7 @@ def run_image(
     from lkctl.templates import inputs_from_settings
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    preflight(opts)  # a taken name or a busy port, too
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
@@ -82,6 +83,40 @@ def run_image(
                           on_wait=boot)  # fmt: skip
         finally:
             boot.finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What `vm.run` would do (`--dry-run`): the argv it would start and the VM it would create."""
+
+    argv: list[str]
+    record: VmRecord
+    boot_path: str
+    built: bool  # the image was built (or rebuilt) to make this plan: builds are not skipped by --dry-run
+
+
+def plan_image(
+    what: str,
+    opts: RunOptions,
+    settings: Settings,
+    *,
+    variables: Mapping[str, str] | None = None,
+    use_env: bool = False,
+) -> RunPlan:
+    """run_image without running: resolve (and build, cached) the image, then plan the VM; nothing is started."""
+    from lkctl.images import resolve_image, staged_vm_keys
+    from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.vm import plan_vm
+    from lkctl.templates import inputs_from_settings
+
+    require_qemu(settings.vm.qemu)
+    preflight(opts)
+    with staged_vm_keys() as keys:
+        inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
+        resolved = resolve_image(what, inputs)
+        opts = dataclasses.replace(opts, memory=opts.memory or resolved.memory, cpus=opts.cpus or resolved.cpus)
+        argv, record = plan_vm(resolved.boot, resolved.label, opts, settings)
+        return RunPlan(argv, record, str(resolved.boot.path), resolved.built)
 
 
 def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:

@@ -43,6 +43,8 @@ __all__ = [
     "console_tail",
     "exec_in_vm",
     "follow_console",
+    "plan_vm",
+    "preflight",
     "run_vm",
     "ssh_target",
     "stop_vm",
@@ -105,6 +107,25 @@ def _check_ports(ssh_port: int, ports: Sequence[PortForward]) -> None:
         seen.add(key)
         if not _port_free(p.host_ip, p.host_port, p.proto):
             raise ConfigError(f"port {p.host_ip}:{p.host_port}/{p.proto} is already in use; choose another host port")
+
+
+def _check_name(name: str, records: Sequence[VmRecord]) -> None:
+    clash = next((r for r in records if r.name == name), None) if name else None
+    if clash is not None:
+        raise ConfigError(
+            f"the name {name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
+            f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
+        )
+
+
+def preflight(opts: RunOptions) -> None:
+    """What can be refused before any build or boot: a taken --name, a busy or doubled host port.
+
+    run_vm checks again (under the state lock for the name), since another VM may take either meanwhile.
+    """
+    _check_name(opts.name, state.all_records())
+    if opts.ssh_port or opts.ports:
+        _check_ports(opts.ssh_port, opts.ports)
 
 
 def console_tail(record: VmRecord, lines: int = 20) -> str:
@@ -171,13 +192,7 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
 
     with state.vms_lock():
         records = state.all_records()
-        if opts.name:
-            clash = next((r for r in records if r.name == opts.name), None)
-            if clash is not None:
-                raise ConfigError(
-                    f"the name {opts.name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
-                    f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
-                )
+        _check_name(opts.name, records)
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
         record = VmRecord(
             id=vm_id,
@@ -593,3 +608,27 @@ def exec_in_vm(
         raise VmError(f"VM {record.name} is not running (status: {status})")
     return int(ssh.exec_command(ssh_target(record), list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
                                 timeout=timeout, pty=tty, env=env, workdir=workdir))  # fmt: skip
+
+
+def plan_vm(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings) -> tuple[list[str], VmRecord]:
+    """What run_vm would start, starting nothing and writing no state (`vm.run --dry-run`).
+
+    The hypervisor argv for a VM with a fresh ID, run from its state directory (relative paths in the argv are
+    there), and the record it would have. With no --ssh-port, the port shown is one that is free now.
+    """
+    from lkctl.runtime.hyperkit import detect_hypervisor, hypervisor_argv
+
+    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
+    preflight(opts)
+    hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
+    boot = _fast_kernel(boot, host, settings, hypervisor)
+    records = state.all_records()
+    vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
+    ssh_port = opts.ssh_port or _free_port()
+    record = VmRecord(
+        id=vm_id, name=opts.name or vm_id, image=image_label, image_format=boot.format.value, created=_now(),
+        memory=opts.memory or settings.vm.memory, cpus=opts.cpus or settings.vm.cpus, ssh_port=ssh_port,
+        ports=[str(p) for p in opts.ports], accel=host.accel.value, auto_remove=opts.auto_remove, image_digest="",
+    )  # fmt: skip
+    spec = _spec(record, boot, opts, settings, ssh_port, host)
+    return hypervisor_argv(spec, host, hypervisor), record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json as _json
 import sys
+from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
@@ -12,6 +13,10 @@ from invoke.exceptions import Exit
 from lkctl.errors import ConfigError
 from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, size_sources, task
 from lkctl.tasks._format import age, table
+
+if TYPE_CHECKING:
+    from lkctl.runtime.vm import RunOptions
+    from lkctl.settings import Settings
 
 __all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
 
@@ -41,6 +46,7 @@ def _err(msg: str) -> None:
         "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
         "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
         "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
+        "dry-run": "print the hypervisor command line and the VM it would create, start nothing (builds still run)",
     },
 )
 @adapt
@@ -64,6 +70,7 @@ def run(
     hypervisor: str = "",
     env_vars: bool = False,
     virtiofs: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     from lkctl.runtime.disks import parse_data_disk
@@ -92,6 +99,9 @@ def run(
         hypervisor=hypervisor or settings.vm.hypervisor,
         virtiofs=virtiofs or settings.vm.virtiofs,
     )
+    if dry_run:
+        _print_plan(template or image, opts, settings, parse_vars(var), env_vars)
+        return
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
@@ -106,6 +116,21 @@ def run(
         return
     if code:
         raise Exit(f"lkctl: VM {record.name} ended with status {code}", code=code)
+
+
+def _print_plan(what: str, opts: RunOptions, settings: Settings, variables: dict[str, str], use_env: bool) -> None:
+    import shlex
+
+    from lkctl.runtime.launch import plan_image
+
+    plan = plan_image(what, opts, settings, variables=variables, use_env=use_env)
+    r = plan.record
+    print(shlex.join(plan.argv))
+    _err(
+        f"lkctl: dry run, nothing started. Would create VM {r.name} ({r.id}) from {plan.boot_path} "
+        f"({'built now' if plan.built else 'cached'}): {r.memory} MB, {r.cpus} CPU(s), accel {r.accel}, "
+        f"ssh on 127.0.0.1:{r.ssh_port}{', ports ' + ', '.join(r.ports) if r.ports else ''}; state in {r.dir}"
+    )
 
 
 @task(help={"all": "include stopped VMs", "json": "print JSON"})
