@@ -20,6 +20,7 @@ __all__ = [
     "BootProgress",
     "Mode",
     "ProgressReporter",
+    "Ticker",
     "boot_phase",
     "choose_mode",
     "format_eta",
@@ -278,3 +279,65 @@ class BootProgress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._drawn = False
+
+
+class Ticker:
+    """Elapsed time for a step that reports nothing itself (a build, a base-image build): a context manager.
+
+    On a terminal a spinner line `⠋ building minimal (12s)` redrawn from a thread, cleared at the end; in CI and
+    pipes a `... still building minimal (30s)` line every `every` seconds, so a log shows the step is alive; quiet:
+    nothing.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        mode: Mode | None = None,
+        env: Mapping[str, str] | None = None,
+        every: float = 15.0,
+        prefix: str = "lkctl: ",
+    ) -> None:
+        import threading
+
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode: Mode = mode or choose_mode(self.stream, env=env)
+        self.every = every
+        self.prefix = prefix
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drawn = False
+
+    def __enter__(self) -> Ticker:
+        import threading
+
+        if self.mode != "quiet":
+            self._thread = threading.Thread(target=self._run, name="lkctl-ticker", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        frame = 0
+        interval = 0.2 if self.mode == "bar" else self.every
+        while not self._stop.wait(interval):
+            elapsed = time.monotonic() - started
+            if self.mode == "bar":
+                frame += 1
+                self.stream.write(
+                    f"\r{self.prefix}{_SPINNER[frame % len(_SPINNER)]} {self.label} ({elapsed:.0f}s)\x1b[K"
+                )
+                self._drawn = True
+            else:
+                self.stream.write(f"{self.prefix}... still {self.label} ({elapsed:.0f}s)\n")
+            self.stream.flush()

@@ -43,7 +43,13 @@ def run_image(
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
-        resolved = resolve_image(what, inputs)
+        if progress is None:
+            resolved = resolve_image(what, inputs)
+        else:
+            from lkctl.progress import Ticker
+
+            with Ticker(f"resolving and building {what}", stream=progress):  # a first build takes minutes
+                resolved = resolve_image(what, inputs)
         if resolved.built:
             say(f"built {resolved.boot.path}")
         opts = dataclasses.replace(

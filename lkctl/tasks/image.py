@@ -68,7 +68,10 @@ def build(
         options["decompress_kernel"] = True
     extra = [Path(f) for f in file or []]
     out_dir = Path(out) if out else None
-    result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, **options)
+    from lkctl.progress import Ticker
+
+    with Ticker(f"building {source}"):
+        result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, **options)
     files = [p for f in formats for p in result.outputs[f]]
     state = "unchanged, from cache" if result.cached else f"built {', '.join(result.built)}"
     print(f"lkctl: {state}: {', '.join(str(p) for p in files)}", file=sys.stderr)
@@ -108,8 +111,10 @@ def base(c: Context, force: bool = False) -> None:
     """Make lkctl's base images (kernel, init, sshd) from this machine's packages."""
     from lkctl.baseimages import build_all
     from lkctl.images import store
+    from lkctl.progress import Ticker
 
-    done = build_all(store(), force=force)
+    with Ticker("building the base images from this machine's packages"):
+        done = build_all(store(), force=force)
     print(f"lkctl: {'built ' + ', '.join(done) if done else 'base images are up to date'}", file=sys.stderr)
 
 

@@ -66,3 +66,23 @@ def test_ci_chooses_lines_and_quiet_says_nothing() -> None:
     q(CONSOLE[1])
     q.finish()
     assert out.getvalue() == ""
+
+
+def test_ticker_shows_a_long_step_is_alive_and_leaves_nothing_behind_on_a_terminal() -> None:
+    import time
+
+    from lkctl.progress import Ticker
+
+    out = io.StringIO()
+    with Ticker("building minimal", stream=out, mode="lines", every=0.05):
+        time.sleep(0.3)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("lkctl: ... still building minimal (") for line in lines)
+    bar = io.StringIO()
+    with Ticker("building minimal", stream=bar, mode="bar"):
+        time.sleep(0.5)
+    assert "building minimal (0s)" in bar.getvalue() and bar.getvalue().endswith("\r\x1b[K")
+    quiet = io.StringIO()
+    with Ticker("x", stream=quiet, mode="quiet", every=0.01):
+        time.sleep(0.05)
+    assert quiet.getvalue() == ""
