@@ -144,7 +144,8 @@ def test_exit_codes_tell_lkctl_failures_from_the_commands_own(vm: Session) -> No
     missing = vm("vm.exec", "no-such-vm", "--", "true")
     assert missing.returncode == 125 and missing.stderr.startswith("lkctl: ")
     assert vm("vm.exec", NAME, "--", "/no/such/command").returncode == 127
-    assert vm("vm.exec", NAME, "--", "/etc/hostname").returncode == 126
+    assert vm("vm.exec", NAME, "--", "sh", "-c", "echo x >/tmp/not-executable").returncode == 0
+    assert vm("vm.exec", NAME, "--", "/tmp/not-executable").returncode == 126
     assert vm("vm.exec", NAME, "uname", "-a").returncode == 125  # no `--`: a usage error, said as lkctl's own
 
 
