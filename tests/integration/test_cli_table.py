@@ -36,8 +36,8 @@ def lkctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 
 def test_the_table_covers_every_task_of_every_collection() -> None:
-    assert {n.partition(".")[0] for n in TASKS} >= {"vm", "image", "template"}
-    assert len(TASKS) == sum(len(c.task_names) for c in ns.collections.values())
+    assert {n.partition(".")[0] for n in TASKS} >= {"vm", "image", "template", "doctor"}
+    assert len(TASKS) == len(ns.tasks) + sum(len(c.task_names) for c in ns.collections.values())
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
@@ -67,8 +67,8 @@ def test_core_help_before_a_task_names_it_too(capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize("task", TASKS)
 def test_a_mistyped_task_gets_one_line_naming_the_right_one(capsys: pytest.CaptureFixture[str], task: str) -> None:
-    head, _, tail = task.rpartition(".")
-    typo = f"{head}.{tail[1]}{tail[0]}{tail[2:]}"
+    head, dot, tail = task.rpartition(".")
+    typo = f"{head}{dot}{tail[1]}{tail[0]}{tail[2:]}"
     code, out, err = lkctl(capsys, typo)
     assert (code, out) == (2, "")
     assert err.count("\n") == 1 and err.startswith(f"lkctl: no task {typo!r}") and task in err
