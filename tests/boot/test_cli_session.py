@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot.conftest import BIN, qemu_pids_for
-from tests.conftest import require_qemu
+from tests.conftest import REPO, require_qemu
 
 pytestmark = pytest.mark.boot
 
@@ -182,3 +182,29 @@ def test_dry_run_prints_the_qemu_argv_and_starts_nothing(vm: Session) -> None:
     assert "dry run, nothing started. Would create VM dry" in done.stderr
     assert sorted(p.name for p in (vm.home / "state" / "vms").iterdir()) == before
     assert "dry" not in vm("vm.ps", "--all").stdout
+
+
+def test_size_precedence_flag_then_env_then_config_then_template_then_default(vm: Session) -> None:
+    templates = vm.cwd / ".lkctl" / "templates"
+    templates.mkdir(parents=True, exist_ok=True)
+    body = (REPO / "templates" / "minimal.yml").read_text().split("\n", 1)[1]
+    (templates / "sized.yml").write_text("# A sized VM\n# lkctl: memory=900 cpus=2\n" + body)
+
+    def planned(*args: str, env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(
+            [str(BIN / "lkctl"), "vm.run", "--image=sized", "--dry-run", *args], env={**vm.env, **(env or {})},
+            cwd=vm.cwd, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sizes = re.search(r"(\d+) MB, (\d+) CPU", done.stderr)
+        assert sizes, done.stderr
+        return f"{sizes.group(1)}/{sizes.group(2)}"
+
+    assert planned() == "640/2"  # the project's lkctl.yaml beats the template's memory; its cpus stand
+    assert planned(env={"LKCTL_VM_MEMORY": "700"}) == "700/2"
+    assert planned("--memory", "800", "--cpus", "1", env={"LKCTL_VM_MEMORY": "700"}) == "800/1"
+    (vm.cwd / "lkctl.yaml").rename(vm.cwd / "lkctl.yaml.off")
+    try:
+        assert planned() == "900/2"  # no config: the template's `# lkctl:` line
+    finally:
+        (vm.cwd / "lkctl.yaml.off").rename(vm.cwd / "lkctl.yaml")
