@@ -63,7 +63,7 @@ _TRAILING = {"vm.exec": "-- COMMAND [ARG...]"}
 
 
 class LkConfig(Config):
-    """Config files `/etc/lkctl.yaml`, `~/.lkctl.yaml` and, unlike plain invoke, `./lkctl.yaml` up to the repo root."""
+    """Config files `/etc/lkctl.yaml`, `~/.lkctl.yaml` and, unlike plain invoke, the project's `lkctl.yaml`."""
 
     prefix = "lkctl"
 
@@ -72,15 +72,6 @@ class LkConfig(Config):
         base: dict[str, Any] = Config.global_defaults()
         base["run"]["in_stream"] = False
         return base
-
-
-def _project_dir(start: Path) -> Path | None:
-    for d in [start, *start.parents]:
-        if (d / "lkctl.yaml").is_file() or (d / "lkctl.yml").is_file():
-            return d
-        if (d / ".git").exists():
-            return None
-    return None
 
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
@@ -206,9 +197,12 @@ class LkProgram(Program):
 
     def parse_collection(self) -> None:
         super().parse_collection()
-        project = _project_dir(Path.cwd())
+        from lkctl.configfiles import project_dir
+
+        project = project_dir(Path.cwd())
         if project is not None:
-            # invoke skips project config in bundled-namespace mode; load ./lkctl.yaml ourselves
+            # invoke skips project config in bundled-namespace mode; load the project's lkctl.yaml ourselves (the
+            # tasks read the same files again through lkctl.configfiles, which also count its invoke.yaml)
             self.config.set_project_location(str(project))
             self.config.load_project()
         self._check_task_word()
