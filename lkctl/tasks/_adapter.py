@@ -47,6 +47,36 @@ class LkTask(Task[Callable[..., Any]]):
         self.short = dict(short or {})
         super().__init__(body, *args, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Plain invoke lets a first positional swallow `--help` (`invoke vm.stop --help` → "no VM matches '--help'");
+        # answer with the task's help instead. (`lkctl` catches this before parsing.)
+        if any(kwargs.get(p) in ("--help", "-h") for p in self.positional):
+            print(self.help_text())
+            raise Exit(code=0)
+        return super().__call__(*args, **kwargs)
+
+    def help_text(self) -> str:
+        """Usage line, docstring, arguments and options, as `lkctl TASK --help` prints them."""
+        import inspect
+        import os
+
+        from lkctl.cli import option_help, task_usage
+
+        binary = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "invoke"
+        typed = [w for w in sys.argv[1:] if w == self.name or w.endswith(f".{self.name}")]
+        name = typed[0] if typed else self.name
+        args = self.get_arguments()
+        positionals = [str(a.name) for a in args if a.positional]
+        options = sorted((a for a in args if not a.positional), key=lambda a: str(a.name))
+        lines = [task_usage(binary, name, positionals, bool(options)), ""]
+        lines += ["  " + line if line.strip() else "" for line in (inspect.getdoc(self.body) or "").splitlines()]
+        if positionals:
+            lines += ["", "Arguments:"]
+            lines += [f"  {p.upper():<12} {a.help or ''}".rstrip() for p, a in zip(positionals, args, strict=False)]
+        lines += ["", "Options:"]
+        lines += [f"  {spec:<30} {text}".rstrip() for spec, text in map(option_help, options)] or ["  none"]
+        return "\n".join(lines)
+
     def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Any]:
         # invoke pops each help text as it uses it: a second call (help, completion, a test) would get none
         saved = dict(self.help)

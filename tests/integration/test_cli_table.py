@@ -167,3 +167,13 @@ def test_invoke_keeps_its_own_help_for_a_task(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([str(invoke), "--help", "vm.stop"], capture_output=True, text=True, cwd=repo, timeout=60)
     assert done.returncode == 0 and "vm.stop" in done.stdout and "--timeout" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_invoke_task_help_after_the_task_is_not_swallowed_by_a_positional(flag: str) -> None:
+    invoke = Path(sys.executable).with_name("invoke")
+    repo = Path(__file__).resolve().parents[2]
+    for task in ("vm.stop", "vm.exec", "template.show"):
+        done = subprocess.run([str(invoke), task, flag], capture_output=True, text=True, cwd=repo, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"Usage: invoke {task} "), done.stdout
