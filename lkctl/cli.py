@@ -84,7 +84,7 @@ def did_you_mean(word: str, names: Iterable[str]) -> list[str]:
     close = difflib.get_close_matches(word, names, n=3, cutoff=0.6)
     tail = word.rpartition(".")[2]
     by_tail = [n for n in names if n.rpartition(".")[2] == tail]
-    by_tail += [n for n in names if n.rpartition(".")[2] in difflib.get_close_matches(tail, [tail_of(n)], cutoff=0.75)]
+    by_tail += [n for n in names if n.rpartition(".")[2] in difflib.get_close_matches(tail, [_tail(n)], cutoff=0.75)]
     out: list[str] = []
     for n in [*close, *by_tail]:
         if n not in out:
@@ -92,7 +92,7 @@ def did_you_mean(word: str, names: Iterable[str]) -> list[str]:
     return out[:3]
 
 
-def tail_of(name: str) -> str:
+def _tail(name: str) -> str:
     return name.rpartition(".")[2]
 
 
