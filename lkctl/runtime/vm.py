@@ -71,6 +71,8 @@ class RunOptions:
     hypervisor: str = "auto"  # auto | qemu | hyperkit
     virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
+    hostname: str = ""  # the guest's host name (default: the VM's name; see lkctl.runtime.guest)
+    env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE: the guest's services and vm.exec see it
 
 
 def _now() -> str:
@@ -199,10 +201,20 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
+        _write_guest_config(record, opts)
     except BaseException:
         state.remove_record(record)
         raise
     return record
+
+
+def _write_guest_config(record: VmRecord, opts: RunOptions) -> None:
+    from lkctl.fsutil import atomic_write
+    from lkctl.runtime.guest import ENV_FILE, HOSTNAME_FILE, env_file_text, guest_hostname
+
+    atomic_write(record.dir / HOSTNAME_FILE, guest_hostname(opts.hostname, record.name, record.id) + "\n", mode=0o600)
+    if opts.env:
+        atomic_write(record.dir / ENV_FILE, env_file_text(dict(opts.env)), mode=0o600)
 
 
 def _digest(boot: BootImage) -> str:
@@ -238,6 +250,8 @@ def _spec(
         guest_files=(
             ("ssh/authorized_keys", Path("id_ed25519.pub")),
             ("ssh/ssh_host_ed25519_key", Path("ssh_host_ed25519_key")),
+            ("hostname", Path("hostname")),
+            *((("env", Path("env")),) if opts.env else ()),
         ),
         cmdline_extra=settings.vm.cmdline_extra,
         daemonize=opts.detach,
