@@ -30,10 +30,12 @@ def run_image(
     and handed to it. Memory and CPUs come from the options, else the template's `# lkctl:` header, else settings.
     """
     from lkctl.images import resolve_image, staged_vm_keys
+    from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)

@@ -399,7 +399,8 @@ def exec_(
             raise ConfigError(f"--env {item!r}: expected NAME=VALUE")
         environment[key] = value
     record = find_vm(vm.id if isinstance(vm, Vm) else vm)
-    stdin = sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
+    # called from Python with cmd=[...]: no stdin (the caller's stdin is not the command's)
+    stdin = None if cmd else sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
     code = exec_in_vm(
         record, argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer,
         tty=tty, env=environment or None, workdir=workdir or None,
