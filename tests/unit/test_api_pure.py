@@ -150,3 +150,36 @@ def test_vm_run_has_docker_short_flags() -> None:
     assert {"port", "p"} <= flags["port"] and {"tty", "t"} <= flags["tty"] and {"detach", "d"} <= flags["detach"]
     ps_flags = {a.name: set(a.names) for a in vm.ps.get_arguments()}
     assert "q" in ps_flags["quiet"]
+
+
+def test_completion_knows_where_vm_and_template_names_go() -> None:
+    from lkctl.tasks import ns
+    from lkctl.tasks._completion import words_wanting
+
+    names = list(ns.task_names)
+    assert words_wanting(["vm.stop"], names) == {"vm"}
+    assert words_wanting(["vm.exec", "we"], names) == {"vm"}
+    assert words_wanting(["vm.exec", "web", "--", "ls"], names) == set()
+    assert words_wanting(["vm.cp"], names) == {"vm:"}
+    assert words_wanting(["vm.run", "--image"], names) == {"template"}
+    assert words_wanting(["vm.run", "--image", "min"], names) == {"template"}
+    assert words_wanting(["image.build"], names) == {"template"}
+    assert words_wanting(["vm.ps"], names) == set()
+
+
+def test_lkctl_complete_prints_vm_and_template_names() -> None:
+    import os
+
+    from lkctl.runtime import state
+
+    env = dict(os.environ)  # LKCTL_HOME: this test's own (the autouse lkctl_home fixture)
+    lkctl_bin = Path(sys.executable).parent / "lkctl"
+    state.save_record(_record(id="feedbeef", name="webby"))
+    done = subprocess.run(
+        [str(lkctl_bin), "--complete", "--", "lkctl", "vm.stop", "we"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and {"webby", "feedbeef", "vm.stop"} <= set(done.stdout.split())
+    done = subprocess.run(
+        [str(lkctl_bin), "--complete", "--", "lkctl", "vm.run", "--image", ""], env=env, capture_output=True, text=True
+    )
+    assert "minimal" in done.stdout.split()
