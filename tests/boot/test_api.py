@@ -202,8 +202,14 @@ def test_bad_env_and_hostname_are_refused_before_anything_boots(cli: Cli, api_ho
 
 
 def test_stop_wait_start_kill_several_at_once(shared: lkctl.Vm, cli: Cli, api_home: Path) -> None:
-    # a second VM that never needs SSH, so several VMs can be stopped in one command
-    cli("vm.run", "--image=minimal", "-d", "--no-wait", "--name", "second", "--memory", "256")
+    from invoke.context import Context
+
+    from lkctl.tasks import vm as vmtasks
+
+    # a second VM that never needs SSH, so several VMs can be stopped in one command; started the way a user's
+    # tasks.py would, which gets the Vm back
+    second = vmtasks.run(Context(), image="minimal", detach=True, wait=False, name="second", memory=256)
+    assert isinstance(second, lkctl.Vm) and second.name == "second" and second.status == "running"
     cli("vm.stop", f"{NAME},second", "--timeout", "60", timeout=600)
     assert cli("vm.ps", "-q").stdout == ""
     waited = cli("vm.wait", NAME, check=False)
