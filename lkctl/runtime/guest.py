@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from lkctl.errors import ConfigError
+from lkctl.fsutil import atomic_write
 
-__all__ = ["ENV_FILE", "HOSTNAME_FILE", "env_file_text", "guest_hostname"]
+__all__ = ["ENV_FILE", "HOSTNAME_FILE", "env_file_text", "guest_hostname", "write_guest_files"]
 
 HOSTNAME_FILE = "hostname"  # in the VM's state dir; fw_cfg opt/lkctl/hostname
 ENV_FILE = "env"  # in the VM's state dir; fw_cfg opt/lkctl/env
@@ -49,3 +51,10 @@ def env_file_text(env: Mapping[str, str]) -> str:
             raise ConfigError(f"--env {name}=...: the value may not contain newlines or NUL bytes")
         lines.append(f"{name}={value}\n")
     return "".join(lines)
+
+
+def write_guest_files(vm_dir: Path, hostname: str, env: Mapping[str, str]) -> None:
+    """The files `qemu_argv` hands over as fw_cfg opt/lkctl/hostname and (when there is one) opt/lkctl/env (0600)."""
+    atomic_write(vm_dir / HOSTNAME_FILE, hostname + "\n", mode=0o600)
+    if env:
+        atomic_write(vm_dir / ENV_FILE, env_file_text(env), mode=0o600)

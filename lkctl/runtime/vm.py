@@ -170,6 +170,7 @@ def _start_qemu(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes
 
 def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings, host: HostCaps) -> VmRecord:
     from lkctl import ssh
+    from lkctl.runtime.guest import guest_hostname, write_guest_files
 
     with state.vms_lock():
         records = state.all_records()
@@ -201,20 +202,11 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
-        _write_guest_config(record, opts)
+        write_guest_files(record.dir, guest_hostname(opts.hostname, record.name, record.id), dict(opts.env))
     except BaseException:
         state.remove_record(record)
         raise
     return record
-
-
-def _write_guest_config(record: VmRecord, opts: RunOptions) -> None:
-    from lkctl.fsutil import atomic_write
-    from lkctl.runtime.guest import ENV_FILE, HOSTNAME_FILE, env_file_text, guest_hostname
-
-    atomic_write(record.dir / HOSTNAME_FILE, guest_hostname(opts.hostname, record.name, record.id) + "\n", mode=0o600)
-    if opts.env:
-        atomic_write(record.dir / ENV_FILE, env_file_text(dict(opts.env)), mode=0o600)
 
 
 def _digest(boot: BootImage) -> str:

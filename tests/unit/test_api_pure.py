@@ -183,3 +183,13 @@ def test_lkctl_complete_prints_vm_and_template_names() -> None:
         [str(lkctl_bin), "--complete", "--", "lkctl", "vm.run", "--image", ""], env=env, capture_output=True, text=True
     )
     assert "minimal" in done.stdout.split()
+
+
+def test_lkctl_build_stays_callable_after_the_build_package_is_imported(tmp_path: Path) -> None:
+    import lkctl
+    import lkctl.build
+    from lkctl.errors import ImageError
+
+    assert callable(lkctl.build) and lkctl.build.BuildResult is not None  # the package, callable
+    with pytest.raises(ImageError, match="neither a template nor"):
+        lkctl.build(str(tmp_path / "nothing.yml"))
