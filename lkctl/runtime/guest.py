@@ -14,9 +14,18 @@ from pathlib import Path
 from lkctl.errors import ConfigError
 from lkctl.fsutil import atomic_write
 
-__all__ = ["ENV_FILE", "HOSTNAME_FILE", "env_file_text", "guest_hostname", "write_guest_files"]
+__all__ = [
+    "ENV_FILE",
+    "HOSTNAME_FILE",
+    "VM_HOSTNAME_FILE",
+    "env_file_text",
+    "guest_files",
+    "guest_hostname",
+    "write_guest_files",
+]
 
-HOSTNAME_FILE = "hostname"  # in the VM's state dir; fw_cfg opt/lkctl/hostname
+HOSTNAME_FILE = "hostname"  # --hostname, in the VM's state dir; fw_cfg opt/lkctl/hostname (wins over the image's)
+VM_HOSTNAME_FILE = "vm-hostname"  # the VM's name as a host name; fw_cfg opt/lkctl/vm-hostname (the image's wins)
 ENV_FILE = "env"  # in the VM's state dir; fw_cfg opt/lkctl/env
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -53,8 +62,16 @@ def env_file_text(env: Mapping[str, str]) -> str:
     return "".join(lines)
 
 
-def write_guest_files(vm_dir: Path, hostname: str, env: Mapping[str, str]) -> None:
-    """The files `qemu_argv` hands over as fw_cfg opt/lkctl/hostname and (when there is one) opt/lkctl/env (0600)."""
-    atomic_write(vm_dir / HOSTNAME_FILE, hostname + "\n", mode=0o600)
+def guest_files(explicit_hostname: bool, env: Mapping[str, str]) -> tuple[tuple[str, Path], ...]:
+    """fw_cfg entries (name under opt/lkctl/, file in the VM's state dir) for what `write_guest_files` wrote."""
+    name = HOSTNAME_FILE if explicit_hostname else VM_HOSTNAME_FILE
+    return ((name, Path(name)),) + (((ENV_FILE, Path(ENV_FILE)),) if env else ())
+
+
+def write_guest_files(vm_dir: Path, hostname: str, env: Mapping[str, str], *, explicit_hostname: bool) -> None:
+    """The guest's host name and environment files (0600). An explicit --hostname overrides the image's own
+    /etc/hostname in the guest; the default (the VM's name) applies only when the image sets none."""
+    name = HOSTNAME_FILE if explicit_hostname else VM_HOSTNAME_FILE
+    atomic_write(vm_dir / name, hostname + "\n", mode=0o600)
     if env:
         atomic_write(vm_dir / ENV_FILE, env_file_text(env), mode=0o600)

@@ -202,7 +202,8 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
-        write_guest_files(record.dir, guest_hostname(opts.hostname, record.name, record.id), dict(opts.env))
+        hostname = guest_hostname(opts.hostname, record.name, record.id)
+        write_guest_files(record.dir, hostname, dict(opts.env), explicit_hostname=bool(opts.hostname))
     except BaseException:
         state.remove_record(record)
         raise
@@ -223,6 +224,7 @@ def _spec(
     record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int, host: HostCaps
 ) -> VmSpec:
     from lkctl.runtime.disks import detect_uefi, find_uefi_firmware
+    from lkctl.runtime.guest import guest_files
 
     mac_tail = ":".join(record.id[i : i + 2] for i in range(0, 8, 2))
     uefi = (
@@ -242,8 +244,7 @@ def _spec(
         guest_files=(
             ("ssh/authorized_keys", Path("id_ed25519.pub")),
             ("ssh/ssh_host_ed25519_key", Path("ssh_host_ed25519_key")),
-            ("hostname", Path("hostname")),
-            *((("env", Path("env")),) if opts.env else ()),
+            *guest_files(bool(opts.hostname), dict(opts.env)),
         ),
         cmdline_extra=settings.vm.cmdline_extra,
         daemonize=opts.detach,

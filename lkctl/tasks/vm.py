@@ -52,7 +52,7 @@ def _err(msg: str) -> None:
         "detach": "run in the background and return once the guest answers SSH",
         "tty": "accepted for Docker habit (-it): the foreground console streams to your terminal either way",
         "env": "NAME=VALUE in the guest's environment: its services and vm.exec/vm.shell see it (repeatable)",
-        "hostname": "the guest's host name (default: the VM's name)",
+        "hostname": "the guest's host name (default: the image's /etc/hostname, else the VM's name)",
         "memory": "guest memory in MB (default: what the template says, else lkctl.vm.memory, 1024)",
         "cpus": "guest CPUs (default: what the template says, else lkctl.vm.cpus, 1)",
         "ssh-port": "host port for the guest's SSH on 127.0.0.1 (default: a free one)",

@@ -208,8 +208,13 @@ def test_stop_wait_start_kill_several_at_once(shared: lkctl.Vm, cli: Cli, api_ho
 
     # a second VM that never needs SSH, so several VMs can be stopped in one command; started the way a user's
     # tasks.py would, which gets the Vm back
-    second = vmtasks.run(Context(), image="minimal", detach=True, wait=False, name="second", memory=256)
+    second = vmtasks.run(
+        Context(), image="minimal", detach=True, wait=False, name="second", memory=256, hostname="second-host"
+    )
     assert isinstance(second, lkctl.Vm) and second.name == "second" and second.status == "running"
+    # an explicit --hostname goes to the guest as opt/lkctl/hostname (over the image's /etc/hostname)
+    assert "name=opt/lkctl/hostname,file=hostname" in second.inspect()["argv"]
+    assert (second.record.dir / "hostname").read_text() == "second-host\n"
     cli("vm.stop", f"{NAME},second", "--timeout", "60", timeout=600)
     assert cli("vm.ps", "-q").stdout == ""
     waited = cli("vm.wait", NAME, check=False)

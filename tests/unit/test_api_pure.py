@@ -11,7 +11,7 @@ import pytest
 
 from lkctl.errors import ConfigError
 from lkctl.runtime.control import split_vm_names, ssh_config
-from lkctl.runtime.guest import env_file_text, guest_hostname
+from lkctl.runtime.guest import env_file_text, guest_files, guest_hostname, write_guest_files
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.watch import (
     EXIT_CRASHED,
@@ -193,3 +193,11 @@ def test_lkctl_build_stays_callable_after_the_build_package_is_imported(tmp_path
     assert callable(lkctl.build) and lkctl.build.BuildResult is not None  # the package, callable
     with pytest.raises(ImageError, match="neither a template nor"):
         lkctl.build(str(tmp_path / "nothing.yml"))
+
+
+def test_guest_files_an_explicit_hostname_overrides_the_image_the_default_does_not(tmp_path: Path) -> None:
+    write_guest_files(tmp_path, "web", {"A": "1"}, explicit_hostname=False)
+    assert (tmp_path / "vm-hostname").read_text() == "web\n" and not (tmp_path / "hostname").exists()
+    assert (tmp_path / "env").read_text() == "A=1\n" and (tmp_path / "env").stat().st_mode & 0o777 == 0o600
+    assert guest_files(False, {"A": "1"}) == (("vm-hostname", Path("vm-hostname")), ("env", Path("env")))
+    assert guest_files(True, {}) == (("hostname", Path("hostname")),)
