@@ -294,6 +294,17 @@ class LkProgram(Program):
             print(self.leading_indent + "none")
             print("")
 
+    def parse_cleanup(self) -> None:
+        if self.args.complete.value:  # VM and template names before invoke's task names (it then exits)
+            import re
+
+            from lkctl.tasks._completion import completion_candidates
+
+            invocation = re.sub(r"^\S*lkctl ", "", self.core.remainder)
+            for word in completion_candidates(invocation, self.collection.task_names):
+                print(word)
+        super().parse_cleanup()
+
     def run(self, argv: list[str] | None = None, exit: bool = True) -> None:
         # SIGTERM/SIGHUP (CI cancel, closed terminal) unwind like Ctrl-C so cleanup runs and no QEMU is orphaned
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}

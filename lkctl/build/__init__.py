@@ -15,7 +15,9 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import tempfile
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -355,3 +357,16 @@ def build_source(
         if is_base_image(ref):
             ensure_base_image(ref, store)  # a no-op unless the host's packages changed
     return build_image(spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=store, **options)
+
+
+class _CallableModule(types.ModuleType):
+    """`lkctl.build(...)` is the facade's build (`lkctl.api.build`), yet `lkctl.build` is also this package: importing
+    it makes the package the attribute `lkctl.build`, whatever lkctl/__init__ says. So the package is callable."""
+
+    def __call__(self, source: str, **kwargs: Any) -> BuildResult:
+        from lkctl.api import build
+
+        return build(source, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -35,11 +35,13 @@ def run_image(
     boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
     """
     from lkctl.images import resolve_image, staged_vm_keys
+    from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     preflight(opts)  # a taken name or a busy port, too
+    env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)

@@ -406,7 +406,10 @@ def _volumes(spec: VmSpec, host: HostCaps) -> tuple[list[str], list[str]]:
         # mapped-xattr: the guest's owners, modes and special files live in xattrs, so a guest root can never
         # plant a setuid-root binary or a device node in the host directory (with `none`, and QEMU running as
         # root, it could). Read-only shares use `none`: nothing is created, and no xattr support is needed.
-        model = "none,readonly=on" if m.volume.readonly else "mapped-xattr"
+        # fmode/dmode: the host-side modes of what the guest creates (QEMU's default 0600/0700 would hide the
+        # guest's files from the host user's group; a daemonized QEMU's own umask 027 makes them 0640/0750);
+        # the guest's own modes stay in the xattrs.
+        model = "none,readonly=on" if m.volume.readonly else "mapped-xattr,fmode=0644,dmode=0755"
         devices += [
             "-fsdev", f"local,id=fsdev{i},path={_qemu_path_arg(m.volume.host)},security_model={model},multidevs=remap",
             "-device", f"virtio-9p-pci,fsdev=fsdev{i},mount_tag={m.tag}",

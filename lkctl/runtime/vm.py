@@ -73,6 +73,8 @@ class RunOptions:
     hypervisor: str = "auto"  # auto | qemu | hyperkit
     virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
+    hostname: str = ""  # the guest's host name (default: the VM's name; see lkctl.runtime.guest)
+    env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE: the guest's services and vm.exec see it
 
 
 def _now() -> str:
@@ -189,6 +191,7 @@ def _start_qemu(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes
 
 def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings, host: HostCaps) -> VmRecord:
     from lkctl import ssh
+    from lkctl.runtime.guest import guest_hostname, write_guest_files
 
     with state.vms_lock():
         records = state.all_records()
@@ -214,6 +217,8 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
+        hostname = guest_hostname(opts.hostname, record.name, record.id)
+        write_guest_files(record.dir, hostname, dict(opts.env), explicit_hostname=bool(opts.hostname))
     except BaseException:
         state.remove_record(record)
         raise
@@ -234,6 +239,7 @@ def _spec(
     record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int, host: HostCaps
 ) -> VmSpec:
     from lkctl.runtime.disks import detect_uefi, find_uefi_firmware
+    from lkctl.runtime.guest import guest_files
 
     mac_tail = ":".join(record.id[i : i + 2] for i in range(0, 8, 2))
     uefi = (
@@ -253,6 +259,7 @@ def _spec(
         guest_files=(
             ("ssh/authorized_keys", Path("id_ed25519.pub")),
             ("ssh/ssh_host_ed25519_key", Path("ssh_host_ed25519_key")),
+            *guest_files(bool(opts.hostname), dict(opts.env)),
         ),
         cmdline_extra=settings.vm.cmdline_extra,
         daemonize=opts.detach,

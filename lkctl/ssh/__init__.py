@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from lkctl.ssh._connect import CONNECT_TIMEOUT, SshTarget, fabric_connection, wait_ready
 from lkctl.ssh._copy import copy_from, copy_to
-from lkctl.ssh._exec import ByteSink, exec_command, remote_command
+from lkctl.ssh._exec import ByteSink, SshSession, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "ByteSink",
+    "SshSession",
     "SshTarget",
     "VmKeys",
     "copy_from",

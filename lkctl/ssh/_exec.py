@@ -229,3 +229,49 @@ def _read_until_stopped(source: IO[bytes], stop_fd: int) -> Iterator[bytes]:
         if not data:
             return
         yield data
+
+
+class SshSession:
+    """One authenticated SSH connection that runs many commands (each its own channel), for `Vm.session()`.
+
+    Connecting (key exchange and auth) is most of a short command's cost under TCG; a session pays it once.
+    """
+
+    def __init__(self, target: SshTarget, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.target = target
+        self._client: paramiko.SSHClient | None = _connect(target, connect_timeout)
+
+    def exec(
+        self,
+        argv: Sequence[str] | None = None,
+        *,
+        command: str | None = None,
+        stdin: IO[bytes] | None = None,
+        stdout: ByteSink | None = None,
+        stderr: ByteSink | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """`exec_command` over this session's connection (no pseudo-terminal); the exit status unchanged."""
+        if self._client is None:
+            raise SshError(f"the SSH session to VM {self.target.label} is closed")
+        line = remote_command(argv, command=command, env=env, workdir=workdir)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _translated_errors(self.target, CONNECT_TIMEOUT):
+            channel = _session(self._client, CONNECT_TIMEOUT)
+            channel.exec_command(line)
+        out = stdout if stdout is not None else sys.stdout.buffer
+        err = stderr if stderr is not None else sys.stderr.buffer
+        return _pump(channel, self.target, stdin, out, err, deadline, raw=False)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> SshSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

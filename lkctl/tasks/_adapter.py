@@ -201,8 +201,8 @@ def remainder_argv(c: Context) -> list[str]:
     return shlex.split(remainder)
 
 
-def parse_vars(items: list[str] | None) -> dict[str, str]:
-    """`--var K=V` (repeatable) into a dict; a later K wins."""
+def parse_vars(items: list[str] | None, *, flag: str = "--var") -> dict[str, str]:
+    """`--var K=V` (repeatable; `flag` names it in errors) into a dict; a later K wins."""
     from lkctl.errors import ConfigError
 
     out: dict[str, str] = {}
@@ -210,6 +210,6 @@ def parse_vars(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--var {item!r}: expected NAME=VALUE")
+            raise ConfigError(f"{flag} {item!r}: expected NAME=VALUE")
         out[key] = value
     return out

@@ -4,21 +4,41 @@ from __future__ import annotations
 
 import json as _json
 import sys
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from lkctl.errors import ConfigError
+from lkctl.errors import ConfigError, LkError
 from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, size_sources, task
 from lkctl.tasks._format import age, table
 
 if TYPE_CHECKING:
+    from lkctl.api import Vm
+    from lkctl.runtime.state import VmRecord
     from lkctl.runtime.vm import RunOptions
     from lkctl.settings import Settings
 
-__all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
+__all__ = [
+    "cp",
+    "exec_",
+    "inspect",
+    "kill",
+    "logs",
+    "prune",
+    "ps",
+    "restart",
+    "rm",
+    "run",
+    "shell",
+    "ssh_config",
+    "start",
+    "stats",
+    "stop",
+    "wait",
+]
 
 
 def _err(msg: str) -> None:
@@ -26,11 +46,15 @@ def _err(msg: str) -> None:
 
 
 @task(
-    iterable=["port", "var", "volume"],
+    iterable=["port", "var", "volume", "env"],
+    short={"tty": "t", "env": "e", "volume": "v", "port": "p"},
     help={
         "image": "template name (e.g. minimal), installed image name, LinuxKit YAML file or image path",
         "name": "name for the VM (default: its 8-hex ID)",
         "detach": "run in the background and return once the guest answers SSH",
+        "tty": "accepted for Docker habit (-it): the foreground console streams to your terminal either way",
+        "env": "NAME=VALUE in the guest's environment: its services and vm.exec/vm.shell see it (repeatable)",
+        "hostname": "the guest's host name (default: the image's /etc/hostname, else the VM's name)",
         "memory": "guest memory in MB (default: LKCTL_VM_MEMORY or config, else the template's `# lkctl:`, else 1024)",
         "cpus": "guest CPUs (default: LKCTL_VM_CPUS or config, else the template's `# lkctl:` line, else 1)",
         "ssh-port": "host port for the guest's SSH on 127.0.0.1 (default: a free one)",
@@ -55,24 +79,28 @@ def run(
     image: str = "",
     name: str = "",
     detach: bool = False,
+    tty: bool = False,  # first of its letter: -t, as docker run -t (then -e, -v, -p below)
+    env: list[str] | None = None,
+    volume: list[str] | None = None,
+    port: list[str] | None = None,
     memory: int = 0,
     cpus: int = 0,
     ssh_port: int = 0,
-    port: list[str] | None = None,
     template: str = "",
     var: list[str] | None = None,
     timeout: int = 0,
     rm: bool = False,
     wait: bool = True,
-    volume: list[str] | None = None,
     disk: str = "",
     uefi: bool = False,
     hypervisor: str = "",
     env_vars: bool = False,
     virtiofs: bool = False,
     dry_run: bool = False,
-) -> None:
-    """Boot an image as a new VM (foreground, or detached with -d)."""
+    hostname: str = "",
+) -> Vm | None:
+    """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
+    from lkctl.api import Vm
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.qemu import parse_port, parse_volume
@@ -98,10 +126,12 @@ def run(
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,
         virtiofs=virtiofs or settings.vm.virtiofs,
+        hostname=hostname,
+        env=tuple(parse_vars(env, flag="--env").items()),
     )
     if dry_run:
         _print_plan(template or image, opts, settings, parse_vars(var), env_vars)
-        return
+        return None
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
@@ -113,9 +143,10 @@ def run(
             f"lkctl: VM {record.name} ({record.id}) is running; ssh on 127.0.0.1:{record.ssh_port}. "
             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"
         )
-        return
+        return Vm(record, settings)
     if code:
         raise Exit(f"lkctl: VM {record.name} ended with status {code}", code=code)
+    return None
 
 
 def _print_plan(what: str, opts: RunOptions, settings: Settings, variables: dict[str, str], use_env: bool) -> None:
@@ -133,18 +164,42 @@ def _print_plan(what: str, opts: RunOptions, settings: Settings, variables: dict
     )
 
 
-@task(help={"all": "include stopped VMs", "json": "print JSON"})
+@task(
+    iterable=["filter"],
+    help={
+        "all": "include stopped VMs",
+        "json": "print JSON (same as --format json)",
+        "quiet": "print only the IDs",
+        "filter": "KEY=VALUE with KEY id, name, image or status (e.g. status=running,name=web; repeatable)",
+        "format": "table (default) or json",
+    },
+)
 @adapt
-def ps(c: Context, all: bool = False, json: bool = False) -> None:
-    """List VMs (running ones unless --all)."""
+def ps(
+    c: Context,
+    all: bool = False,
+    json: bool = False,
+    quiet: bool = False,
+    filter: list[str] | None = None,
+    format: str = "table",
+) -> None:
+    """List VMs (running ones unless --all or a status filter)."""
     from lkctl.runtime.launch import list_vms
+    from lkctl.runtime.watch import filter_rows, parse_filters
 
-    rows = list_vms(include_stopped=all)
-    if json:
+    if format not in ("table", "json"):
+        raise ConfigError(f"--format {format!r}: use table or json")
+    filters = parse_filters(filter or [])
+    rows = filter_rows(list_vms(include_stopped=all or "status" in filters), filters)
+    if quiet:
+        if rows:
+            print("\n".join(r["id"] for r in rows))
+        return
+    if json or format == "json":
         print(_json.dumps(rows, indent=2))
         return
     if not rows:
-        _err("no VMs" if all else "no running VMs (vm.ps --all shows stopped ones)")
+        _err("no VMs" if all or filters else "no running VMs (vm.ps --all shows stopped ones)")
         return
     body = [
         [
@@ -161,33 +216,69 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
     print(table(["ID", "NAME", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
 
 
-@task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for ACPI power-off (default 30)"})
+def _targets(c: Context, vm: str | Sequence[str] | Vm) -> list[VmRecord]:
+    """The VMs a task names: VM, comma-separated VMs, or more after `--` (`vm.stop a -- b c`); from Python a
+    list of names or a Vm works too. All are looked up before any is acted on."""
+    from lkctl.api import Vm
+    from lkctl.runtime.control import find_vms
+
+    words = [vm.id] if isinstance(vm, Vm) else [vm] if isinstance(vm, str) else list(vm)
+    return find_vms([*words, *remainder_argv(c)])
+
+
+def _each(records: Sequence[VmRecord], action: Callable[[VmRecord], None]) -> None:
+    """Act on every VM; one failure does not stop the others, and the command then fails with its message."""
+    failures: list[LkError] = []
+    for record in records:
+        try:
+            action(record)
+        except LkError as e:
+            _err(f"lkctl: {e.message}")
+            failures.append(e)
+    if failures:
+        first = failures[0]
+        raise type(first)(
+            first.message if len(records) == 1 else f"{len(failures)} of {len(records)} VMs failed: {first.message}",
+            exit_code=first.exit_code,
+        )
+
+
+_VMS_HELP = "VM ID, name or unique ID prefix; several: a,b or VM -- MORE..."
+
+
+@task(help={"vm": _VMS_HELP, "timeout": "seconds to wait for ACPI power-off (default 30)"})
 @adapt
 def stop(c: Context, vm: str, timeout: int = 0) -> None:
-    """Stop a VM: ACPI power-off, then SIGTERM, then SIGKILL."""
-    from lkctl.runtime.state import find_vm
+    """Stop VMs: ACPI power-off, then SIGTERM, then SIGKILL (vm.stop a,b or vm.stop a -- b c)."""
     from lkctl.runtime.vm import stop_vm
 
-    record = find_vm(vm)
-    how = stop_vm(record, timeout=float(timeout) or settings_from(c).vm.stop_timeout)
-    _err(f"lkctl: {record.name} {how}")
-    if record.auto_remove:
-        from lkctl.runtime.lifecycle import remove_vm
+    stop_timeout = float(timeout) or settings_from(c).vm.stop_timeout
 
-        remove_vm(record)
-        _err(f"lkctl: removed {record.name} (it was started with --rm)")
+    def one(record: VmRecord) -> None:
+        how = stop_vm(record, timeout=stop_timeout)
+        _err(f"lkctl: {record.name} {how}")
+        if record.auto_remove:
+            from lkctl.runtime.lifecycle import remove_vm
+
+            remove_vm(record)
+            _err(f"lkctl: removed {record.name} (it was started with --rm)")
+
+    _each(_targets(c, vm), one)
 
 
-@task(help={"vm": "VM ID, name or unique ID prefix", "force": "stop it first if it is running"})
+@task(help={"vm": _VMS_HELP, "force": "stop them first if they are running"})
 @adapt
 def rm(c: Context, vm: str, force: bool = False) -> None:
-    """Remove a stopped VM and its state (keys, console log)."""
+    """Remove stopped VMs and their state (keys, console log, disks)."""
     from lkctl.runtime.lifecycle import remove_vm
-    from lkctl.runtime.state import find_vm
 
-    record = find_vm(vm)
-    remove_vm(record, force=force, stop_timeout=settings_from(c).vm.stop_timeout)
-    _err(f"lkctl: removed {record.name}")
+    stop_timeout = settings_from(c).vm.stop_timeout
+
+    def one(record: VmRecord) -> None:
+        remove_vm(record, force=force, stop_timeout=stop_timeout)
+        _err(f"lkctl: removed {record.name}")
+
+    _each(_targets(c, vm), one)
 
 
 @task
@@ -200,24 +291,26 @@ def prune(c: Context) -> None:
     _err(f"lkctl: removed {len(removed)} VM(s)" + (": " + ", ".join(r.name for r in removed) if removed else ""))
 
 
-@task(help={"vm": "VM ID, name or unique ID prefix", "signal": "signal name (default KILL)"})
+@task(help={"vm": _VMS_HELP, "signal": "signal name (default KILL)"})
 @adapt
 def kill(c: Context, vm: str, signal: str = "KILL") -> None:
-    """Send a signal to a VM's QEMU (SIGKILL by default): no guest shutdown."""
+    """Send a signal to VMs' QEMU (SIGKILL by default): no guest shutdown."""
     import signal as _signal
 
     from lkctl.runtime.lifecycle import kill_vm
-    from lkctl.runtime.state import find_vm
 
     name = signal.upper().removeprefix("SIG")
     try:
         sig = _signal.Signals[f"SIG{name}"]
     except KeyError:
         raise ConfigError(f"unknown signal {signal!r} (e.g. KILL, TERM, INT)") from None
-    record = find_vm(vm)
-    if not kill_vm(record, sig):
-        raise ConfigError(f"VM {record.name} is not running")
-    _err(f"lkctl: sent SIG{name} to {record.name}")
+
+    def one(record: VmRecord) -> None:
+        if not kill_vm(record, sig):
+            raise ConfigError(f"VM {record.name} is not running")
+        _err(f"lkctl: sent SIG{name} to {record.name}")
+
+    _each(_targets(c, vm), one)
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for SSH after the reboot"})
@@ -234,14 +327,15 @@ def restart(c: Context, vm: str, timeout: int = 0) -> None:
     _err(f"lkctl: {record.name} restarted")
 
 
-@task(help={"vm": "VM ID, name or unique ID prefix"})
+@task(help={"vm": _VMS_HELP})
 @adapt
 def inspect(c: Context, vm: str) -> None:
-    """Everything lkctl knows about a VM, as JSON (argv, ports, keys' paths, image digest...)."""
+    """Everything lkctl knows about VMs, as JSON (argv, ports, keys' paths, image digest...); several: a list."""
     from lkctl.runtime.lifecycle import inspect_vm
-    from lkctl.runtime.state import find_vm
 
-    print(_json.dumps(inspect_vm(find_vm(vm)), indent=2))
+    records = _targets(c, vm)
+    docs = [inspect_vm(r) for r in records]
+    print(_json.dumps(docs[0] if len(docs) == 1 and isinstance(vm, str) and "," not in vm else docs, indent=2))
 
 
 @task(help={"src": "source: a host path or VM:PATH", "dst": "destination: a host path or VM:PATH"})
@@ -265,38 +359,62 @@ def shell(c: Context, vm: str) -> None:
         raise Exit(code=code)
 
 
-@task(help={"vm": "VM ID, name or unique ID prefix", "follow": "keep printing until the VM stops"})
+@task(
+    help={
+        "vm": "VM ID, name or unique ID prefix",
+        "follow": "keep printing until the VM stops",
+        "tail": "only the last N lines (default: all)",
+        "since": "only lines since a duration ago (10m, 1h30m) or a time (2026-01-31T12:00, Unix seconds)",
+        "timestamps": "prefix each line with its time (kernel-stamped or arrival time; `~` = carried over)",
+    }
+)
 @adapt
-def logs(c: Context, vm: str, follow: bool = False) -> None:
-    """Print a VM's console output."""
+def logs(
+    c: Context, vm: str, follow: bool = False, tail: str = "all", since: str = "", timestamps: bool = False
+) -> None:
+    """Print a VM's console output (--tail N, --since 10m, --timestamps, --follow)."""
     from lkctl.runtime.state import find_vm
-    from lkctl.runtime.vm import follow_console
+    from lkctl.runtime.watch import parse_since, read_console
 
+    if tail in ("all", ""):
+        lines = None
+    elif tail.isdigit():
+        lines = int(tail)
+    else:
+        raise ConfigError(f"--tail {tail!r}: give a number of lines or all")
     record = find_vm(vm)
     out = sys.stdout.buffer
-    alive = None if follow else (lambda: False)
-    for chunk in follow_console(record, alive=alive):
-        out.write(chunk)
+    for line in read_console(record, tail=lines, since=parse_since(since) if since else None, follow=follow):
+        out.write(line.render(timestamps))
         out.flush()
 
 
 @task(
     name="exec",
-    iterable=["env"],
+    iterable=["env", "cmd"],
     help={
         "vm": "VM ID, name or unique ID prefix; the command follows --",
+        "cmd": "the command as words (from Python: vm.exec(c, vm, cmd=[...]), instead of `-- CMD...`)",
         "tty": "allocate a pseudo-terminal (for interactive programs)",
         "env": "set NAME=VALUE in the command's environment (repeatable)",
         "workdir": "run the command in this guest directory",
     },
 )
 @adapt(failure_code=125)
-def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, workdir: str = "") -> None:
+def exec_(
+    c: Context,
+    vm: str | Vm,
+    tty: bool = False,
+    env: list[str] | None = None,
+    workdir: str = "",
+    cmd: list[str] | None = None,
+) -> None:
     """Run a command in a VM over SSH: vm.exec NAME -- CMD ARGS... (exit code passes through)."""
+    from lkctl.api import Vm
     from lkctl.runtime.state import find_vm
     from lkctl.runtime.vm import exec_in_vm
 
-    argv = remainder_argv(c)
+    argv = list(cmd) if cmd else remainder_argv(c)
     if not argv:
         raise ConfigError("no command given: vm.exec NAME -- COMMAND [ARGS...]")
     environment = {}
@@ -305,8 +423,9 @@ def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, 
         if not sep or not key:
             raise ConfigError(f"--env {item!r}: expected NAME=VALUE")
         environment[key] = value
-    record = find_vm(vm)
-    stdin = sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
+    record = find_vm(vm.id if isinstance(vm, Vm) else vm)
+    # called from Python with cmd=[...]: no stdin (the caller's stdin is not the command's)
+    stdin = None if cmd else sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
     code = exec_in_vm(
         record, argv, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer,
         tty=tty, env=environment or None, workdir=workdir or None,
@@ -315,4 +434,69 @@ def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, 
         raise Exit(code=code)
 
 
-ns = Collection("vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune)
+@task(help={"vm": _VMS_HELP, "timeout": "seconds to wait for SSH after the boot (default 180)"})
+@adapt
+def start(c: Context, vm: str, timeout: int = 0) -> None:
+    """Boot stopped VMs again (same name, keys, ports, volumes, disks, environment)."""
+    from lkctl.runtime.control import start_vm
+
+    ready = float(timeout) or settings_from(c).vm.ready_timeout
+
+    def one(record: VmRecord) -> None:
+        start_vm(record, ready_timeout=ready)
+        _err(f"lkctl: {record.name} started")
+
+    _each(_targets(c, vm), one)
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "give up after this many seconds (default: never)"})
+@adapt
+def wait(c: Context, vm: str, timeout: int = 0) -> int:
+    """Block until a VM stops; print and exit with its status (0 = clean power-off, 137 = killed/crashed)."""
+    from lkctl.runtime.state import find_vm
+    from lkctl.runtime.watch import wait_vm
+
+    status = wait_vm(find_vm(vm), timeout=float(timeout) if timeout else None)
+    print(status)
+    if status:
+        raise Exit(code=status)
+    return status
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix", "json": "print JSON"})
+@adapt
+def stats(c: Context, vm: str, json: bool = False) -> None:
+    """CPU, memory and uptime of a running VM (QMP and its QEMU's /proc)."""
+    from lkctl.runtime.state import find_vm
+    from lkctl.runtime.watch import vm_stats
+
+    s = vm_stats(find_vm(vm))
+    if json:
+        print(_json.dumps(s, indent=2))
+        return
+    mib = 1024 * 1024
+    row = [
+        s["id"],
+        s["name"],
+        f"{s['cpu_percent']:.1f}%",
+        f"{s['rss_bytes'] / mib:.0f}MiB / {s['memory_bytes'] / mib:.0f}MiB",
+        str(s["vcpus"]),
+        f"{s['uptime_seconds']:.0f}s",
+        s["status"],
+    ]
+    print(table(["ID", "NAME", "CPU %", "MEM (RSS / GUEST)", "VCPUS", "UPTIME", "STATE"], [row]))
+
+
+@task(help={"vm": "VM ID, name or unique ID prefix", "host": "the Host alias to write (default: the VM's name)"})
+@adapt
+def ssh_config(c: Context, vm: str, host: str = "") -> None:
+    """Print an OpenSSH Host block for the VM (pinned key): lkctl vm.ssh-config NAME >> ~/.ssh/config."""
+    from lkctl.runtime.control import ssh_config as host_block
+    from lkctl.runtime.state import find_vm
+
+    print(host_block(find_vm(vm), host=host), end="")
+
+
+ns = Collection(
+    "vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune, start, wait, stats, ssh_config
+)

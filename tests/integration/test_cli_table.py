@@ -69,6 +69,8 @@ def test_core_help_before_a_task_names_it_too(capsys: pytest.CaptureFixture[str]
 def test_a_mistyped_task_gets_one_line_naming_the_right_one(capsys: pytest.CaptureFixture[str], task: str) -> None:
     head, dot, tail = task.rpartition(".")
     typo = f"{head}{dot}{tail[1]}{tail[0]}{tail[2:]}"
+    if typo == task:  # ssh-config: swapping two equal letters is no typo; drop one instead
+        typo = f"{head}{dot}{tail[1:]}"
     code, out, err = lkctl(capsys, typo)
     assert (code, out) == (2, "")
     assert err.count("\n") == 1 and err.startswith(f"lkctl: no task {typo!r}") and task in err

@@ -289,7 +289,8 @@ VOLS = (Volume(Path("/home/me/src,v2"), "/src"), Volume(Path("/srv/data"), "/mnt
 def test_9p_volumes_golden_args_with_unique_tags_escaped_commas_and_readonly() -> None:
     argv = qemu_argv(spec(volumes=VOLS, daemonize=False), LINUX_TCG)
     assert argv[-10:] == [
-        "-fsdev", "local,id=fsdev0,path=/home/me/src,,v2,security_model=mapped-xattr,multidevs=remap",
+        "-fsdev",
+        "local,id=fsdev0,path=/home/me/src,,v2,security_model=mapped-xattr,fmode=0644,dmode=0755,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=fsdev0,mount_tag=lkvol0",
         "-fsdev", "local,id=fsdev1,path=/srv/data,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=fsdev1,mount_tag=lkvol1",
