@@ -8,7 +8,7 @@ from typing import IO, Any
 
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import RunOptions, run_vm
+from lkctl.runtime.vm import RunOptions, check_network, run_vm
 from lkctl.settings import Settings
 
 __all__ = ["list_vms", "run_image"]
@@ -34,6 +34,7 @@ def run_image(
     from lkctl.templates import inputs_from_settings
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    check_network(opts, settings)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)

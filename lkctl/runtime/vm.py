@@ -26,6 +26,7 @@ from lkctl.runtime.qemu import (
     QMP_SOCKET,
     BootImage,
     DataDisk,
+    Network,
     PortForward,
     VmSpec,
     Volume,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunOptions",
+    "check_network",
     "console_tail",
     "exec_in_vm",
     "follow_console",
@@ -71,6 +73,7 @@ class RunOptions:
     hypervisor: str = "auto"  # auto | qemu | hyperkit
     virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
+    network: Network | None = None  # user | restricted | none; None: settings.vm.network
 
 
 def _now() -> str:
@@ -131,6 +134,8 @@ def ssh_target(record: VmRecord) -> SshTarget:
     """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
     from lkctl.ssh import SshTarget
 
+    if not record.ssh_port:
+        raise VmError(f"VM {record.name} has no network (--network none), so lkctl cannot reach it over SSH")
     return SshTarget(
         host="127.0.0.1",
         port=record.ssh_port,
@@ -244,6 +249,7 @@ def _spec(
         volumes=opts.volumes,
         data_disk=opts.data_disk,
         virtiofs=opts.virtiofs,
+        network=_network(opts, settings),
     )
     if needs_uefi(spec, host.arch):
         firmware = find_uefi_firmware(host.arch)
@@ -254,6 +260,28 @@ def _spec(
             )
         spec = dataclasses.replace(spec, firmware=firmware)
     return spec
+
+
+def _network(opts: RunOptions, settings: Settings) -> Network:
+    from lkctl.runtime.qemu import parse_network
+
+    try:
+        return opts.network or parse_network(settings.vm.network)
+    except ConfigError as e:
+        raise ConfigError(f"lkctl.vm.network: {e.message.removeprefix('--network ')}") from None
+
+
+def check_network(opts: RunOptions, settings: Settings) -> None:
+    """Refuse what `--network none` cannot do (forwards, a detached wait for SSH) before anything is made."""
+    if _network(opts, settings) is not Network.NONE:
+        return
+    if opts.ssh_port or opts.ports:
+        raise ConfigError("--network none gives the VM no network: drop --ssh-port/--port, or use --network restricted")
+    if opts.detach and opts.wait_ssh:
+        raise ConfigError(
+            "--network none gives the VM no network, so lkctl cannot reach its SSH (no vm.exec, vm.cp or ready "
+            "check): run it in the foreground, or with -d --no-wait"
+        )
 
 
 def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: str) -> BootImage:
@@ -280,15 +308,16 @@ def _launch(
     hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     boot = _fast_kernel(boot, host, settings, hypervisor)
     for attempt in range(3):
-        ssh_port = opts.ssh_port or _free_port()
+        ssh_port = 0 if _network(opts, settings) is Network.NONE else opts.ssh_port or _free_port()
         _check_ports(ssh_port, opts.ports)
         spec = _spec(record, boot, opts, settings, ssh_port, host)
         prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
         argv = hypervisor_argv(spec, host, hypervisor)
         record = _start_virtiofsd(record, spec)
-        ssh.write_known_hosts(
-            record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
-        )
+        if ssh_port:
+            ssh.write_known_hosts(
+                record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
+            )
         record = dataclasses.replace(record, ssh_port=ssh_port, argv=argv)
         state.save_record(record)
         child: subprocess.Popen[bytes] | None = None
@@ -427,6 +456,7 @@ def run_vm(
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason.
     """
+    check_network(opts, settings)
     host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)

@@ -42,6 +42,7 @@ def _err(msg: str) -> None:
         "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
         "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
         "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
+        "network": "user (default: outside and host loopback via 10.0.2.2), restricted (only lkctl's forwards) or none",
     },
 )
 @adapt
@@ -65,11 +66,12 @@ def run(
     hypervisor: str = "",
     env_vars: bool = False,
     virtiofs: bool = False,
+    network: str = "",
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
-    from lkctl.runtime.qemu import parse_port, parse_volume
+    from lkctl.runtime.qemu import parse_network, parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions
 
     if template and image and template != image:
@@ -90,6 +92,7 @@ def run(
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,
         virtiofs=virtiofs or settings.vm.virtiofs,
+        network=parse_network(network) if network else None,
     )
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
@@ -97,6 +100,9 @@ def run(
     )  # fmt: skip
     if detach:
         print(record.id)
+        if not record.ssh_port:
+            _err(f"lkctl: VM {record.name} ({record.id}) is running with no network. Stop: vm.stop {record.name}")
+            return
         _err(
             f"lkctl: VM {record.name} ({record.id}) is running; ssh on 127.0.0.1:{record.ssh_port}. "
             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"
