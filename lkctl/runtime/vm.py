@@ -354,8 +354,8 @@ def _launch(
 def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     """Start one virtiofsd per virtiofs volume, in the VM's state dir and its own session, before QEMU connects.
 
-    They are recorded like QEMU (pid + start time) so stop/kill/rm and a failed start clean them up; normally each
-    exits by itself when QEMU disconnects.
+    They are recorded like QEMU (pid, start time, boot id, command line) so stop/kill/rm and a failed start clean
+    them up; normally each exits by itself when QEMU disconnects.
     """
     from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
     from lkctl.runtime.qemu import volume_mounts
@@ -372,14 +372,15 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     for m in mounts:
         sock = record.dir / m.socket
         sock.unlink(missing_ok=True)
+        argv = virtiofsd_argv(binary, m)
         with open(record.dir / f"virtiofsd-{m.tag}.log", "wb") as log:
             daemon = subprocess.Popen(
-                virtiofsd_argv(binary, m), cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                argv, cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 env=proc.minimal_env(), start_new_session=True,
             )  # fmt: skip
-        ident = state.process_identity(daemon.pid)
-        if ident is not None:
-            helpers.append([str(ident.pid), ident.start])
+        entry = state.helper_entry(daemon.pid, argv)
+        if entry is not None:
+            helpers.append(entry)
         record = dataclasses.replace(record, helpers=helpers)
         state.save_record(record)
         deadline = time.monotonic() + 10
@@ -391,12 +392,12 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
 
 
 def _kill_helpers(record: VmRecord) -> None:
-    """Stop the VM's helper daemons that are still alive (never a process that merely reuses a PID)."""
-    for pid_text, start in record.helpers:
-        ident = state.process_identity(int(pid_text))
-        if ident is not None and ident.start == start:
+    """Stop the VM's helper daemons that are still alive: identified like QEMU (start time, boot id, command line)
+    right before the signal, so a process that merely reuses a PID is never signalled."""
+    for entry in record.helpers:
+        if state.is_our_helper(entry):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(ident.pid, signal.SIGTERM)
+                os.kill(int(entry[0]), signal.SIGTERM)
 
 
 def _wait_ready(record: VmRecord, timeout: float) -> None:
