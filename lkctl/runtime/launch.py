@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from lkctl.runtime import state
+from lkctl.runtime.network import check_run_network
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import RunOptions, check_network, run_vm
+from lkctl.runtime.vm import RunOptions, run_vm
 from lkctl.settings import Settings
 
 __all__ = ["list_vms", "run_image"]
@@ -27,17 +28,21 @@ def run_image(
     """Resolve `what` (path, installed image or template, built on demand) and boot it as a new VM.
 
     A template may ask for this VM's own SSH keys (SSH_KEY, SSH_HOST_KEY...): they are made before the VM exists
-    and handed to it. Memory and CPUs come from the options, else the template's `# lkctl:` header, else settings.
+    and handed to it, and such a build never enters the shared cache: it is made in the private staging dir and
+    moves into the VM's state dir (0700, files 0600), so it is removed with the VM. Memory and CPUs come from the
+    options, else the template's `# lkctl:` header, else settings.
     """
-    from lkctl.images import resolve_image, staged_vm_keys
+    from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
-    check_network(opts, settings)
+    check_run_network(opts, settings)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
+        # a template given this VM's keys is built in the private staging dir; the VM takes the build with it
+        inputs = dataclasses.replace(inputs, private_builds=keys.directory / PRIVATE_BUILD)
         resolved = resolve_image(what, inputs)
         if resolved.built:
             say(f"built {resolved.boot.path}")

@@ -21,6 +21,7 @@ from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
+from lkctl.runtime.network import check_run_network, network_mode
 from lkctl.runtime.qemu import (
     CONSOLE_LOG,
     QMP_SOCKET,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunOptions",
-    "check_network",
     "console_tail",
     "exec_in_vm",
     "follow_console",
@@ -249,7 +249,7 @@ def _spec(
         volumes=opts.volumes,
         data_disk=opts.data_disk,
         virtiofs=opts.virtiofs,
-        network=_network(opts, settings),
+        network=network_mode(opts, settings),
     )
     if needs_uefi(spec, host.arch):
         firmware = find_uefi_firmware(host.arch)
@@ -260,28 +260,6 @@ def _spec(
             )
         spec = dataclasses.replace(spec, firmware=firmware)
     return spec
-
-
-def _network(opts: RunOptions, settings: Settings) -> Network:
-    from lkctl.runtime.qemu import parse_network
-
-    try:
-        return opts.network or parse_network(settings.vm.network)
-    except ConfigError as e:
-        raise ConfigError(f"lkctl.vm.network: {e.message.removeprefix('--network ')}") from None
-
-
-def check_network(opts: RunOptions, settings: Settings) -> None:
-    """Refuse what `--network none` cannot do (forwards, a detached wait for SSH) before anything is made."""
-    if _network(opts, settings) is not Network.NONE:
-        return
-    if opts.ssh_port or opts.ports:
-        raise ConfigError("--network none gives the VM no network: drop --ssh-port/--port, or use --network restricted")
-    if opts.detach and opts.wait_ssh:
-        raise ConfigError(
-            "--network none gives the VM no network, so lkctl cannot reach its SSH (no vm.exec, vm.cp or ready "
-            "check): run it in the foreground, or with -d --no-wait"
-        )
 
 
 def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: str) -> BootImage:
@@ -308,7 +286,7 @@ def _launch(
     hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     boot = _fast_kernel(boot, host, settings, hypervisor)
     for attempt in range(3):
-        ssh_port = 0 if _network(opts, settings) is Network.NONE else opts.ssh_port or _free_port()
+        ssh_port = 0 if network_mode(opts, settings) is Network.NONE else opts.ssh_port or _free_port()
         _check_ports(ssh_port, opts.ports)
         spec = _spec(record, boot, opts, settings, ssh_port, host)
         prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
@@ -457,11 +435,18 @@ def run_vm(
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason.
     """
-    check_network(opts, settings)
+    check_run_network(opts, settings)
     host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)
     record = _create(boot, image_label, opts, settings, host)
+    try:
+        from lkctl.images import adopt_private_build
+
+        boot = adopt_private_build(boot, opts.keys_from, record.dir)
+    except BaseException:
+        state.remove_record(record)
+        raise
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
