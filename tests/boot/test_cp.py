@@ -122,7 +122,8 @@ def test_a_hostile_guest_tar_writes_nothing_on_the_host(guest: Cli, tmp_path: Pa
     (host / ".bashrc").write_text("mine\n")
     (host / "x").write_text("mine\n")
     passwd = Path("/etc/passwd").read_bytes()
-    for dest in (host / "dest", host):  # a new path, and an existing directory (the copy would land inside)
+    # a new path; and for two cases an existing directory too (the copy would land inside it)
+    for dest in (host / "dest", host) if case in ("dotdot", "symlink") else (host / "dest",):
         line = _fails_in_one_line(guest, f"cpvm:/hostile/{case}", str(dest))
         assert "refusing the copy of VM cpvm:/hostile/" in line
         assert sorted(p.name for p in host.iterdir()) == [".bashrc", "x"]  # no dest, no temp dir
