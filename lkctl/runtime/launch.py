@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from lkctl import paths
+from lkctl.fsutil import private_dir
 from lkctl.runtime import state
 from lkctl.runtime.network import check_run_network
 from lkctl.runtime.state import VmRecord
@@ -38,6 +40,7 @@ def run_image(
 
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     check_run_network(opts, settings)
+    private_dir(paths.cache_dir())  # 0700 even when nothing is built (probes and digests land there)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
