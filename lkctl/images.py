@@ -11,9 +11,11 @@ never has its image replaced under it by a build with another (the Go tool delet
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -28,6 +30,7 @@ from lkctl.oci.layout import Store
 from lkctl.runtime.disks import detect_format
 from lkctl.runtime.qemu import BootImage, ImageFormat
 from lkctl.templates import (
+    KEY_VARIABLES,
     Template,
     TemplateInputs,
     TemplateMeta,
@@ -35,6 +38,7 @@ from lkctl.templates import (
     list_templates,
     render_template,
     template_meta,
+    template_variables,
 )
 
 if TYPE_CHECKING:
@@ -42,9 +46,11 @@ if TYPE_CHECKING:
     from lkctl.build.spec import Spec
 
 __all__ = [
+    "PRIVATE_BUILD",
     "ImageInfo",
     "ResolvedImage",
     "StagedKeys",
+    "adopt_private_build",
     "build_spec_files",
     "build_template",
     "built_images",
@@ -76,7 +82,15 @@ class ImageInfo:
 
 
 def store() -> Store:
-    return Store(paths.oci_store_dir())
+    """lkctl's OCI image store. lkctl's cache dir (and the store, when lkctl makes it) are 0700: builds in them may
+    hold what a template was given."""
+    from lkctl.fsutil import private_dir
+
+    private_dir(paths.cache_dir())
+    root = paths.oci_store_dir()
+    if root == paths.cache_dir() / "oci" or not root.exists():
+        private_dir(root)  # an existing store elsewhere (e.g. LinuxKit's ~/.linuxkit/cache) keeps its own mode
+    return Store(root)
 
 
 def installed_dir() -> Path:
@@ -221,12 +235,55 @@ def _prune_renders(parent: Path, keep: Path) -> None:
                 shutil.rmtree(d)
 
 
+PRIVATE_BUILD = "build"  # in a VM's key staging dir: a build holding its keys, adopted by the VM (adopt_private_build)
+
+
+def adopt_private_build(boot: BootImage, keys_from: Path | None, vm_dir: Path) -> BootImage:
+    """A build made with a VM's keys (in its private staging dir) moves into the VM's state dir, files 0600: as
+    private as the keys themselves, and removed with the VM (`vm.rm`, `--rm`). Other images are left alone."""
+    staged = keys_from / PRIVATE_BUILD if keys_from is not None else None
+    if staged is None or not staged.is_dir():
+        return boot
+    dest = vm_dir / PRIVATE_BUILD
+    os.replace(staged, dest)
+    for root, dirs, files in os.walk(dest):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o700)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o600, follow_symlinks=False)
+
+    def moved(p: Path | None) -> Path | None:
+        return dest / p.relative_to(staged) if p is not None and p.is_relative_to(staged) else p
+
+    return dataclasses.replace(
+        boot,
+        path=moved(boot.path) or boot.path,
+        kernel=moved(boot.kernel),
+        initrd=moved(boot.initrd),
+        squashfs=moved(boot.squashfs),
+    )
+
+
+def _private_build_dir(template: Template, variables: Mapping[str, str] | TemplateInputs | None) -> Path | None:
+    """Where a template that uses this VM's own keys (`${SSH_HOST_KEY}` is a private key) is built: the VM's
+    private staging dir, never the shared build cache; None for every other template."""
+    if not isinstance(variables, TemplateInputs) or variables.private_builds is None:
+        return None
+    if not set(KEY_VARIABLES) & set(template_variables(template).names):
+        return None
+    from lkctl.fsutil import private_dir
+
+    return private_dir(variables.private_builds)
+
+
 def _from_template(template: Template, variables: Mapping[str, str] | TemplateInputs | None) -> ResolvedImage:
     text = _render(template, variables)
     meta: TemplateMeta = template_meta(text, f"template {template.name} ({template.path})")
-    out_dir = _render_dir(template, text)
+    private = _private_build_dir(template, variables)
+    out_dir = private or _render_dir(template, text)
     result = _build_rendered(template, text, out_dir)
-    _prune_renders(out_dir.parent, out_dir)
+    if private is None:
+        _prune_renders(out_dir.parent, out_dir)
     boot = _kernel_initrd(_prefix(result), template.name)
     return ResolvedImage(boot, template.name, built=not result.cached, memory=meta.memory, cpus=meta.cpus)
 

@@ -41,6 +41,7 @@ class VmSettings:
     hypervisor: str = "auto"  # auto | qemu | hyperkit (macOS on Intel)
     virtiofs: bool = False  # share read-write volumes over virtiofs (root + virtiofsd) instead of 9p
     pvh: bool = True  # x86 QEMU: boot the uncompressed kernel through PVH (skips in-guest decompression)
+    network: str = "user"  # user | restricted | none: what the guest reaches (README "Safety" says why user)
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,26 @@
 Import takes whatever a user has: an OCI image layout (directory or tar: `skopeo copy ... oci:`, `docker buildx
 --output type=oci`, `linuxkit cache export`), a docker-archive tarball (`docker save`, `skopeo copy ...
 docker-archive:`), or a plain root filesystem (directory or tar, possibly compressed) that becomes a one-layer
-image. Every blob is verified against its digest on the way in, and an archive member with a path that is not
-a plain relative name is ignored rather than followed. Export writes an OCI layout tar (`docker load` and
-`linuxkit cache import` read it), a docker-archive, or the flattened root filesystem as a tar.
+image. Every blob is verified against its digest on the way in. The archive is untrusted: an archive member with
+a path that is not a plain relative name is ignored rather than followed, a link where a layout keeps its blobs or
+index is refused, and a layout directory's files are opened without following any symlink (`O_NOFOLLOW` on
+every component), so an import never copies a host file into the store.
+
+Export writes an OCI layout tar (`docker load` and `linuxkit cache import` read it), a docker-archive, or the
+flattened root filesystem as a tar.
 """
 
 from __future__ import annotations
 
 import bz2
 import contextlib
+import errno
 import gzip
 import io
 import json
 import lzma
 import os
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -49,12 +55,26 @@ def _safe_name(name: str) -> str | None:
     return None if not parts or ".." in parts else "/".join(parts)
 
 
+_LAYOUT_FILES = ("oci-layout", "index.json", "manifest.json")
+
+
+def _is_layout_file(name: str) -> bool:
+    """Where an image archive keeps what an import reads: a link there is an attempt to read a host file."""
+    return name in _LAYOUT_FILES or name.startswith("blobs/")
+
+
 def _unpack(archive: Path, dest: Path) -> None:
-    """Regular files of an image archive into `dest` (names checked; links and devices skipped)."""
+    """Regular files of an image archive into `dest` (names checked; links refused where blobs and the index live,
+    skipped elsewhere; devices skipped)."""
     try:
         with tarfile.open(archive, "r:*") as tf:
             for m in tf:
                 name = _safe_name(m.name)
+                if name is not None and (m.issym() or m.islnk()) and _is_layout_file(name):
+                    raise ImageError(
+                        f"{archive}: {name} is a link to {m.linkname!r}; an image archive's blobs and index must be "
+                        "plain files, and lkctl does not follow links in them"
+                    )
                 if name is None or not m.isreg():
                     continue
                 target = dest / name
@@ -78,21 +98,66 @@ def _name_for(ref: str | None, *candidates: str | None) -> str:
     raise ImageError("the archive does not say what the image is called; name it with --ref NAME:TAG")
 
 
+def _open_plain(root: Path, rel: str) -> IO[bytes] | None:
+    """`root/rel` opened for reading without following a symlink at any component below `root` (None: missing).
+
+    A link or anything but a regular file is refused: an archive must not make lkctl read a host file."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ImageError(f"{root}: {rel!r} is not a plain path inside the archive")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(root, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            child = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        leaf = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)  # O_NONBLOCK: a fifo must not hang the open
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise ImageError(
+                f"{root}: {rel} is a symlink (or under one); lkctl does not follow links in an image archive"
+            ) from None
+        raise ImageError(f"{root}: cannot read {rel} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise ImageError(f"{root}: {rel} is not a regular file")
+    return os.fdopen(leaf, "rb")
+
+
+def _read_plain(root: Path, rel: str) -> bytes | None:
+    f = _open_plain(root, rel)
+    if f is None:
+        return None
+    with f:
+        return f.read()
+
+
 def _copy_blob(store: Store, layout: Path, d: Descriptor, *, required: bool = True) -> bool:
-    path = layout / "blobs" / d.digest.replace(":", "/", 1)
-    if not path.is_file():
+    algo, _, hexdigest = d.digest.partition(":")
+    if not algo.isalnum() or not hexdigest.isalnum():
+        raise ImageError(f"{layout}: {d.digest!r} is not a digest")
+    f = _open_plain(layout, f"blobs/{algo}/{hexdigest}")
+    if f is None:
         if required:
             raise ImageError(f"{layout}: blob {d.digest} is missing from the layout")
         return False
-    with open(path, "rb") as f:
+    with f:
         store.put_blob_stream(f, d.media_type, expected_digest=d.digest)
     return True
 
 
 def _import_layout(store: Store, layout: Path, ref: str | None) -> list[str]:
     try:
-        index = json.loads((layout / "index.json").read_text())
-    except (OSError, ValueError) as err:
+        raw = _read_plain(layout, "index.json")
+        if raw is None:
+            raise ImageError(f"{layout}: index.json is missing")
+        index = json.loads(raw)
+    except ValueError as err:
         raise ImageError(f"{layout}: unreadable index.json ({err})") from None
     entries = [e for e in index.get("manifests") or [] if isinstance(e, dict) and "digest" in e]
     if not entries:
@@ -121,28 +186,46 @@ def _import_layout(store: Store, layout: Path, ref: str | None) -> list[str]:
     return names
 
 
+def _digest_named(name: str) -> str | None:
+    """A docker-archive names blobs by digest (`blobs/sha256/HEX`, `HEX.json`, `HEX/layer.tar`): verify it."""
+    for part in name.replace(".json", "").split("/"):
+        if len(part) == 64 and all(c in "0123456789abcdef" for c in part):
+            return f"sha256:{part}"
+    return None
+
+
 def _import_docker(store: Store, root: Path, ref: str | None) -> list[str]:
     try:
-        entries = json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
+        raw = _read_plain(root, "manifest.json")
+        if raw is None:
+            raise ImageError(f"{root}: manifest.json is missing")
+        entries = json.loads(raw)
+    except ValueError as err:
         raise ImageError(f"{root}: unreadable manifest.json ({err})") from None
     if ref and len(entries) > 1:
         raise ImageError(f"{root}: it holds {len(entries)} images; --ref can name only one")
     names = []
     for e in entries:
-        config_path = root / (_safe_name(e.get("Config", "")) or "-")
-        if not config_path.is_file():
+        config_name = _safe_name(e.get("Config", "")) or "-"
+        config_bytes = _read_plain(root, config_name)
+        if config_bytes is None:
             raise ImageError(f"{root}: config {e.get('Config')!r} is missing")
-        config = store.put_blob(config_path.read_bytes(), _DOCKER_CONFIG)
+        config = store.put_blob(config_bytes, _DOCKER_CONFIG)
+        named = _digest_named(config_name)
+        if named is not None and named != config.digest:
+            raise ImageError(f"{root}: config {config_name} does not match its digest (got {config.digest})")
         layers = []
         for layer in e.get("Layers") or []:
-            path = root / (_safe_name(layer) or "-")
-            if not path.is_file():
+            layer_name = _safe_name(layer) or "-"
+            f = _open_plain(root, layer_name)
+            if f is None:
                 raise ImageError(f"{root}: layer {layer!r} is missing")
-            with open(path, "rb") as f:
+            with f:
                 gz = f.read(2) == b"\x1f\x8b"
                 f.seek(0)
-                layers.append(store.put_blob_stream(f, DOCKER_LAYER_GZIP if gz else _DOCKER_LAYER_TAR))
+                expected = _digest_named(layer_name) if layer_name.startswith("blobs/") else None
+                kind = DOCKER_LAYER_GZIP if gz else _DOCKER_LAYER_TAR
+                layers.append(store.put_blob_stream(f, kind, expected_digest=expected))
         manifest = {
             "schemaVersion": 2,
             "mediaType": _DOCKER_MANIFEST,

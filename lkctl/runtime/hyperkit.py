@@ -77,6 +77,8 @@ def _network(spec: VmSpec, vm_uuid: str) -> list[str]:
                 "port forwards (and lkctl's SSH) need vpnkit or --hypervisor qemu"
             )
         return ["-s", "1:0,virtio-net"]
+    if spec.network is Network.RESTRICTED:
+        raise ConfigError("--network restricted needs QEMU's user network: use --hypervisor qemu")
     if spec.vpnkit_socket is None:
         raise ConfigError(
             "hyperkit has no user-mode networking of its own: it needs vpnkit (Docker Desktop ships one, or "

@@ -6,7 +6,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import IO, Any, TextIO
 
+from lkctl import paths
+from lkctl.fsutil import private_dir
 from lkctl.runtime import state
+from lkctl.runtime.network import check_run_network
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
@@ -29,12 +32,14 @@ def run_image(
     """Resolve `what` (path, installed image or template, built on demand) and boot it as a new VM.
 
     A template may ask for this VM's own SSH keys (SSH_KEY, SSH_HOST_KEY...): they are made before the VM exists
-    and handed to it. Memory and CPUs come from the options, else the template's `# lkctl:` header, else settings.
+    and handed to it, and such a build never enters the shared cache: it is made in the private staging dir and
+    moves into the VM's state dir (0700, files 0600), so it is removed with the VM. Memory and CPUs come from the
+    options, else the template's `# lkctl:` header, else settings.
     `size_sources` names where non-zero option sizes came from (`--memory`, `config`...); a size that is not the
     default is then said with its source. With `progress` (a text stream, e.g. stderr), a detached run shows its
     boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
     """
-    from lkctl.images import resolve_image, staged_vm_keys
+    from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
     from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
@@ -42,9 +47,13 @@ def run_image(
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     preflight(opts)  # a taken name or a busy port, too
     env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
+    check_run_network(opts, settings)
+    private_dir(paths.cache_dir())  # 0700 even when nothing is built (probes and digests land there)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
+        # a template given this VM's keys is built in the private staging dir; the VM takes the build with it
+        inputs = dataclasses.replace(inputs, private_builds=keys.directory / PRIVATE_BUILD)
         if progress is None:
             resolved = resolve_image(what, inputs)
         else:

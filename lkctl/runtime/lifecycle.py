@@ -144,7 +144,8 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
         record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id, exit_reason="", argv=argv
     )
     state.save_record(record)
-    _wait_ready(record, ready_timeout)
+    if record.ssh_port:  # a VM with --network none has no SSH to wait for
+        _wait_ready(record, ready_timeout)
     return record
 
 
@@ -157,7 +158,8 @@ def _split_vm_path(text: str) -> tuple[str, str] | None:
 
 
 def copy_path(src: str, dst: str) -> str:
-    """`vm.cp`: copy a file or directory tree between host and guest (one side is `VM:PATH`), over SSH."""
+    """`vm.cp`: copy a file or directory tree between host and guest (one side is `VM:PATH`), over SSH, with
+    `docker cp`'s rules (see lkctl.ssh copy_to/copy_from)."""
     from lkctl import ssh
 
     src_vm, dst_vm = _split_vm_path(src), _split_vm_path(dst)
@@ -165,15 +167,10 @@ def copy_path(src: str, dst: str) -> str:
         raise ConfigError("vm.cp copies between the host and one VM: write the VM side as NAME:/path")
     if dst_vm:
         record = _running(dst_vm[0])
-        local = Path(src)
-        if not local.exists():
-            raise ConfigError(f"{src} does not exist")
-        ssh.copy_to(ssh_target(record), local, dst_vm[1])
-        return f"{src} -> {record.name}:{dst_vm[1]}"
+        return ssh.copy_to(ssh_target(record), src, dst_vm[1])
     assert src_vm is not None
     record = _running(src_vm[0])
-    ssh.copy_from(ssh_target(record), src_vm[1], Path(dst))
-    return f"{record.name}:{src_vm[1]} -> {dst}"
+    return ssh.copy_from(ssh_target(record), src_vm[1], dst)
 
 
 def _running(target: str) -> VmRecord:

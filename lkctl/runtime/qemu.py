@@ -38,6 +38,7 @@ __all__ = [
     "Volume",
     "VolumeMount",
     "needs_uefi",
+    "parse_network",
     "parse_port",
     "parse_volume",
     "qemu_argv",
@@ -69,7 +70,11 @@ class ImageFormat(StrEnum):
 
 
 class Network(StrEnum):
+    """The guest's network. `user` reaches the outside and every service on the host's 127.0.0.1 (as 10.0.2.2);
+    `restricted` reaches nothing (slirp `restrict=on`) while lkctl's forwards (SSH, --port) still work."""
+
     USER = "user"  # QEMU user-mode networking (slirp); vpnkit under hyperkit
+    RESTRICTED = "restricted"  # slirp with restrict=on: no guest-initiated traffic to the host or beyond
     VMNET = "vmnet"  # macOS vmnet.framework (root): QEMU's vmnet-shared, hyperkit's virtio-net
     NONE = "none"
 
@@ -114,6 +119,16 @@ class PortForward:
 
     def __str__(self) -> str:
         return f"{self.host_ip}:{self.host_port}->{self.guest_port}/{self.proto}"
+
+
+def parse_network(text: str) -> Network:
+    """`--network user|restricted|none` (and `vmnet` on macOS)."""
+    try:
+        return Network(text.strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"--network {text}: expected user, restricted or none (vmnet on macOS); see README Safety"
+        ) from None
 
 
 def parse_port(text: str) -> PortForward:
@@ -314,6 +329,8 @@ def _netdev(spec: VmSpec, host: HostCaps) -> list[str]:
         netdev = "vmnet-shared,id=net0"
     else:
         parts = ["user", "id=net0"]
+        if spec.network is Network.RESTRICTED:
+            parts.append("restrict=on")  # hostfwd still reaches the guest; the guest reaches nothing
         if spec.ssh_port:
             parts.append(f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22")
         for p in spec.ports:

@@ -17,7 +17,7 @@ import json
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,8 @@ __all__ = [
     "VmRecord",
     "all_records",
     "find_vm",
+    "helper_entry",
+    "is_our_helper",
     "is_our_process",
     "load_record",
     "new_vm_id",
@@ -78,7 +80,8 @@ class VmRecord:
     exit_reason: str = ""  # set when lkctl saw the VM end badly (start failure, readiness timeout)
     auto_remove: bool = False  # `vm.run --rm`: forget the VM once it has stopped
     image_digest: str = ""  # sha256 of what was booted (kernel+initrd, or the image file)
-    helpers: list[list[str]] = field(default_factory=list)  # [pid, start time] of daemons serving the VM (virtiofsd)
+    # daemons serving the VM (virtiofsd), each [pid, start time, boot id, command line]: see helper_entry
+    helpers: list[list[str]] = field(default_factory=list)
     version: int = STATE_VERSION
 
     @property
@@ -235,6 +238,30 @@ def is_our_process(record: VmRecord) -> bool:
     if ident.boot_id and live.boot_id and ident.boot_id != live.boot_id:
         return False
     return f"lkctl-{record.id}" in _cmdline(ident.pid)
+
+
+def helper_entry(pid: int, argv: Sequence[str]) -> list[str] | None:
+    """How a helper daemon lkctl just started is recorded: [pid, start time, boot id, command line], so that it is
+    identified like QEMU before any signal (None: it is already gone)."""
+    ident = process_identity(pid)
+    if ident is None:
+        return None
+    return [str(pid), ident.start, ident.boot_id, " ".join(argv)]
+
+
+def is_our_helper(entry: Sequence[str]) -> bool:
+    """True only if `entry` (see helper_entry) names a live process with the same start time, boot and command
+    line. Entries recorded by an older lkctl ([pid, start] only) are never trusted: a reused PID is never signalled."""
+    if len(entry) < 4:
+        return False
+    pid_text, start, boot, command = entry[:4]
+    try:
+        live = process_identity(int(pid_text))
+    except ValueError:
+        return False
+    if live is None or live.start != start or (boot and live.boot_id and boot != live.boot_id):
+        return False
+    return _cmdline(live.pid).rstrip() == command
 
 
 def read_pidfile(vm_dir: Path) -> int:

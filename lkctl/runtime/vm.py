@@ -21,11 +21,13 @@ from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
+from lkctl.runtime.network import check_run_network, network_mode
 from lkctl.runtime.qemu import (
     CONSOLE_LOG,
     QMP_SOCKET,
     BootImage,
     DataDisk,
+    Network,
     PortForward,
     VmSpec,
     Volume,
@@ -75,6 +77,7 @@ class RunOptions:
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
     hostname: str = ""  # the guest's host name (default: the VM's name; see lkctl.runtime.guest)
     env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE: the guest's services and vm.exec see it
+    network: Network | None = None  # user | restricted | none; None: settings.vm.network
 
 
 def _now() -> str:
@@ -154,6 +157,8 @@ def ssh_target(record: VmRecord) -> SshTarget:
     """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
     from lkctl.ssh import SshTarget
 
+    if not record.ssh_port:
+        raise VmError(f"VM {record.name} has no network (--network none), so lkctl cannot reach it over SSH")
     return SshTarget(
         host="127.0.0.1",
         port=record.ssh_port,
@@ -266,6 +271,7 @@ def _spec(
         volumes=opts.volumes,
         data_disk=opts.data_disk,
         virtiofs=opts.virtiofs,
+        network=network_mode(opts, settings),
     )
     if needs_uefi(spec, host.arch):
         firmware = find_uefi_firmware(host.arch)
@@ -302,15 +308,16 @@ def _launch(
     hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     boot = _fast_kernel(boot, host, settings, hypervisor)
     for attempt in range(3):
-        ssh_port = opts.ssh_port or _free_port()
+        ssh_port = 0 if network_mode(opts, settings) is Network.NONE else opts.ssh_port or _free_port()
         _check_ports(ssh_port, opts.ports)
         spec = _spec(record, boot, opts, settings, ssh_port, host)
         prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
         argv = hypervisor_argv(spec, host, hypervisor)
         record = _start_virtiofsd(record, spec)
-        ssh.write_known_hosts(
-            record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
-        )
+        if ssh_port:
+            ssh.write_known_hosts(
+                record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
+            )
         record = dataclasses.replace(record, ssh_port=ssh_port, argv=argv)
         state.save_record(record)
         child: subprocess.Popen[bytes] | None = None
@@ -347,8 +354,8 @@ def _launch(
 def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     """Start one virtiofsd per virtiofs volume, in the VM's state dir and its own session, before QEMU connects.
 
-    They are recorded like QEMU (pid + start time) so stop/kill/rm and a failed start clean them up; normally each
-    exits by itself when QEMU disconnects.
+    They are recorded like QEMU (pid, start time, boot id, command line) so stop/kill/rm and a failed start clean
+    them up; normally each exits by itself when QEMU disconnects.
     """
     from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
     from lkctl.runtime.qemu import volume_mounts
@@ -365,14 +372,15 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     for m in mounts:
         sock = record.dir / m.socket
         sock.unlink(missing_ok=True)
+        argv = virtiofsd_argv(binary, m)
         with open(record.dir / f"virtiofsd-{m.tag}.log", "wb") as log:
             daemon = subprocess.Popen(
-                virtiofsd_argv(binary, m), cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                argv, cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 env=proc.minimal_env(), start_new_session=True,
             )  # fmt: skip
-        ident = state.process_identity(daemon.pid)
-        if ident is not None:
-            helpers.append([str(ident.pid), ident.start])
+        entry = state.helper_entry(daemon.pid, argv)
+        if entry is not None:
+            helpers.append(entry)
         record = dataclasses.replace(record, helpers=helpers)
         state.save_record(record)
         deadline = time.monotonic() + 10
@@ -384,12 +392,12 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
 
 
 def _kill_helpers(record: VmRecord) -> None:
-    """Stop the VM's helper daemons that are still alive (never a process that merely reuses a PID)."""
-    for pid_text, start in record.helpers:
-        ident = state.process_identity(int(pid_text))
-        if ident is not None and ident.start == start:
+    """Stop the VM's helper daemons that are still alive: identified like QEMU (start time, boot id, command line)
+    right before the signal, so a process that merely reuses a PID is never signalled."""
+    for entry in record.helpers:
+        if state.is_our_helper(entry):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(ident.pid, signal.SIGTERM)
+                os.kill(int(entry[0]), signal.SIGTERM)
 
 
 def _wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None] | None = None) -> None:
@@ -454,10 +462,18 @@ def run_vm(
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
     once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
     """
+    check_run_network(opts, settings)
     host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)
     record = _create(boot, image_label, opts, settings, host)
+    try:
+        from lkctl.images import adopt_private_build
+
+        boot = adopt_private_build(boot, opts.keys_from, record.dir)
+    except BaseException:
+        state.remove_record(record)
+        raise
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():

@@ -71,6 +71,7 @@ def _err(msg: str) -> None:
         "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
         "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
         "dry-run": "print the hypervisor command line and the VM it would create, start nothing (builds still run)",
+        "network": "user (default: outside and host loopback via 10.0.2.2), restricted (only lkctl's forwards) or none",
     },
 )
 @adapt
@@ -98,12 +99,13 @@ def run(
     virtiofs: bool = False,
     dry_run: bool = False,
     hostname: str = "",
+    network: str = "",
 ) -> Vm | None:
     """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
     from lkctl.api import Vm
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
-    from lkctl.runtime.qemu import parse_port, parse_volume
+    from lkctl.runtime.qemu import parse_network, parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions
 
     if template and image and template != image:
@@ -128,6 +130,7 @@ def run(
         virtiofs=virtiofs or settings.vm.virtiofs,
         hostname=hostname,
         env=tuple(parse_vars(env, flag="--env").items()),
+        network=parse_network(network) if network else None,
     )
     if dry_run:
         _print_plan(template or image, opts, settings, parse_vars(var), env_vars)
@@ -139,6 +142,9 @@ def run(
     )  # fmt: skip
     if detach:
         print(record.id)
+        if not record.ssh_port:
+            _err(f"lkctl: VM {record.name} ({record.id}) is running with no network. Stop: vm.stop {record.name}")
+            return Vm(record, settings)
         _err(
             f"lkctl: VM {record.name} ({record.id}) is running; ssh on 127.0.0.1:{record.ssh_port}. "
             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"

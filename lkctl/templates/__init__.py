@@ -71,6 +71,8 @@ class TemplateInputs:
     vm_keys: Callable[[], Mapping[str, str]] | None = None  # this VM's keys by KEY_VARIABLES name, made on demand
     extra_dirs: tuple[Path, ...] = ()
     cwd: Path | None = None
+    # a template that uses this VM's keys is built here (private, 0700) instead of the shared build cache
+    private_builds: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -164,4 +164,4 @@ def test_virtiofs_volume_round_trips_and_its_daemon_goes_with_the_vm(cli: Cli, t
     from lkctl.runtime.state import process_identity
 
     time.sleep(0.5)
-    assert all(process_identity(int(pid)) is None for pid, _ in helpers)
+    assert all(process_identity(int(pid)) is None for pid, *_ in helpers)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from lkctl.errors import SshError
+from lkctl.errors import ConfigError, SshError, VmError
 from lkctl.ssh import (
     SshTarget,
     VmKeys,
@@ -426,6 +426,7 @@ def test_copy_to_and_back_preserves_a_tree_byte_for_byte(guest: Guest, tmp_path:
     (src / "sub dir" / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (src / "sub dir" / "run.sh").chmod(0o755)
     remote = tmp_path / "on the guest" / "copied"  # the "guest" shares this file system
+    remote.parent.mkdir()
 
     copy_to(guest.target, src, str(remote))
 
@@ -439,17 +440,26 @@ def test_copy_to_and_back_preserves_a_tree_byte_for_byte(guest: Guest, tmp_path:
     assert (back / "sub dir" / "run.sh").read_text() == "#!/bin/sh\necho hi\n"
 
 
-def test_copy_to_a_trailing_slash_keeps_the_local_name(guest: Guest, tmp_path: Path) -> None:
+def test_copy_to_a_trailing_slash_keeps_the_local_name_and_needs_the_directory(guest: Guest, tmp_path: Path) -> None:
     f = tmp_path / "hello.txt"
     f.write_bytes(b"\xffhi\n")
+    with pytest.raises(
+        ConfigError, match=r"^cannot copy the file .* to VM t1:.*/dest/: that directory does not exist$"
+    ):
+        copy_to(guest.target, f, f"{tmp_path}/dest/")
+    assert not (tmp_path / "dest").exists()
 
+    (tmp_path / "dest").mkdir()
     copy_to(guest.target, f, f"{tmp_path}/dest/")
 
     assert (tmp_path / "dest" / "hello.txt").read_bytes() == b"\xffhi\n"
+    assert [p.name for p in (tmp_path / "dest").iterdir()] == ["hello.txt"]  # no temp dir left on the "guest"
 
 
 def test_copy_from_a_missing_remote_path_says_what_failed(guest: Guest, tmp_path: Path) -> None:
-    with pytest.raises(SshError, match=r"^copying VM t1:/nonexistent/x to .* failed \(status \d+\)"):
+    with pytest.raises(
+        ConfigError, match=r"^cannot copy VM t1:/nonexistent/x: no such file or directory in the guest$"
+    ):
         copy_from(guest.target, "/nonexistent/x", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
@@ -460,6 +470,9 @@ def test_copy_from_refuses_a_link_that_escapes_the_destination(guest: Guest, tmp
     (remote / "big").write_bytes(os.urandom(1024 * 1024))  # after the bad entry: the pipe must keep draining
     (remote / "a-evil").symlink_to("/etc/passwd")
 
-    with pytest.raises(SshError, match=r"^copying VM t1:.* failed: .*a-evil.* is a link to an absolute path"):
+    with pytest.raises(
+        VmError, match=r"^refusing the copy of VM t1:.*: the symlink a-evil -> /etc/passwd leaves the copy$"
+    ):
         copy_from(guest.target, str(remote), tmp_path / "back", timeout=30)
-    assert not (tmp_path / "back" / "a-evil").is_symlink()
+    assert not (tmp_path / "back").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".lkctl-cp")] == []
