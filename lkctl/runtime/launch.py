@@ -11,7 +11,7 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["list_vms", "run_image"]
+__all__ = ["list_all_vms", "list_vms", "run_image"]
 
 
 def run_image(
@@ -33,7 +33,16 @@ def run_image(
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
-    require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    through_libvirt = bool(opts.connect or opts.host)
+    if through_libvirt:  # fail before a slow build, not after
+        from lkctl.runtime.libvirt.backend import libvirt_module
+        from lkctl.runtime.libvirt.vms import run_on_libvirt, target_host
+
+        libvirt_module()
+        if opts.host != "auto":
+            target_host(settings, opts.connect, opts.host)
+    else:
+        require_qemu(settings.vm.qemu)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
@@ -46,6 +55,10 @@ def run_image(
             cpus=opts.cpus or resolved.cpus,
             keys_from=keys.directory if keys.made else None,
         )
+        if through_libvirt:
+            host = target_host(settings, opts.connect, opts.host, opts.memory or settings.vm.memory)
+            say(f"booting on {host.name} through libvirt and waiting for SSH")
+            return run_on_libvirt(resolved.boot, resolved.label, opts, settings, host, say=say), 0
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
 
@@ -54,6 +67,8 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
     """VMs as JSON-able rows with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[dict[str, Any]] = []
     for r in state.all_records():
+        if r.libvirt:
+            continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r)
         if r.auto_remove and status != "running":
             with state.vms_lock():
@@ -75,6 +90,34 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
                 "cpus": r.cpus,
                 "accel": r.accel,
                 "error": r.exit_reason or None,
+                "host": "local",
             }
         )
     return rows
+
+
+def list_all_vms(
+    settings: Settings, *, include_stopped: bool = False, host: str = ""
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`vm.ps`: this machine's VMs and those on every libvirt host (configured ones, and any a VM here runs on),
+    asked in parallel. Returns (rows, one line per host that did not answer); `host` keeps one host's rows."""
+    from lkctl.runtime.libvirt.hosts import HostConfig
+
+    hosts: dict[str, HostConfig] = {h.name: h for h in settings.hosts}
+    for r in state.all_records():
+        name = r.libvirt.get("host", "")
+        if r.libvirt and name not in hosts:
+            hosts[name] = HostConfig(name, r.libvirt["uri"], known_hosts=r.libvirt.get("known_hosts", ""))
+    if host and host != "local" and host not in hosts:
+        from lkctl.errors import ConfigError
+
+        raise ConfigError(f"--host {host}: no such host (known: local, {', '.join(hosts) or 'no libvirt host'})")
+    rows = list_vms(include_stopped=include_stopped) if host in ("", "local") else []
+    problems: list[str] = []
+    wanted = [h for n, h in hosts.items() if host in ("", n)]
+    if wanted:
+        from lkctl.runtime.libvirt.vms import list_host_vms
+
+        more, problems = list_host_vms(wanted, include_stopped=include_stopped)
+        rows += more
+    return rows, problems

@@ -79,6 +79,7 @@ class VmRecord:
     auto_remove: bool = False  # `vm.run --rm`: forget the VM once it has stopped
     image_digest: str = ""  # sha256 of what was booted (kernel+initrd, or the image file)
     helpers: list[list[str]] = field(default_factory=list)  # [pid, start time] of daemons serving the VM (virtiofsd)
+    libvirt: dict[str, str] = field(default_factory=dict)  # a libvirt VM: uri, host, domain, uuid, known_hosts
     version: int = STATE_VERSION
 
     @property
@@ -246,6 +247,10 @@ def read_pidfile(vm_dir: Path) -> int:
 
 def vm_status(record: VmRecord) -> str:
     """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started)."""
+    if record.libvirt:  # libvirt knows; a host that does not answer gives `unknown`
+        from lkctl.runtime.libvirt.vms import domain_status
+
+        return domain_status(record)
     if is_our_process(record):
         return "running"
     if record.exit_reason:

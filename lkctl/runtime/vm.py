@@ -71,6 +71,8 @@ class RunOptions:
     hypervisor: str = "auto"  # auto | qemu | hyperkit
     virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
     keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
+    connect: str = ""  # run through libvirt at this URI (qemu:///system, qemu+ssh://root@host/system)
+    host: str = ""  # run through libvirt on this lkctl.hosts entry, or `auto` (most free memory that fits)
 
 
 def _now() -> str:
@@ -131,6 +133,10 @@ def ssh_target(record: VmRecord) -> SshTarget:
     """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
     from lkctl.ssh import SshTarget
 
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import ssh_target_libvirt
+
+        return ssh_target_libvirt(record)
     return SshTarget(
         host="127.0.0.1",
         port=record.ssh_port,
@@ -515,6 +521,10 @@ def stop_vm(record: VmRecord, *, timeout: float = 30.0) -> str:
     """Power the VM off: ACPI shutdown over QMP, then SIGTERM, then SIGKILL. Returns how it ended.
 
     Helper daemons (virtiofsd) that outlive QEMU are stopped too."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import stop_libvirt_vm
+
+        return stop_libvirt_vm(record, timeout=timeout)
     if not state.is_our_process(record):
         _kill_helpers(record)
         return "not running"
@@ -542,6 +552,11 @@ def follow_console(
     record: VmRecord, *, from_start: bool = True, alive: Callable[[], bool] | None = None, poll: float = 0.1
 ) -> Iterator[bytes]:
     """Yield console output as it arrives, until the VM is gone and everything has been read."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import console_chunks
+
+        yield from console_chunks(record, follow=alive is None)
+        return
     is_alive = alive or (lambda: state.is_our_process(record))
     path = record.dir / CONSOLE_LOG
     while not path.exists():

@@ -14,7 +14,7 @@ from lkctl.errors import ConfigError
 from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from
 from lkctl.tasks._format import age, table
 
-__all__ = ["cp", "exec_", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
+__all__ = ["cp", "exec_", "export", "inspect", "kill", "logs", "prune", "ps", "restart", "rm", "run", "shell", "stop"]
 
 
 def _err(msg: str) -> None:
@@ -42,6 +42,8 @@ def _err(msg: str) -> None:
         "hypervisor": "auto, qemu or hyperkit (macOS on Intel)",
         "env-vars": "also take template variables from the environment (NAME, or lkctl.templates.env_prefix+NAME)",
         "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
+        "connect": "run through libvirt at this URI (qemu:///system, qemu+ssh://root@HOST/system)",
+        "host": "run through libvirt on this lkctl.hosts entry, or auto (the most free memory that fits)",
     },
 )
 @adapt
@@ -65,6 +67,8 @@ def run(
     hypervisor: str = "",
     env_vars: bool = False,
     virtiofs: bool = False,
+    connect: str = "",
+    host: str = "",
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
     from lkctl.runtime.disks import parse_data_disk
@@ -90,11 +94,18 @@ def run(
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,
         virtiofs=virtiofs or settings.vm.virtiofs,
+        connect=connect,
+        host=host,
     )
     record, code = run_image(
         template or image, opts, settings, variables=parse_vars(var), use_env=env_vars,
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"),
     )  # fmt: skip
+    if detach and record.libvirt:
+        print(record.id)
+        _err(f"lkctl: VM {record.name} ({record.id}) is running on {record.libvirt['host']} through libvirt. "
+             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}")  # fmt: skip
+        return
     if detach:
         print(record.id)
         _err(
@@ -106,13 +117,15 @@ def run(
         raise Exit(f"lkctl: VM {record.name} ended with status {code}", code=code)
 
 
-@task(help={"all": "include stopped VMs", "json": "print JSON"})
+@task(help={"all": "include stopped VMs", "json": "print JSON", "host": "only this host's VMs (local or a name)"})
 @adapt
-def ps(c: Context, all: bool = False, json: bool = False) -> None:
-    """List VMs (running ones unless --all)."""
-    from lkctl.runtime.launch import list_vms
+def ps(c: Context, all: bool = False, json: bool = False, host: str = "") -> None:
+    """List VMs (running ones unless --all), here and on every libvirt host."""
+    from lkctl.runtime.launch import list_all_vms
 
-    rows = list_vms(include_stopped=all)
+    rows, problems = list_all_vms(settings_from(c), include_stopped=all, host=host)
+    for line in problems:
+        _err(f"lkctl: {line}")
     if json:
         print(_json.dumps(rows, indent=2))
         return
@@ -123,6 +136,7 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
         [
             r["id"],
             r["name"],
+            r["host"],
             r["image"] if len(r["image"]) <= 30 else "…" + r["image"][-29:],
             r["status"],
             age(r["created"]),
@@ -131,7 +145,7 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
         ]
         for r in rows
     ]
-    print(table(["ID", "NAME", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
+    print(table(["ID", "NAME", "HOST", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for ACPI power-off (default 30)"})
@@ -288,4 +302,20 @@ def exec_(c: Context, vm: str, tty: bool = False, env: list[str] | None = None, 
         raise Exit(code=code)
 
 
-ns = Collection("vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune)
+@task(help={"vm": "VM ID, name or unique ID prefix", "format": "libvirt: the domain XML (virsh define accepts it)"})
+@adapt
+def export(c: Context, vm: str, format: str = "libvirt") -> None:
+    """Print a VM's definition for another tool (--format libvirt: its libvirt domain XML)."""
+    from lkctl.runtime.state import find_vm
+
+    if format != "libvirt":
+        raise ConfigError(f"--format {format}: lkctl exports libvirt domain XML (--format libvirt)")
+    record = find_vm(vm)
+    if not record.libvirt:
+        raise ConfigError(f"VM {record.name} runs under QEMU directly, not libvirt: run it with --connect or --host")
+    from lkctl.runtime.libvirt.vms import export_domain_xml
+
+    print(export_domain_xml(record), end="")
+
+
+ns = Collection("vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune, export)
