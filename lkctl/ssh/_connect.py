@@ -187,9 +187,12 @@ def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
     jump = _connect_jump(target.jump, timeout) if target.jump is not None else None
 
     class Client(paramiko.SSHClient):
-        def close(self) -> None:  # the tunnel's own connection goes with it
+        def close(self) -> None:  # the tunnel's own connection goes with it, once this one has shut down
+            transport = self.get_transport()
             super().close()
             if jump is not None:
+                if transport is not None and transport.is_alive():
+                    transport.join(5)
                 jump.close()
 
     client = Client()
