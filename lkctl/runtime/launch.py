@@ -119,5 +119,11 @@ def list_all_vms(
         from lkctl.runtime.libvirt.vms import list_host_vms
 
         more, problems = list_host_vms(wanted, include_stopped=include_stopped)
-        rows += more
+        # two host entries may name one libvirtd: a domain is listed once, under the host it was started on
+        started_on = {r.libvirt.get("uuid"): r.libvirt.get("host") for r in state.all_records() if r.libvirt}
+        seen: set[str] = set()
+        for row in sorted(more, key=lambda r: started_on.get(r["uuid"]) != r["host"]):
+            if row["uuid"] not in seen:
+                seen.add(row["uuid"])
+                rows.append(row)
     return rows, problems

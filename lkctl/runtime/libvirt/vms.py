@@ -288,9 +288,9 @@ def run_on_libvirt(
 
     _check_options(opts)
     lv = backend.libvirt_module()
-    record = _create_record(label, boot, opts, settings, host)
     dom: libvirt.virDomain | None = None
-    with backend.connection(host.uri, host.known_hosts) as conn:
+    with backend.connection(host.uri, host.known_hosts) as conn:  # an unreachable host: nothing was made yet
+        record = _create_record(label, boot, opts, settings, host)
         try:
             pool = backend.ensure_pool(conn, settings.libvirt.pool, settings.libvirt.pool_path)
             caps = backend.probe(conn, host.uri, pool, host.accel)
@@ -486,7 +486,7 @@ def _host_rows(host: HostConfig, include_stopped: bool) -> list[dict[str, Any]]:
                 "status": status, "created": meta.get("created", ""), "pid": None,
                 "ssh_port": meta.get("ssh_port", 0), "ports": meta.get("ports", []), "memory": meta.get("memory", 0),
                 "cpus": meta.get("cpus", 0), "accel": _domain_type(dom), "error": None,
-                "host": host.name, "uri": host.uri,
+                "host": host.name, "uri": host.uri, "uuid": dom.UUIDString(),
             })  # fmt: skip
     return rows
 
