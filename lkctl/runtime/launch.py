@@ -122,8 +122,8 @@ def list_all_vms(
         # two host entries may name one libvirtd: a domain is listed once, under the host it was started on
         started_on = {r.libvirt.get("uuid"): r.libvirt.get("host") for r in state.all_records() if r.libvirt}
         seen: set[str] = set()
-        for row in sorted(more, key=lambda r: started_on.get(r["uuid"]) != r["host"]):
-            if row["uuid"] not in seen:
+        for row in more:
+            if row["uuid"] not in seen and started_on.get(row["uuid"], row["host"]) == row["host"]:
                 seen.add(row["uuid"])
                 rows.append(row)
     return rows, problems

@@ -172,7 +172,7 @@ def test_vms_run_exec_cp_stop_rm_on_local_and_remote_libvirt_with_the_image_uplo
     cli: Cli, pool: str, sshd: SshServer, tmp_path: Path
 ) -> None:
     remote = {"name": "remote", "uri": sshd.uri, "known_hosts": str(sshd.known_hosts), "accel": "tcg"}
-    _configure(cli, pool, [remote])
+    _configure(cli, pool, [{"name": "here", "uri": "qemu:///system"}, remote])  # --connect finds "here" by URI
     local = cli("vm.run", "--image=minimal", "-d", "--name", "lv1", "--connect", "qemu:///system",
                 "--memory", "256", timeout=900)  # fmt: skip
     assert local.stderr.count("lkctl: uploaded") == 2, local.stderr  # kernel and initrd, streamed into the pool
