@@ -36,7 +36,8 @@ def run_image(
     through_libvirt = bool(opts.connect or opts.host)
     if through_libvirt:  # fail before a slow build, not after
         from lkctl.runtime.libvirt.backend import libvirt_module
-        from lkctl.runtime.libvirt.vms import run_on_libvirt, target_host
+        from lkctl.runtime.libvirt.fleet import target_host
+        from lkctl.runtime.libvirt.vms import run_on_libvirt
 
         libvirt_module()
         if opts.host != "auto":
@@ -116,7 +117,7 @@ def list_all_vms(
     problems: list[str] = []
     wanted = [h for n, h in hosts.items() if host in ("", n)]
     if wanted:
-        from lkctl.runtime.libvirt.vms import list_host_vms
+        from lkctl.runtime.libvirt.fleet import list_host_vms
 
         more, problems = list_host_vms(wanted, include_stopped=include_stopped)
         # two host entries may name one libvirtd: a domain is listed once, under the host it was started on
