@@ -212,7 +212,9 @@ def test_vms_run_exec_cp_stop_rm_on_local_and_remote_libvirt_with_the_image_uplo
     listed = json.loads(cli("vm.ps", "--all", "--json", "--host", "here").stdout)
     assert [r["status"] for r in listed if r["name"] == "lv1"] == ["stopped"]
     cli("vm.rm", "lv1")
-    cli("vm.rm", "--force", "lv2", timeout=120)
+    assert "sent SIGKILL to lv2" in cli("vm.kill", "lv2").stderr  # libvirt destroys the domain at once
+    assert json.loads(cli("vm.inspect", "lv2").stdout)["status"] == "stopped"
+    cli("vm.rm", "lv2")
     domains = _virsh("list", "--all", "--name").stdout.split()
     assert not {f"lkctl-{i}" for i in ids.values()} & set(domains)
     assert not [v for v in _volumes(pool) if v.startswith(tuple(f"lkctl-{i}" for i in ids.values()))]

@@ -2,14 +2,16 @@
 
 (u) streams the `minimal` template's PVH kernel and initrd into a scratch pool through libvirt's volume upload
 (first time, then again: the second is only a lookup); with --ssh-uri also through qemu+ssh://. (a) is
-`lkctl vm.run -d` then `vm.exec -- true` under QEMU directly; (b) is the same with `--connect qemu:///system`.
-Needs root and a running libvirtd; otherwise it says so and exits 0. Usage: python bench/libvirt.py [--ssh-uri URI
---known-hosts FILE]
+`lkctl vm.run -d` then `vm.exec -- true` under QEMU directly; (b) is the same with `--connect qemu:///system`,
+(c) through the qemu+ssh URI (image already in the pool; exec through that host's sshd as a jump).
+Needs root and a running libvirtd; otherwise it says so and exits 0.
+Usage: python bench/libvirt_backend.py [--ssh-uri URI --known-hosts FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import subprocess
@@ -48,7 +50,8 @@ def drop_pool(pool_name: str) -> None:
         pool.undefine()
 
 
-def run_exec(env: dict[str, str], extra: list[str]) -> float:
+def run_exec(env: dict[str, str], extra: list[str]) -> tuple[float, float]:
+    """Seconds from `vm.run -d` to the first `vm.exec true` returning, and for a second `vm.exec true` alone."""
     name = f"bench-{secrets.token_hex(3)}"
     lk = str(BIN / "lkctl")
     start = time.monotonic()
@@ -56,7 +59,10 @@ def run_exec(env: dict[str, str], extra: list[str]) -> float:
         subprocess.run([lk, "vm.run", "--image=minimal", "-d", "--name", name, "--memory", "256", *extra],
                        env=env, check=True, capture_output=True, timeout=900)  # fmt: skip
         subprocess.run([lk, "vm.exec", name, "--", "true"], env=env, check=True, capture_output=True, timeout=120)
-        return time.monotonic() - start
+        total = time.monotonic() - start
+        start = time.monotonic()
+        subprocess.run([lk, "vm.exec", name, "--", "true"], env=env, check=True, capture_output=True, timeout=120)
+        return total, time.monotonic() - start
     finally:
         subprocess.run([lk, "vm.rm", "--force", name], env=env, capture_output=True, timeout=300, check=False)
 
@@ -69,11 +75,11 @@ def main() -> None:
     try:
         import libvirt  # noqa: F401
     except ImportError:
-        print("bench/libvirt.py: skipped (libvirt-python is not installed)")
+        print("bench/libvirt_backend.py: skipped (libvirt-python is not installed)")
         return
     if os.geteuid() != 0 or subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
                                            check=False).returncode:  # fmt: skip
-        print("bench/libvirt.py: skipped (needs root and a running libvirtd; see README 'Scaling out')")
+        print("bench/libvirt_backend.py: skipped (needs root and a running libvirtd; see README 'Scaling out')")
         return
     from lkctl.images import resolve_image
     from lkctl.runtime.pvh import pvh_kernel
@@ -97,14 +103,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lkctl-bench-") as home:
         env = {**os.environ, "LKCTL_HOME": home}
         env.setdefault("LKCTL_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".lkctl-test" / "cache"))
-        direct = run_exec(env, [])
-        print(f"(a) vm.run -d + vm.exec true, QEMU directly:     {direct:.1f} s")
+        direct, direct_exec = run_exec(env, [])
+        print(
+            f"(a) vm.run -d → vm.exec true, QEMU directly:        {direct:5.1f} s; "
+            f"one more vm.exec: {direct_exec:.2f} s"
+        )
         env.update(LKCTL_LIBVIRT_POOL=pool_name, LKCTL_LIBVIRT_POOL_PATH=f"/var/lib/libvirt/{pool_name}")
+        remote = {"name": "remote", "uri": args.ssh_uri, "known_hosts": args.known_hosts, "accel": "tcg"}
+        env["LKCTL_HOSTS"] = json.dumps([remote] if args.ssh_uri else [])
         try:
-            through = run_exec(env, ["--connect", "qemu:///system"])
+            through, through_exec = run_exec(env, ["--connect", "qemu:///system"])
+            print(
+                f"(b) the same through libvirt (qemu:///system):      {through:5.1f} s; one more vm.exec: "
+                f"{through_exec:.2f} s   b/a = {through / direct:.2f}"
+            )
+            if args.ssh_uri:
+                far, far_exec = run_exec(env, ["--host", "remote"])
+                print(
+                    f"(c) the same through qemu+ssh (exec via the jump): {far:5.1f} s; one more vm.exec: "
+                    f"{far_exec:.2f} s   c/a = {far / direct:.2f}"
+                )
         finally:
             drop_pool(pool_name)
-        print(f"(b) the same through libvirt (qemu:///system):  {through:.1f} s   b/a = {through / direct:.2f}")
 
 
 if __name__ == "__main__":
