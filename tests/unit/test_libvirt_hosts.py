@@ -101,3 +101,21 @@ def test_importing_the_backend_does_not_import_libvirt() -> None:
     code = "import sys, lkctl.tasks, lkctl.runtime.libvirt.vms; print('libvirt' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_libvirt_ssh_transport_gets_strict_pinned_host_key_checking(lkctl_home: Path) -> None:
+    from urllib.parse import parse_qsl, urlsplit
+
+    from lkctl.runtime.libvirt.backend import transport_uri
+
+    uri = transport_uri("qemu+ssh://root@hv/system?keyfile=/k", "/pins/it's hv")
+    query = dict(parse_qsl(urlsplit(uri).query))
+    assert query["keyfile"] == "/k" and query["no_tty"] == "1"
+    wrapper = Path(query["command"])
+    assert wrapper.is_relative_to(lkctl_home) and wrapper.stat().st_mode & 0o777 == 0o700
+    body = wrapper.read_text()
+    assert "-o StrictHostKeyChecking=yes" in body and "-o UserKnownHostsFile='/pins/it'\"'\"'s hv'" in body
+    assert "-o ForwardAgent=no" in body
+    libssh = dict(parse_qsl(urlsplit(transport_uri("qemu+libssh://hv/system", "/pins/hv")).query))
+    assert libssh == {"known_hosts": "/pins/hv", "known_hosts_verify": "normal"}
+    assert transport_uri("qemu:///system") == "qemu:///system"

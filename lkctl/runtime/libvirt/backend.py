@@ -100,11 +100,17 @@ def _ssh_command(known_hosts: Path) -> Path:
 
 
 def transport_uri(uri: str, pin: str = "") -> str:
-    """The URI handed to libvirt: for qemu+ssh, host-key checking is made strict (and pinned when asked)."""
+    """The URI handed to libvirt: for qemu+ssh and qemu+libssh, host-key checking is strict (and pinned if asked)."""
     parts = urlsplit(uri)
+    query = dict(parse_qsl(parts.query))
+    if parts.scheme in ("qemu+libssh", "qemu+libssh2"):  # these check known_hosts themselves
+        if pin:
+            query.setdefault("known_hosts", os.fspath(Path(pin).expanduser()))
+        if parts.scheme == "qemu+libssh":
+            query.setdefault("known_hosts_verify", "normal")  # unknown keys are refused, not added
+        return urlunsplit(parts._replace(query=urlencode(query)))
     if parts.scheme != "qemu+ssh":
         return uri
-    query = dict(parse_qsl(parts.query))
     if "command" not in query:
         known = Path(pin).expanduser() if pin else Path.home() / ".ssh" / "known_hosts"
         query["command"] = os.fspath(_ssh_command(known))
@@ -274,7 +280,7 @@ def console_bytes(pool: libvirt.virStoragePool, conn: libvirt.virConnect, domain
     if vol is None:
         return b""
     try:
-        size = os.fspath(vol.path()) and vol.info()[1]
+        size = int(vol.info()[1])  # libvirt re-reads the file's size on every call
         if offset >= size:
             return b""
         stream = conn.newStream(0)
