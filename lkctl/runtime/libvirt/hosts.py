@@ -12,11 +12,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from lkctl.errors import ConfigError
-from lkctl.ssh import JumpHost
+
+if TYPE_CHECKING:
+    from lkctl.ssh import JumpHost
 
 __all__ = [
     "HostConfig",
@@ -74,6 +76,8 @@ def jump_host(uri: str, pin: str = "", *, home: Path | None = None) -> JumpHost 
 
     `pin` is a known_hosts file holding the host's key; without it the user's own known_hosts is used.
     """
+    from lkctl.ssh import JumpHost  # not at import time: settings import this module, and `invoke --list` them
+
     if is_local_uri(uri):
         return None
     parts = urlsplit(uri)
