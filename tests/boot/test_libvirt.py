@@ -245,3 +245,16 @@ def test_remote_host_with_an_unknown_host_key_is_refused_never_trusted(
     assert "Traceback" not in r.stderr
     assert not list((Path(cli.env["LKCTL_HOME"]) / "state" / "vms").glob("[!.]*"))  # no record was left behind
     assert empty.read_text() == ""  # nothing was added to the pin file
+
+
+def test_a_start_that_fails_leaves_no_domain_volume_or_record(cli: Cli, pool: str) -> None:
+    _configure(cli, pool, [])
+    before = _virsh("list", "--all", "--name").stdout.split()
+    r = cli("vm.run", "--image=minimal", "-d", "--name", "late", "--connect", "qemu:///system", "--timeout", "1",
+            check=False, timeout=600)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "did not become ready" in r.stderr and "Traceback" not in r.stderr
+    assert _virsh("list", "--all", "--name").stdout.split() == before  # destroyed and undefined
+    assert [v for v in _volumes(pool) if v.startswith("lkctl-")] == []  # its key, console: gone; images stay
+    assert [v for v in _volumes(pool) if v.startswith("sha256-")]
+    assert not list((Path(cli.env["LKCTL_HOME"]) / "state" / "vms").glob("[!.]*"))
