@@ -37,9 +37,10 @@ def run_image(
     if through_libvirt:  # fail before a slow build, not after
         from lkctl.runtime.libvirt.backend import libvirt_module
         from lkctl.runtime.libvirt.fleet import target_host
-        from lkctl.runtime.libvirt.vms import run_on_libvirt
+        from lkctl.runtime.libvirt.vms import check_run_options, run_on_libvirt
 
         libvirt_module()
+        check_run_options(opts)
         if opts.host != "auto":
             target_host(settings, opts.connect, opts.host)
     else:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lkctl.ssh import SshTarget
 
 __all__ = [
+    "check_run_options",
     "console_chunks",
     "domain_status",
     "export_domain_xml",
@@ -112,7 +113,8 @@ def _pick_port(uri: str, taken: set[int]) -> int:
             return port
 
 
-def _check_options(opts: RunOptions) -> None:
+def check_run_options(opts: RunOptions) -> None:
+    """Refuse, before any slow work, what a libvirt VM cannot do (foreground runs, public forwards...)."""
     if not opts.detach:
         raise ConfigError("through libvirt a VM always runs detached: add -d (vm.logs -f follows its console)")
     if not opts.wait_ssh:
@@ -245,7 +247,7 @@ def run_on_libvirt(
     from lkctl import ssh
     from lkctl.runtime.lifecycle import file_digest
 
-    _check_options(opts)
+    check_run_options(opts)
     lv = backend.libvirt_module()
     dom: libvirt.virDomain | None = None
     with backend.connection(host.uri, host.known_hosts) as conn:  # an unreachable host: nothing was made yet
