@@ -120,7 +120,9 @@ def transport_uri(uri: str, pin: str = "") -> str:
 
 @contextlib.contextmanager
 def connection(uri: str, pin: str = "") -> Iterator[libvirt.virConnect]:
-    """An open connection to the libvirtd at `uri`, closed afterwards; HostUnreachable in one line if none."""
+    """An open connection to the libvirtd at `uri`, closed afterwards; HostUnreachable in one line if none.
+
+    A libvirt error raised inside the block becomes a one-line VmError."""
     lv = libvirt_module()
     try:
         conn = lv.open(transport_uri(uri, pin))
@@ -128,6 +130,8 @@ def connection(uri: str, pin: str = "") -> Iterator[libvirt.virConnect]:
         raise HostUnreachable(f"cannot reach libvirt at {uri}: {error_text(e)}") from None
     try:
         yield conn
+    except lv.libvirtError as e:  # anything libvirt refuses mid-way is one line for the user, not a traceback
+        raise VmError(f"libvirt at {uri}: {error_text(e)}") from None
     finally:
         with contextlib.suppress(lv.libvirtError):
             conn.close()
