@@ -48,7 +48,11 @@ def _pid_alive(pidfile: Path) -> int:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return 0
-    return pid if Path(f"/proc/{pid}").exists() else 0
+    try:  # a zombie is dead (PID 1 here does not reap, so exited daemons linger as zombies)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return 0 if stat[stat.rindex(")") + 2] in "ZX" else pid
 
 
 @pytest.fixture(scope="module")
