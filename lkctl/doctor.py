@@ -39,8 +39,10 @@ DEMO_PACKAGES = (
 TEST_PACKAGES = (
     "nginx", "docker-registry", "skopeo", "curl", "runc", "git", "make", "vim-tiny", "xorriso", "isolinux",
     "syslinux", "syslinux-common", "grub-efi-amd64-bin", "mtools", "ovmf", "dosfstools", "e2fsprogs", "zstd",
+    "libvirt-daemon-system", "libvirt-clients", "libvirt-dev", "pkg-config", "gcc", "openssh-server", "dbus",
 )  # fmt: skip
-"""What `./bootstrap test` adds: servers and tools the tests use, the `dev` template's userland, disk formats."""
+"""What `./bootstrap test` adds: servers and tools the tests use, the `dev` template's userland, disk formats,
+libvirt and an sshd for the libvirt tests."""
 
 
 def accel_reason(chosen: str, *, setting: str, system: str, kvm_exists: bool, kvm_usable: bool) -> str:

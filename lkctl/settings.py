@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lkctl.errors import ConfigError
+from lkctl.runtime.libvirt.hosts import HostConfig, parse_hosts
 
 __all__ = [
     "BuildSettings",
+    "LibvirtSettings",
     "Settings",
     "SourcesSettings",
     "TemplatesSettings",
@@ -77,11 +79,21 @@ class TemplatesSettings:
 
 
 @dataclass(frozen=True)
+class LibvirtSettings:
+    """VMs run through libvirt (`vm.run --connect URI` or `--host NAME`): where their volumes live on each host."""
+
+    pool: str = "lkctl"  # storage pool holding images, overlays and consoles (created as a dir pool if missing)
+    pool_path: str = "/var/lib/libvirt/lkctl"  # that pool's directory when lkctl creates it
+
+
+@dataclass(frozen=True)
 class Settings:
     vm: VmSettings = field(default_factory=VmSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     templates: TemplatesSettings = field(default_factory=TemplatesSettings)
+    libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
+    hosts: tuple[HostConfig, ...] = ()  # lkctl.hosts: [{name, uri, memory, accel, known_hosts}] (env: LKCTL_HOSTS)
 
 
 def invoke_defaults() -> dict[str, Any]:
@@ -127,6 +139,9 @@ def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str
     tree = dict((config or {}).get("lkctl") or {})
     sections: dict[str, Any] = {}
     for sec_field in dataclasses.fields(Settings):
+        if sec_field.name == "hosts":  # a list of mappings, not a section of scalars
+            sections["hosts"] = parse_hosts(env.get("LKCTL_HOSTS") or tree.get("hosts"))
+            continue
         sec_default = getattr(Settings(), sec_field.name)
         given = dict(tree.get(sec_field.name) or {})
         known = {f.name for f in dataclasses.fields(sec_default)}

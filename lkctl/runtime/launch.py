@@ -14,7 +14,7 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["RunPlan", "list_vms", "plan_image", "run_image"]
+__all__ = ["RunPlan", "list_all_vms", "list_vms", "plan_image", "run_image"]
 
 
 def run_image(
@@ -44,10 +44,21 @@ def run_image(
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
-    require_qemu(settings.vm.qemu)  # fail before a slow build, not after
-    preflight(opts)  # a taken name or a busy port, too
+    through_libvirt = bool(opts.connect or opts.host)
+    if through_libvirt:  # fail before a slow build, not after
+        from lkctl.runtime.libvirt.backend import libvirt_module
+        from lkctl.runtime.libvirt.fleet import target_host
+        from lkctl.runtime.libvirt.vms import check_run_options, run_on_libvirt
+
+        libvirt_module()
+        check_run_options(opts)
+        if opts.host != "auto":
+            target_host(settings, opts.connect, opts.host)
+    else:
+        require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+        preflight(opts)  # a taken name or a busy port, too
+        check_run_network(opts, settings)
     env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
-    check_run_network(opts, settings)
     private_dir(paths.cache_dir())  # 0700 even when nothing is built (probes and digests land there)
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
@@ -75,12 +86,16 @@ def run_image(
             source = (size_sources or {}).get(key) or from_template
             if value and source:
                 say(f"{key} {value}{unit} (from {source})")
+        if through_libvirt:
+            host = target_host(settings, opts.connect, opts.host, opts.memory or settings.vm.memory)
+            say(f"booting on {host.name} through libvirt and waiting for SSH")
+            return run_on_libvirt(resolved.boot, resolved.label, opts, settings, host, say=say), 0
         from lkctl.doctor import host_accel_reason
         from lkctl.runtime.host import probe_host
 
         # the same (cached) probe run_vm makes: say once what it chose and why
-        host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
-        say(f"accelerator {host_accel_reason(host.accel.value, settings.vm.accel)}")
+        caps = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
+        say(f"accelerator {host_accel_reason(caps.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
             return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
@@ -140,6 +155,8 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
     """VMs as JSON-able rows with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[dict[str, Any]] = []
     for r in state.all_records():
+        if r.libvirt:
+            continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r)
         if r.auto_remove and status != "running":
             with state.vms_lock():
@@ -161,6 +178,40 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
                 "cpus": r.cpus,
                 "accel": r.accel,
                 "error": r.exit_reason or None,
+                "host": "local",
             }
         )
     return rows
+
+
+def list_all_vms(
+    settings: Settings, *, include_stopped: bool = False, host: str = ""
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """`vm.ps`: this machine's VMs and those on every libvirt host (configured ones, and any a VM here runs on),
+    asked in parallel. Returns (rows, one line per host that did not answer); `host` keeps one host's rows."""
+    from lkctl.runtime.libvirt.hosts import HostConfig
+
+    hosts: dict[str, HostConfig] = {h.name: h for h in settings.hosts}
+    for r in state.all_records():
+        name = r.libvirt.get("host", "")
+        if r.libvirt and name not in hosts:
+            hosts[name] = HostConfig(name, r.libvirt["uri"], known_hosts=r.libvirt.get("known_hosts", ""))
+    if host and host != "local" and host not in hosts:
+        from lkctl.errors import ConfigError
+
+        raise ConfigError(f"--host {host}: no such host (known: local, {', '.join(hosts) or 'no libvirt host'})")
+    rows = list_vms(include_stopped=include_stopped) if host in ("", "local") else []
+    problems: list[str] = []
+    wanted = [h for n, h in hosts.items() if host in ("", n)]
+    if wanted:
+        from lkctl.runtime.libvirt.fleet import list_host_vms
+
+        more, problems = list_host_vms(wanted, include_stopped=include_stopped)
+        # two host entries may name one libvirtd: a domain is listed once, under the host it was started on
+        started_on = {r.libvirt.get("uuid"): r.libvirt.get("host") for r in state.all_records() if r.libvirt}
+        seen: set[str] = set()
+        for row in more:
+            if row["uuid"] not in seen and started_on.get(row["uuid"], row["host"]) == row["host"]:
+                seen.add(row["uuid"])
+                rows.append(row)
+    return rows, problems

@@ -69,6 +69,10 @@ def file_digest(paths: Sequence[Path]) -> str:
 
 def inspect_vm(record: VmRecord) -> dict[str, Any]:
     """Everything lkctl knows about a VM, for `vm.inspect` (JSON-serialisable)."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import inspect_libvirt_vm
+
+        return inspect_libvirt_vm(record)
     d = record.dir
     return {
         **record.to_json(),
@@ -87,6 +91,10 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
 
 def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
     """Send `sig` to the VM's QEMU (only if it is really ours). Returns False if it was not running."""
+    if record.libvirt:  # libvirt owns that QEMU: any signal means destroy
+        from lkctl.runtime.libvirt.vms import kill_libvirt_vm
+
+        return kill_libvirt_vm(record)
     if not state.is_our_process(record):
         _kill_helpers(record)
         return False
@@ -98,6 +106,10 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
 
 
 def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30.0) -> None:
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import remove_libvirt_vm
+
+        return remove_libvirt_vm(record, force=force, stop_timeout=stop_timeout)
     if state.vm_status(record) == "running":
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
@@ -112,14 +124,24 @@ def prune_vms() -> list[VmRecord]:
     removed = []
     with state.vms_lock():
         for r in state.all_records():
-            if state.vm_status(r) != "running":
+            if not r.libvirt and state.vm_status(r) != "running":
                 state.remove_record(r)
                 removed.append(r)
+    for r in state.all_records():  # libvirt VMs: undefined with their volumes (a host that does not answer: kept)
+        if r.libvirt and state.vm_status(r) in ("stopped", "error", "missing"):
+            from lkctl.runtime.libvirt.vms import remove_libvirt_vm
+
+            remove_libvirt_vm(r)
+            removed.append(r)
     return removed
 
 
 def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: float = 180.0) -> VmRecord:
     """Power the VM off (if running) and boot it again with the same command line, keys, ports and name."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import restart_libvirt_vm
+
+        return restart_libvirt_vm(record, stop_timeout=stop_timeout, ready_timeout=ready_timeout)
     if not record.argv:
         raise VmError(f"VM {record.name} has no recorded command line to restart with")
     stop_vm(record, timeout=stop_timeout)

@@ -82,6 +82,7 @@ class VmRecord:
     image_digest: str = ""  # sha256 of what was booted (kernel+initrd, or the image file)
     # daemons serving the VM (virtiofsd), each [pid, start time, boot id, command line]: see helper_entry
     helpers: list[list[str]] = field(default_factory=list)
+    libvirt: dict[str, str] = field(default_factory=dict)  # a libvirt VM: uri, host, domain, uuid, known_hosts
     version: int = STATE_VERSION
 
     @property
@@ -273,6 +274,10 @@ def read_pidfile(vm_dir: Path) -> int:
 
 def vm_status(record: VmRecord) -> str:
     """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started)."""
+    if record.libvirt:  # libvirt knows; a host that does not answer gives `unknown`
+        from lkctl.runtime.libvirt.vms import domain_status
+
+        return domain_status(record)
     if is_our_process(record):
         return "running"
     if record.exit_reason:

@@ -78,6 +78,8 @@ class RunOptions:
     hostname: str = ""  # the guest's host name (default: the VM's name; see lkctl.runtime.guest)
     env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE: the guest's services and vm.exec see it
     network: Network | None = None  # user | restricted | none; None: settings.vm.network
+    connect: str = ""  # run through libvirt at this URI (qemu:///system, qemu+ssh://root@host/system)
+    host: str = ""  # run through libvirt on this lkctl.hosts entry, or `auto` (most free memory that fits)
 
 
 def _now() -> str:
@@ -157,6 +159,10 @@ def ssh_target(record: VmRecord) -> SshTarget:
     """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
     from lkctl.ssh import SshTarget
 
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import ssh_target_libvirt
+
+        return ssh_target_libvirt(record)
     if not record.ssh_port:
         raise VmError(f"VM {record.name} has no network (--network none), so lkctl cannot reach it over SSH")
     return SshTarget(
@@ -560,6 +566,10 @@ def stop_vm(record: VmRecord, *, timeout: float = 30.0) -> str:
     """Power the VM off: ACPI shutdown over QMP, then SIGTERM, then SIGKILL. Returns how it ended.
 
     Helper daemons (virtiofsd) that outlive QEMU are stopped too."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import stop_libvirt_vm
+
+        return stop_libvirt_vm(record, timeout=timeout)
     if not state.is_our_process(record):
         _kill_helpers(record)
         return "not running"
@@ -587,6 +597,11 @@ def follow_console(
     record: VmRecord, *, from_start: bool = True, alive: Callable[[], bool] | None = None, poll: float = 0.1
 ) -> Iterator[bytes]:
     """Yield console output as it arrives, until the VM is gone and everything has been read."""
+    if record.libvirt:
+        from lkctl.runtime.libvirt.vms import console_chunks
+
+        yield from console_chunks(record, follow=alive is None)
+        return
     is_alive = alive or (lambda: state.is_our_process(record))
     path = record.dir / CONSOLE_LOG
     while not path.exists():

@@ -10,7 +10,7 @@ no ~/.ssh/config, agent or default identity can leak into these loopback connect
 
 from __future__ import annotations
 
-from lkctl.ssh._connect import CONNECT_TIMEOUT, SshTarget, fabric_connection, wait_ready
+from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_connection, wait_ready
 from lkctl.ssh._copy import copy_from, copy_to
 from lkctl.ssh._exec import ByteSink, SshSession, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
@@ -18,6 +18,7 @@ from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known
 __all__ = [
     "CONNECT_TIMEOUT",
     "ByteSink",
+    "JumpHost",
     "SshSession",
     "SshTarget",
     "VmKeys",

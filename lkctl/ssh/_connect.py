@@ -22,6 +22,24 @@ CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
+class JumpHost:
+    """An SSH server through which a guest is reached (a remote hypervisor host whose loopback has the forward).
+
+    Its host key must already be in `known_hosts` (the user's, or an explicit pin): it is never accepted on first
+    use. `key_file` None means the user's default keys (~/.ssh/id_*); the agent is never used or forwarded.
+    """
+
+    host: str
+    port: int
+    user: str
+    key_file: Path | None
+    known_hosts: Path
+
+    def describe(self) -> str:
+        return f"hypervisor host {self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class SshTarget:
     """Everything needed to reach one guest: address, login, identity and the pinned known_hosts file."""
 
@@ -31,6 +49,7 @@ class SshTarget:
     client_key: Path
     known_hosts: Path
     label: str  # the VM's name, for messages
+    jump: JumpHost | None = None  # reach host:port from this SSH server (its loopback), not from here
 
     def describe(self) -> str:
         """`VM t1 at 127.0.0.1:2222`, the subject of every message about this connection."""
@@ -121,16 +140,76 @@ def _quiet_paramiko() -> None:
         log.propagate = False
 
 
+def _connect_jump(jump: JumpHost, timeout: float) -> paramiko.SSHClient:
+    """An authenticated client for the jump host; its host key must be known (never trusted on first use)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    try:
+        try:
+            client.load_host_keys(os.fspath(jump.known_hosts))
+        except OSError as e:
+            raise SshError(f"no known_hosts for {jump.describe()}: {e.strerror}: {jump.known_hosts}") from None
+
+        class Refuse(paramiko.MissingHostKeyPolicy):
+            def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+                raise SshError(
+                    f"{jump.describe()} is not in {jump.known_hosts}; add its host key there (ssh-keyscan, checked) "
+                    "or pin it with known_hosts in lkctl.hosts; lkctl never trusts a host key on first use"
+                )
+
+        client.set_missing_host_key_policy(Refuse())
+        client.connect(
+            jump.host, port=jump.port, username=jump.user, key_filename=os.fspath(jump.key_file) if jump.key_file
+            else None, look_for_keys=jump.key_file is None, allow_agent=False, timeout=timeout,
+            banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+        )  # fmt: skip
+    except SshError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException:
+        client.close()
+        raise SshError(
+            f"host key of {jump.describe()} does not match {jump.known_hosts}; refusing to connect"
+        ) from None
+    except (paramiko.SSHException, OSError) as e:
+        client.close()
+        raise SshError(f"cannot reach {jump.describe()}: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    return client
+
+
 def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
     """An authenticated client for `target`, or an SshError saying in one line why not."""
     import paramiko
 
     _quiet_paramiko()
     pkey = _load_client_key(target)
-    client = paramiko.SSHClient()
+    jump = _connect_jump(target.jump, timeout) if target.jump is not None else None
+
+    class Client(paramiko.SSHClient):
+        def close(self) -> None:  # the tunnel's own connection goes with it, once this one has shut down
+            transport = self.get_transport()
+            super().close()
+            if jump is not None:
+                if transport is not None and transport.is_alive():
+                    transport.join(5)
+                jump.close()
+
+    client = Client()
     try:
         _load_pins(client, target)
         with _translated_errors(target, timeout):
+            sock = None
+            if jump is not None:
+                transport = jump.get_transport()
+                if transport is None:
+                    raise SshError(f"the connection to {target.jump.describe() if target.jump else ''} closed")
+                try:
+                    sock = transport.open_channel(
+                        "direct-tcpip", (target.host, target.port), ("127.0.0.1", 0), timeout=timeout
+                    )
+                except paramiko.ChannelException as e:
+                    raise _NotYet(f"cannot connect to {target.describe()} through the jump host: {e}") from e
             client.connect(
                 target.host,
                 port=target.port,
@@ -142,6 +221,7 @@ def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
                 banner_timeout=timeout,
                 auth_timeout=timeout,
                 channel_timeout=timeout,
+                sock=sock,
             )
     except BaseException:
         client.close()
@@ -159,6 +239,8 @@ def fabric_connection(target: SshTarget, *, connect_timeout: float = CONNECT_TIM
     import fabric
     import paramiko
 
+    if target.jump is not None:
+        raise SshError(f"{target.describe()} is reached through {target.jump.describe()}: use exec_command/copy_to")
     config = fabric.Config(ssh_config=paramiko.SSHConfig(), overrides={"run": {"in_stream": False}})
     cxn = fabric.Connection(
         target.host,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "cp",
     "exec_",
+    "export",
     "inspect",
     "kill",
     "logs",
@@ -72,6 +73,8 @@ def _err(msg: str) -> None:
         "virtiofs": "share read-write volumes over virtiofs (faster; needs root and virtiofsd) instead of 9p",
         "dry-run": "print the hypervisor command line and the VM it would create, start nothing (builds still run)",
         "network": "user (default: outside and host loopback via 10.0.2.2), restricted (only lkctl's forwards) or none",
+        "connect": "run through libvirt at this URI (qemu:///system, qemu+ssh://root@HOST/system)",
+        "host": "run through libvirt on this lkctl.hosts entry, or auto (the most free memory that fits)",
     },
 )
 @adapt
@@ -100,6 +103,8 @@ def run(
     dry_run: bool = False,
     hostname: str = "",
     network: str = "",
+    connect: str = "",
+    host: str = "",
 ) -> Vm | None:
     """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
     from lkctl.api import Vm
@@ -131,6 +136,8 @@ def run(
         hostname=hostname,
         env=tuple(parse_vars(env, flag="--env").items()),
         network=parse_network(network) if network else None,
+        connect=connect,
+        host=host,
     )
     if dry_run:
         _print_plan(template or image, opts, settings, parse_vars(var), env_vars)
@@ -140,6 +147,11 @@ def run(
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
         progress=sys.stderr,
     )  # fmt: skip
+    if detach and record.libvirt:
+        print(record.id)
+        _err(f"lkctl: VM {record.name} ({record.id}) is running on {record.libvirt['host']} through libvirt. "
+             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}")  # fmt: skip
+        return Vm(record, settings)
     if detach:
         print(record.id)
         if not record.ssh_port:
@@ -178,6 +190,7 @@ def _print_plan(what: str, opts: RunOptions, settings: Settings, variables: dict
         "quiet": "print only the IDs",
         "filter": "KEY=VALUE with KEY id, name, image or status (e.g. status=running,name=web; repeatable)",
         "format": "table (default) or json",
+        "host": "only this host's VMs (local or a name)",
     },
 )
 @adapt
@@ -188,15 +201,19 @@ def ps(
     quiet: bool = False,
     filter: list[str] | None = None,
     format: str = "table",
+    host: str = "",
 ) -> None:
-    """List VMs (running ones unless --all or a status filter)."""
-    from lkctl.runtime.launch import list_vms
+    """List VMs (running ones unless --all or a status filter), here and on every libvirt host."""
+    from lkctl.runtime.launch import list_all_vms
     from lkctl.runtime.watch import filter_rows, parse_filters
 
     if format not in ("table", "json"):
         raise ConfigError(f"--format {format!r}: use table or json")
     filters = parse_filters(filter or [])
-    rows = filter_rows(list_vms(include_stopped=all or "status" in filters), filters)
+    rows, problems = list_all_vms(settings_from(c), include_stopped=all or "status" in filters, host=host)
+    for line in problems:
+        _err(f"lkctl: {line}")
+    rows = [dict(r) for r in filter_rows(rows, filters)]
     if quiet:
         if rows:
             print("\n".join(r["id"] for r in rows))
@@ -211,6 +228,7 @@ def ps(
         [
             r["id"],
             r["name"],
+            r["host"],
             r["image"] if len(r["image"]) <= 30 else "…" + r["image"][-29:],
             r["status"],
             age(r["created"]),
@@ -219,7 +237,7 @@ def ps(
         ]
         for r in rows
     ]
-    print(table(["ID", "NAME", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
+    print(table(["ID", "NAME", "HOST", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
 
 
 def _targets(c: Context, vm: str | Sequence[str] | Vm) -> list[VmRecord]:
@@ -503,6 +521,39 @@ def ssh_config(c: Context, vm: str, host: str = "") -> None:
     print(host_block(find_vm(vm), host=host), end="")
 
 
+@task(help={"vm": "VM ID, name or unique ID prefix", "format": "libvirt: the domain XML (virsh define accepts it)"})
+@adapt
+def export(c: Context, vm: str, format: str = "libvirt") -> None:
+    """Print a VM's definition for another tool (--format libvirt: its libvirt domain XML)."""
+    from lkctl.runtime.state import find_vm
+
+    if format != "libvirt":
+        raise ConfigError(f"--format {format}: lkctl exports libvirt domain XML (--format libvirt)")
+    record = find_vm(vm)
+    if not record.libvirt:
+        raise ConfigError(f"VM {record.name} runs under QEMU directly, not libvirt: run it with --connect or --host")
+    from lkctl.runtime.libvirt.vms import export_domain_xml
+
+    print(export_domain_xml(record), end="")
+
+
 ns = Collection(
-    "vm", run, ps, stop, rm, logs, exec_, shell, cp, inspect, kill, restart, prune, start, wait, stats, ssh_config
+    "vm",
+    run,
+    ps,
+    stop,
+    rm,
+    logs,
+    exec_,
+    shell,
+    cp,
+    inspect,
+    kill,
+    restart,
+    prune,
+    start,
+    wait,
+    stats,
+    ssh_config,
+    export,
 )
