@@ -23,13 +23,13 @@ from typing import Any
 
 from lkctl.build._assemble import assemble, file_source_path
 from lkctl.build._entry import Entry, EntryKind
-from lkctl.build._media import parse_size
 from lkctl.build._output import FORMATS as _FORMATS
 from lkctl.build._output import write_format
 from lkctl.build._parts import PartsRequest, make_parts
 from lkctl.build.initrd import DEFAULT_LEVEL
 from lkctl.build.spec import Spec, load_spec, merge_specs, parse_spec
 from lkctl.errors import BuildError, ConfigError, ImageError
+from lkctl.flags import parse_arch, parse_size
 from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
@@ -223,6 +223,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _check_request(formats: Sequence[str], name: str, pull: str) -> None:
+    """Refuse a bad request before anything is pulled, made or written."""
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
+        raise ConfigError(
+            f"unsupported output format {', '.join(unknown) or '(none)'}; supported: {', '.join(FORMATS)}"
+        )
+    if not name or "/" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise ConfigError(f"invalid image name {name!r}: it must be a plain file name")
+    if pull not in PULL_POLICIES:
+        raise ConfigError(f"pull policy {pull!r}: expected one of {', '.join(PULL_POLICIES)}")
+
+
 def build_image(
     spec: Spec,
     *,
@@ -246,18 +259,12 @@ def build_image(
     has, the call returns at once with cached=True. Outputs appear only when every format has succeeded.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in _FORMATS]
-    if unknown or not formats:
-        raise ConfigError(
-            f"unsupported output format {', '.join(unknown) or '(none)'}; supported: {', '.join(FORMATS)}"
-        )
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"invalid image name {name!r}: it must be a plain file name")
+    _check_request(formats, name, pull)
     needs_kernel = [f for f in formats if _FORMATS[f].kind == "initrd"]
     if needs_kernel and not spec.kernel.image:
         raise BuildError(f"format {needs_kernel[0]} needs a kernel: set kernel.image in the YAML")
-    size_bytes = parse_size(size) if isinstance(size, str) else size
-    arch = arch or host_arch()
+    size_bytes = parse_size(size, what="--size") if isinstance(size, str) else size
+    arch = parse_arch(arch) if arch else host_arch()
     out_dir = Path(out_dir)
     images = resolve_images(spec, store, ensure_image=ensure_image, arch=arch, pull=pull, puller=puller)
     key = build_key(spec, images, formats=formats, level=level, arch=arch)
@@ -350,6 +357,7 @@ def build_source(
     else:
         spec = load_spec(paths_in)
         name = name or paths_in[-1].stem
+    _check_request(list(options.get("formats", ["kernel+initrd"])), name, str(options.get("pull", "missing")))
     store = images.store()
     for ref in spec.image_refs():
         if is_base_image(ref):

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from lkctl.flags import check_vm_name
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, run_vm
@@ -33,6 +34,8 @@ def run_image(
     from lkctl.runtime.host import require_qemu
     from lkctl.templates import inputs_from_settings
 
+    if opts.name:
+        check_vm_name(opts.name)
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
@@ -55,11 +58,13 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for r in state.all_records():
         status = state.vm_status(r)
-        if r.auto_remove and status != "running":
+        if r.auto_remove and status not in ("running", "unknown") and not state.being_created(r):
             with state.vms_lock():
-                state.remove_record(r)
+                current = state.load_record(r.dir)  # re-read under the lock: it may have started meanwhile
+                if current is not None and state.vm_status(current) != "running" and not state.being_created(current):
+                    state.remove_record(current)
             continue
-        if not include_stopped and status != "running":
+        if not include_stopped and status not in ("running", "unknown"):
             continue
         rows.append(
             {
@@ -74,7 +79,7 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
                 "memory": r.memory,
                 "cpus": r.cpus,
                 "accel": r.accel,
-                "error": r.exit_reason or None,
+                "error": r.problem or r.exit_reason or None,
             }
         )
     return rows

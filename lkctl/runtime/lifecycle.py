@@ -73,6 +73,7 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
     return {
         **record.to_json(),
         "status": state.vm_status(record),
+        "problem": record.problem or None,
         "paths": {
             "state_dir": str(d),
             "console_log": str(d / CONSOLE_LOG),
@@ -98,7 +99,10 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
 
 
 def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30.0) -> None:
-    if state.vm_status(record) == "running":
+    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read."""
+    if record.problem and not force:
+        raise ConfigError(f"VM {record.id} is unknown ({record.problem}); vm.rm --force {record.id} removes it")
+    if state.vm_status(record) == "running" or (record.problem and state.is_our_process(record)):
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
@@ -112,7 +116,8 @@ def prune_vms() -> list[VmRecord]:
     removed = []
     with state.vms_lock():
         for r in state.all_records():
-            if state.vm_status(r) != "running":
+            # leave alone what is being started by a live lkctl and what this lkctl cannot read
+            if state.vm_status(r) not in ("running", "unknown") and not state.being_created(r):
                 state.remove_record(r)
                 removed.append(r)
     return removed

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
+from lkctl.flags import check_vm_name
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
 from lkctl.runtime.qemu import (
@@ -169,6 +170,8 @@ def _start_qemu(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes
 def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings, host: HostCaps) -> VmRecord:
     from lkctl import ssh
 
+    if opts.name:
+        check_vm_name(opts.name)
     with state.vms_lock():
         records = state.all_records()
         if opts.name:
@@ -177,6 +180,11 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
                 raise ConfigError(
                     f"the name {opts.name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
                     f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
+                )
+            prefix_of = next((r for r in records if r.id.startswith(opts.name)), None)
+            if prefix_of is not None:
+                raise ConfigError(
+                    f"the name {opts.name!r} is the start of VM {prefix_of.name}'s ID {prefix_of.id}; choose another"
                 )
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
         record = VmRecord(
@@ -192,6 +200,7 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             accel=host.accel.value,
             auto_remove=opts.auto_remove,
             image_digest=_digest(boot),
+            creator=state.creator_identity(),  # `vm.ps`/`vm.prune` leave the record alone while we are alive
         )
         state.save_record(record)  # reserves the name and id under the lock
     try:

@@ -50,13 +50,13 @@ def run(
     image: str = "",
     name: str = "",
     detach: bool = False,
-    memory: int = 0,
-    cpus: int = 0,
-    ssh_port: int = 0,
+    memory: str = "",
+    cpus: str = "",
+    ssh_port: str = "",
     port: list[str] | None = None,
     template: str = "",
     var: list[str] | None = None,
-    timeout: int = 0,
+    timeout: str = "",
     rm: bool = False,
     wait: bool = True,
     volume: list[str] | None = None,
@@ -67,6 +67,7 @@ def run(
     virtiofs: bool = False,
 ) -> None:
     """Boot an image as a new VM (foreground, or detached with -d)."""
+    from lkctl.flags import check_vm_name, parse_count, parse_memory, parse_port_number, parse_timeout
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.qemu import parse_port, parse_volume
@@ -76,13 +77,13 @@ def run(
         raise ConfigError("give either --image or --template, not both")
     settings = settings_from(c)
     opts = RunOptions(
-        name=name,
-        memory=memory,
-        cpus=cpus,
-        ssh_port=ssh_port,
+        name=check_vm_name(name) if name else "",
+        memory=parse_memory(memory) if memory else 0,
+        cpus=parse_count(cpus, what="--cpus") if cpus else 0,
+        ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
         ports=tuple(parse_port(p) for p in port or []),
         detach=detach,
-        ready_timeout=float(timeout),
+        ready_timeout=parse_timeout(timeout) if timeout else 0.0,
         auto_remove=rm,
         wait_ssh=wait,
         volumes=tuple(parse_volume(v) for v in volume or []),
@@ -136,13 +137,15 @@ def ps(c: Context, all: bool = False, json: bool = False) -> None:
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for ACPI power-off (default 30)"})
 @adapt
-def stop(c: Context, vm: str, timeout: int = 0) -> None:
+def stop(c: Context, vm: str, timeout: str = "") -> None:
     """Stop a VM: ACPI power-off, then SIGTERM, then SIGKILL."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.state import find_vm
     from lkctl.runtime.vm import stop_vm
 
+    seconds = parse_timeout(timeout) if timeout else 0.0
     record = find_vm(vm)
-    how = stop_vm(record, timeout=float(timeout) or settings_from(c).vm.stop_timeout)
+    how = stop_vm(record, timeout=seconds or settings_from(c).vm.stop_timeout)
     _err(f"lkctl: {record.name} {how}")
     if record.auto_remove:
         from lkctl.runtime.lifecycle import remove_vm
@@ -158,7 +161,7 @@ def rm(c: Context, vm: str, force: bool = False) -> None:
     from lkctl.runtime.lifecycle import remove_vm
     from lkctl.runtime.state import find_vm
 
-    record = find_vm(vm)
+    record = find_vm(vm, unknown=True)
     remove_vm(record, force=force, stop_timeout=settings_from(c).vm.stop_timeout)
     _err(f"lkctl: removed {record.name}")
 
@@ -195,14 +198,16 @@ def kill(c: Context, vm: str, signal: str = "KILL") -> None:
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for SSH after the reboot"})
 @adapt
-def restart(c: Context, vm: str, timeout: int = 0) -> None:
+def restart(c: Context, vm: str, timeout: str = "") -> None:
     """Power a VM off and boot it again (same name, keys, ports)."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.lifecycle import restart_vm
     from lkctl.runtime.state import find_vm
 
     settings = settings_from(c)
+    seconds = parse_timeout(timeout) if timeout else 0.0
     record = restart_vm(
-        find_vm(vm), stop_timeout=settings.vm.stop_timeout, ready_timeout=float(timeout) or settings.vm.ready_timeout
+        find_vm(vm), stop_timeout=settings.vm.stop_timeout, ready_timeout=seconds or settings.vm.ready_timeout
     )
     _err(f"lkctl: {record.name} restarted")
 
@@ -214,7 +219,7 @@ def inspect(c: Context, vm: str) -> None:
     from lkctl.runtime.lifecycle import inspect_vm
     from lkctl.runtime.state import find_vm
 
-    print(_json.dumps(inspect_vm(find_vm(vm)), indent=2))
+    print(_json.dumps(inspect_vm(find_vm(vm, unknown=True)), indent=2))
 
 
 @task(help={"src": "source: a host path or VM:PATH", "dst": "destination: a host path or VM:PATH"})
