@@ -14,7 +14,6 @@ import contextlib
 import difflib
 import hashlib
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ __all__ = [
     "detect_format",
     "installed_dir",
     "list_images",
+    "prune_builds",
     "resolve_image",
     "staged_vm_keys",
     "store",
@@ -283,14 +283,25 @@ class StagedKeys:
 def staged_vm_keys() -> Iterator[StagedKeys]:
     """A private directory for StagedKeys, removed on exit (the VM has its own copy by then)."""
     from lkctl.fsutil import private_dir
+    from lkctl.leftovers import owned_tempdir, reclaim
 
     root = paths.state_dir() / "staging"
     private_dir(root)
-    directory = Path(tempfile.mkdtemp(prefix="keys-", dir=root))
+    reclaim(root, "keys-")  # what a SIGKILLed vm.run left
+    directory = owned_tempdir(root, "keys-")
     try:
         yield StagedKeys(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def prune_builds() -> list[Path]:
+    """`image.prune`: remove build outputs and template renders in lkctl's cache that no VM boots from, and what
+    killed builds left (staging dirs, temp parts), skipping builds in progress. They are rebuilt on demand."""
+    from lkctl.build import prune_builds as prune
+    from lkctl.runtime.state import all_records
+
+    return prune(vm_argvs=[r.argv for r in all_records()])
 
 
 def list_images() -> list[ImageInfo]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl.build._assemble import assemble, file_source_path
+from lkctl.build._bookkeeping import build_paths, created_output_dir, open_state, prune_builds, reclaim_leftovers
 from lkctl.build._entry import Entry, EntryKind
 from lkctl.build._output import FORMATS as _FORMATS
 from lkctl.build._output import write_format
@@ -45,12 +46,14 @@ __all__ = [
     "assemble",
     "build_image",
     "build_key",
+    "build_paths",
     "build_source",
     "host_arch",
     "load_spec",
     "merge_specs",
     "parse_size",
     "parse_spec",
+    "prune_builds",
     "resolve_images",
 ]
 
@@ -184,10 +187,6 @@ def build_key(spec: Spec, images: Mapping[str, Image], *, formats: Sequence[str]
     )
 
 
-def _stamp_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.lkctl-build.json"
-
-
 def _file_state(paths: Sequence[Path]) -> dict[str, list[int]] | None:
     state = {}
     for p in paths:
@@ -276,12 +275,14 @@ def build_image(
     kernel, initrd, cmdline = (out_dir / n for n in _FORMATS["kernel+initrd"].files(name))
     result = BuildResult(kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs)
 
-    stamp = _stamp_path(out_dir, name)
+    bp = build_paths(out_dir, name)
+    stamp = bp.stamp
     if all(_up_to_date(_read_stamp(stamp), f, fmt_keys[f], outputs[f]) for f in formats):
         log.info("build %s: up to date (%s)", name, key[:12])
         return replace(result, cached=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(out_dir / f".{name}.lkctl-build.lock"):
+    open_state(bp)
+    with file_lock(bp.lock), created_output_dir(out_dir):
+        reclaim_leftovers(bp)  # a build of this name killed earlier; we hold the lock, so no live build owns them
         recorded = _read_stamp(stamp)
         todo = [f for f in formats if not _up_to_date(recorded, f, fmt_keys[f], outputs[f])]
         if not todo:  # another process built it while we waited
@@ -296,8 +297,8 @@ def build_image(
         req = PartsRequest(
             frozenset(_FORMATS[f].kind for f in todo), base_key, content_key, level, threads, decompress_kernel
         )
-        parts, assembled = make_parts(spec, images, store, out_dir / f".{name}.lkctl-parts", req)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.lkctl-tmp.", dir=out_dir))
+        parts, assembled = make_parts(spec, images, store, bp.parts, req)
+        staging = Path(tempfile.mkdtemp(prefix=bp.staging_prefix, dir=out_dir))
         try:
             for f in todo:
                 fmt = _FORMATS[f]

@@ -112,7 +112,12 @@ def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30
 
 
 def prune_vms() -> list[VmRecord]:
-    """Forget every VM that is not running. Returns the ones removed."""
+    """Forget every VM that is not running (and the key staging dirs of `vm.run`s that were killed). Returns the
+    VMs removed."""
+    from lkctl.leftovers import reclaim
+    from lkctl.paths import state_dir
+
+    reclaim(state_dir() / "staging", "keys-")
     removed = []
     with state.vms_lock():
         for r in state.all_records():

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from lkctl.installed import PullResult
     from lkctl.sources import Download, ProgressFn
 
-__all__ = ["base", "build", "export", "import_", "ls", "pull", "push", "rm", "update"]
+__all__ = ["base", "build", "export", "import_", "ls", "prune", "pull", "push", "rm", "update"]
 
 
 @task(
@@ -307,6 +307,16 @@ def import_(c: Context, src: str, ref: str = "", arch: str = "") -> None:
         print(n)
 
 
+@task
+@adapt
+def prune(c: Context) -> None:
+    """Remove build outputs no VM uses, and what killed builds left (rebuilt on demand)."""
+    from lkctl.images import prune_builds
+
+    removed = prune_builds()
+    print(f"lkctl: removed {len(removed)} build output(s)" + "".join(f"\n  {p}" for p in removed), file=sys.stderr)
+
+
 @task(help={"ref": "an image in the local store", "to": "push under this reference instead (REGISTRY/REPO:TAG)"})
 @adapt
 def push(c: Context, ref: str, to: str = "") -> None:
@@ -342,4 +352,4 @@ def export(c: Context, ref: str, out: str = "", format: str = "oci", platform: s
         print(out)
 
 
-ns = Collection("image", build, ls, base, pull, update, rm, import_, push, export)
+ns = Collection("image", build, ls, base, pull, update, rm, import_, push, export, prune)
