@@ -258,10 +258,23 @@ def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | Non
 class StagedKeys:
     """A VM's SSH keys made before the VM exists, so a template can be rendered with them (`SSH_KEY`,
     `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (RunOptions.keys_from) and the new VM
-    adopts them. Made on first use: templates that do not ask for a key cost nothing."""
+    adopts them. Made on first use: templates that do not ask for a key cost nothing, not even a directory."""
 
-    directory: Path
+    root: Path
     made: bool = field(default=False)
+    _directory: Path | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        """The private staging dir, named after this process so a later command reclaims it if we are killed."""
+        if self._directory is None:
+            from lkctl.fsutil import private_dir
+            from lkctl.leftovers import owned_tempdir, reclaim
+
+            private_dir(self.root)
+            reclaim(self.root, "keys-")  # what a SIGKILLed vm.run left
+            self._directory = owned_tempdir(self.root, "keys-")
+        return self._directory
 
     def variables(self) -> dict[str, str]:
         from lkctl import ssh
@@ -281,18 +294,13 @@ class StagedKeys:
 
 @contextlib.contextmanager
 def staged_vm_keys() -> Iterator[StagedKeys]:
-    """A private directory for StagedKeys, removed on exit (the VM has its own copy by then)."""
-    from lkctl.fsutil import private_dir
-    from lkctl.leftovers import owned_tempdir, reclaim
-
-    root = paths.state_dir() / "staging"
-    private_dir(root)
-    reclaim(root, "keys-")  # what a SIGKILLed vm.run left
-    directory = owned_tempdir(root, "keys-")
+    """StagedKeys in `state/staging`, removed on exit (the VM has its own copy by then)."""
+    keys = StagedKeys(paths.state_dir() / "staging")
     try:
-        yield StagedKeys(directory)
+        yield keys
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if keys._directory is not None:
+            shutil.rmtree(keys._directory, ignore_errors=True)
 
 
 def prune_builds() -> list[Path]:

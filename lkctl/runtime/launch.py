@@ -32,10 +32,12 @@ def run_image(
     """
     from lkctl.images import resolve_image, staged_vm_keys
     from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.hyperkit import detect_hypervisor
     from lkctl.templates import inputs_from_settings
 
     if opts.name:
         check_vm_name(opts.name)
+    detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:

@@ -34,8 +34,8 @@ def _spawn(cli: Cli, *args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
-def test_ps_and_prune_loops_never_sweep_a_vm_being_started(cli: Cli, lkctl_home: Path) -> None:
-    stop = lkctl_home / "stop-loops"
+def test_ps_and_prune_loops_never_sweep_a_vm_being_started(cli: Cli, lkctl_home: Path, tmp_path: Path) -> None:
+    stop = tmp_path / "stop-loops"
     loop = 'while [ ! -e "$1" ]; do "$2" "$3" $4 >/dev/null 2>>"$1.err" || echo "exit $?" >>"$1.err"; done'
     loops = [
         subprocess.Popen(["sh", "-c", loop, "sh", str(stop), str(BIN / "lkctl"), cmd, extra], env=cli.env)
@@ -100,15 +100,15 @@ def test_a_service_line_reaches_vm_logs_before_the_service_prints_another(cli: C
         cli("vm.rm", "--force", "talker")
 
 
-def test_a_sigkilled_run_leaves_staged_keys_that_prune_reclaims(cli: Cli, lkctl_home: Path) -> None:
+def _killed_run(cli: Cli, lkctl_home: Path, name: str) -> None:
+    """Start a foreground `vm.run` of a template that asks for the VM's keys, and SIGKILL it once it has staged
+    them (a foreground run holds state/staging/keys-* until the VM ends)."""
     staging = lkctl_home / "state" / "staging"
-    # a foreground run holds its key staging dir (state/staging/keys-*) until the VM ends
-    p = _spawn(cli, "vm.run", "--image=minimal", "--name", "killed")
+    p = _spawn(cli, "vm.run", "--image=keyed", "--name", name)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not (list(staging.glob("keys-*")) and qemu_pids_for(lkctl_home)):
-            time.sleep(0.05)
-        assert list(staging.glob("keys-*")), "vm.run never staged keys"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(staging.glob("keys-*/id_ed25519")):
+            time.sleep(0.02)
         p.send_signal(signal.SIGKILL)
         p.communicate()
     finally:
@@ -117,14 +117,33 @@ def test_a_sigkilled_run_leaves_staged_keys_that_prune_reclaims(cli: Cli, lkctl_
             p.communicate()
         for pid in qemu_pids_for(lkctl_home):
             os.kill(pid, signal.SIGKILL)
-    assert list(staging.glob("keys-*")), "the SIGKILL left nothing to reclaim"
-    live = _spawn(cli, "vm.run", "--image=minimal", "--name", "alive")  # a live run's staging is not touched
+
+
+def test_staged_keys_a_sigkilled_run_left_are_reclaimed_by_prune_and_the_next_run(cli: Cli, lkctl_home: Path) -> None:
+    templates = cli.cwd / ".lkctl" / "templates"
+    templates.mkdir(parents=True)
+    (templates / "keyed.yml").write_text(
+        "kernel: {image: lkctl.local/kernel:latest, cmdline: console=ttyS0}\n"
+        "init: [lkctl.local/init:latest]\n"
+        "files:\n  - {path: etc/given/authorized_keys, contents: '${SSH_KEY}', mode: '0600'}\n"
+    )
+    staging = lkctl_home / "state" / "staging"
+    _killed_run(cli, lkctl_home, "k1")
+    assert len(list(staging.glob("keys-*"))) == 1, "the SIGKILL left nothing to reclaim"
+    cli("vm.prune")
+    assert list(staging.glob("keys-*")) == []
+
+    _killed_run(cli, lkctl_home, "k2")
+    (dead,) = staging.glob("keys-*")
+    live = _spawn(cli, "vm.run", "--image=keyed", "--name", "alive")  # the next run reclaims, and keeps its own
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and len(list(staging.glob("keys-*"))) < 2:
-            time.sleep(0.05)
-        cli("vm.prune")
-        assert len(list(staging.glob("keys-*"))) == 1  # the dead run's dir went, the live one's stayed
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and (dead.exists() or not list(staging.glob("keys-*/id_ed25519"))):
+            time.sleep(0.02)
+        assert not dead.exists()
+        (mine,) = staging.glob("keys-*")
+        cli("vm.prune")  # a live run's staging is never taken
+        assert mine.exists()
     finally:
         live.send_signal(signal.SIGTERM)
         live.communicate(timeout=120)
