@@ -37,6 +37,7 @@ def run_image(
 
     if opts.name:
         check_vm_name(opts.name)
+        state.check_name_free(opts.name)  # checked again under the lock when the record is made
     detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
     say(f"resolving image {what!r}")

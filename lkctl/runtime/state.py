@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl import paths
-from lkctl.errors import StateError, VmNotFound
+from lkctl.errors import ConfigError, StateError, VmNotFound
 from lkctl.fsutil import atomic_write, file_lock, private_dir
 from lkctl.runtime.host import boot_id
 
@@ -33,6 +33,7 @@ __all__ = [
     "VmRecord",
     "all_records",
     "being_created",
+    "check_name_free",
     "creator_identity",
     "find_vm",
     "is_our_process",
@@ -139,6 +140,20 @@ def new_vm_id(taken: set[str]) -> str:
         if vm_id not in taken and (attempt > 1000 or not any(vm_id.startswith(t) for t in taken if t)):
             return vm_id  # (short hex names covering every first digit would make the prefix rule unsatisfiable)
     raise StateError("no free VM ID left; remove some VMs (vm.prune)")
+
+
+def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
+    """Refuse a name another VM has, or that is the start of another VM's ID (it would shadow that prefix)."""
+    records = all_records() if records is None else records
+    clash = next((r for r in records if r.name == name), None)
+    if clash is not None:
+        raise ConfigError(
+            f"the name {name!r} is already used by VM {clash.id} ({vm_status(clash)}); "
+            f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
+        )
+    prefix_of = next((r for r in records if r.id.startswith(name)), None)
+    if prefix_of is not None:
+        raise ConfigError(f"the name {name!r} is the start of VM {prefix_of.name}'s ID {prefix_of.id}; choose another")
 
 
 def save_record(record: VmRecord) -> None:

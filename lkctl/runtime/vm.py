@@ -175,17 +175,7 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     with state.vms_lock():
         records = state.all_records()
         if opts.name:
-            clash = next((r for r in records if r.name == opts.name), None)
-            if clash is not None:
-                raise ConfigError(
-                    f"the name {opts.name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
-                    f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
-                )
-            prefix_of = next((r for r in records if r.id.startswith(opts.name)), None)
-            if prefix_of is not None:
-                raise ConfigError(
-                    f"the name {opts.name!r} is the start of VM {prefix_of.name}'s ID {prefix_of.id}; choose another"
-                )
+            state.check_name_free(opts.name, records)
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
         record = VmRecord(
             id=vm_id,

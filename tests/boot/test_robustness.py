@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,22 @@ services:
 """
 
 
+TIGHT_LOOP = """
+import sys, traceback
+from pathlib import Path
+from lkctl.runtime.launch import list_vms
+from lkctl.runtime.lifecycle import prune_vms
+stop = Path(sys.argv[1])
+with open(f"{stop}.err", "a") as err:
+    while not stop.exists():
+        try:
+            prune_vms()
+            list_vms(include_stopped=True)
+        except Exception:
+            err.write("exit: " + traceback.format_exc())
+"""
+
+
 def _spawn(cli: Cli, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([str(BIN / "lkctl"), *args], env=cli.env, cwd=cli.cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
@@ -39,8 +56,11 @@ def test_ps_and_prune_loops_never_sweep_a_vm_being_started(cli: Cli, lkctl_home:
     loop = 'while [ ! -e "$1" ]; do "$2" "$3" $4 >/dev/null 2>>"$1.err" || echo "exit $?" >>"$1.err"; done'
     loops = [
         subprocess.Popen(["sh", "-c", loop, "sh", str(stop), str(BIN / "lkctl"), cmd, extra], env=cli.env)
-        for cmd, extra in (("vm.prune", ""), ("vm.ps", "--all"), ("vm.prune", ""), ("vm.ps", ""))
+        for cmd, extra in (("vm.prune", ""), ("vm.ps", "--all"))
     ]
+    # and a tight loop of the same library calls, so the window between a record's creation and QEMU's start
+    # is hit on every run rather than by chance
+    loops.append(subprocess.Popen([sys.executable, "-c", TIGHT_LOOP, str(stop)], env=cli.env))
     runs = [
         _spawn(cli, "vm.run", "--image=minimal", "-d", "--no-wait", "--rm", "--memory", "128", "--name", f"r{i}")
         for i in range(6)

@@ -168,3 +168,25 @@ def test_bad_input_gets_one_line_and_leaves_nothing_behind(
     assert len(lines) == 1, proc.stderr
     assert expected in lines[0], lines[0]
     assert _snapshot(lkctl_home, scratch, cwd) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("web", "the name 'web' is already used by VM abcd1234"), ("abcd", "the name 'abcd' is the start of VM web's ID")],
+)
+def test_a_name_that_clashes_with_another_vm_is_refused(
+    name: str, expected: str, lkctl_home: Path, tmp_path: Path
+) -> None:
+    from lkctl.runtime import state
+
+    state.save_record(state.VmRecord(id="abcd1234", name="web", image="minimal", image_format="kernel+initrd",
+                                     created="2026-01-01T00:00:00", memory=256, cpus=1, ssh_port=0))  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path / "home"))
+    before = _snapshot(lkctl_home)
+    proc = subprocess.run([LKCTL, "vm.run", "--image=minimal", "--name", name], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip("\n").splitlines() if not line.startswith(PROGRESS)]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert _snapshot(lkctl_home) == before
