@@ -169,6 +169,9 @@ def prune_builds(*, vm_argvs: Sequence[Sequence[str]]) -> list[Path]:
     for d in sorted(builds.glob("template-*")) if builds.is_dir() else []:
         with contextlib.suppress(OSError):
             d.rmdir()  # a template's renders are all gone
+    from lkctl.build._fragments import FragmentCache
+
+    FragmentCache(paths.oci_store_dir() / ".lkctl" / "initrd-fragments").prune()  # drafts of killed builds
     return removed
 
 
