@@ -67,7 +67,7 @@ def _unpack(archive: Path, dest: Path) -> None:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ImageError(f"{archive}: not a readable tar archive ({e})") from None
+        raise ImageError(f"{archive}: not a readable tar archive ({_why(e)})") from None
 
 
 def _name_for(ref: str | None, *candidates: str | None) -> str:
@@ -192,7 +192,7 @@ def _import_rootfs(store: Store, src: Path, ref: str | None, arch: str) -> list[
                         if _safe_name(m.name) is None and m.name not in (".", "./"):
                             raise ImageError(f"{src}: entry {m.name!r} escapes the root")
             except tarfile.TarError as e:
-                raise ImageError(f"{src}: not a tar archive ({e})") from None
+                raise ImageError(f"{src}: not a tar archive ({_why(e)})") from None
             with _decompressed(src) as f:
                 while chunk := f.read(1 << 20):
                     tmp.write(chunk)
@@ -216,7 +216,9 @@ def import_archive(src: Path, store: Store, *, ref: str | None = None, arch: str
 
 
 def _why(e: BaseException) -> str:
-    return (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    """The error on one line (tarfile lists what each compression method said on lines of their own)."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # what an importable file starts with: tar (ustar magic at 257), gzip, bzip2, xz

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,9 @@ CASES: list[tuple[list[str], str]] = [
     # image.import: sniffed and bounded, one line
     (["image.import", "/dev/zero", "--ref", "x:1"], "not a regular file or directory"),
     (["image.import", "{d}/truncated.tgz", "--ref", "x:1"], "damaged or truncated archive"),
+    (["image.import", "{d}/fifo", "--ref", "x:1"], "not a regular file or directory"),
+    (["image.import", "{d}/layout-link"], "unreadable index.json"),
+    (["image.import", "{d}/corrupt.tar.gz", "--ref", "x:1"], "zlib error"),
     (["image.import", "{d}/notes.txt", "--ref", "x:1"], "is not a tar archive"),
     (["image.import", "{d}/nothere"], "does not exist"),
     (["image.import", "{d}/share", "--ref", "BAD REF"], "invalid image reference 'BAD REF'"),
@@ -127,7 +131,8 @@ def _snapshot(*roots: Path) -> dict[str, str]:
                 out[os.path.join(dirpath, name)] = "dir"
             for name in filenames:
                 p = Path(dirpath, name)
-                out[str(p)] = "link" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
+                mode = p.lstat().st_mode
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(mode) else oct(mode)
     return out
 
 
@@ -145,6 +150,11 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "layout" / "index.json").write_text("garbage")
     subprocess.run(["tar", "czf", str(d / "full.tgz"), "-C", str(d / "share"), "."], check=True)
     (d / "truncated.tgz").write_bytes((d / "full.tgz").read_bytes()[:40])
+    data = bytearray((d / "full.tgz").read_bytes())
+    data[20:60] = b"\xff" * 40  # a gzip header followed by garbage
+    (d / "corrupt.tar.gz").write_bytes(bytes(data))
+    os.mkfifo(d / "fifo")  # reading it would block forever
+    (d / "layout-link").symlink_to(d / "layout")
     return d
 
 
@@ -158,7 +168,7 @@ def test_bad_input_gets_one_line_and_leaves_nothing_behind(
     lkctl_home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
     env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path / "home"))
-    Store(paths.oci_store_dir()).ensure()  # a user's store exists: a failed import must leave it as it was
+    Store(paths.oci_store_dir()).ensure().ingest_dir()  # a used store: a failed import must leave it as it was
     before = _snapshot(lkctl_home, scratch, cwd)
     proc = subprocess.run([LKCTL, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
                           stdin=subprocess.DEVNULL, check=False)  # fmt: skip
