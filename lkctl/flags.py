@@ -107,8 +107,8 @@ def parse_arch(text: str) -> str:
 
 def check_vm_name(name: str) -> str:
     """A VM name: letters, digits, `.`, `_`, `-`, starting with a letter or digit, at most 63 characters, and
-    not 8 lowercase hex digits, the shape of a VM ID. (A shorter hex name that is a prefix of an existing VM's ID
-    is refused when the VM is created, and new IDs never start with an existing name.)"""
+    not 8 lowercase hex digits, the shape of a VM ID. (A name of 4+ characters that starts an existing VM's ID is
+    refused when the VM is created, and new IDs never start with an existing name.)"""
     if not _NAME.fullmatch(name):
         shown = name if len(name) <= 70 else name[:67] + "..."
         raise ConfigError(

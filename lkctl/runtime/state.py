@@ -143,7 +143,8 @@ def new_vm_id(taken: set[str]) -> str:
 
 
 def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
-    """Refuse a name another VM has, or that is the start of another VM's ID (it would shadow that prefix)."""
+    """Refuse a name another VM has, or one of 4 or more characters that starts another VM's ID (it would shadow
+    that ID prefix). Shorter names are not checked: a random ID would refuse a name like `c0` now and then."""
     records = all_records() if records is None else records
     clash = next((r for r in records if r.name == name), None)
     if clash is not None:
@@ -151,7 +152,7 @@ def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
             f"the name {name!r} is already used by VM {clash.id} ({vm_status(clash)}); "
             f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
         )
-    prefix_of = next((r for r in records if r.id.startswith(name)), None)
+    prefix_of = next((r for r in records if len(name) >= 4 and r.id.startswith(name)), None)
     if prefix_of is not None:
         raise ConfigError(f"the name {name!r} is the start of VM {prefix_of.name}'s ID {prefix_of.id}; choose another")
 

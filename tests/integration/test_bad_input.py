@@ -182,7 +182,7 @@ def test_bad_input_gets_one_line_and_leaves_nothing_behind(
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("web", "the name 'web' is already used by VM abcd1234"), ("abcd", "the name 'abcd' is the start of VM web's ID")],
+    [("web", "the name 'web' is already used by VM abcd1234"), ("abcd1", "the name 'abcd1' is the start of VM web's")],
 )
 def test_a_name_that_clashes_with_another_vm_is_refused(
     name: str, expected: str, lkctl_home: Path, tmp_path: Path
