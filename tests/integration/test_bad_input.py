@@ -200,3 +200,30 @@ def test_a_name_that_clashes_with_another_vm_is_refused(
     lines = [line for line in proc.stderr.strip("\n").splitlines() if not line.startswith(PROGRESS)]
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert _snapshot(lkctl_home) == before
+
+
+def test_an_unreadable_vm_record_is_unknown_in_ps_and_only_rm_force_removes_it(
+    lkctl_home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    vm_dir = lkctl_home / "state" / "vms" / "0badf00d"
+    vm_dir.mkdir(parents=True)
+    (vm_dir / "vm.json").write_text(json.dumps({"version": 99, "id": "0badf00d"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path / "home"))
+
+    def lkctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([LKCTL, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                              check=False)  # fmt: skip
+
+    (row,) = json.loads(lkctl("vm.ps", "--json").stdout)
+    assert row["status"] == "unknown" and "format 99" in row["error"]
+    assert json.loads(lkctl("vm.inspect", "0badf00d").stdout)["status"] == "unknown"
+    for args in (["vm.stop", "0badf00d"], ["vm.exec", "0badf00d", "--", "true"], ["vm.rm", "0badf00d"]):
+        proc = lkctl(*args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "--force" in proc.stderr, proc.stderr
+    assert lkctl("vm.prune").returncode == 0 and vm_dir.exists()
+    assert lkctl("vm.rm", "--force", "0badf00d").returncode == 0
+    assert not vm_dir.exists()
