@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ __all__ = [
     "detect_format",
     "installed_dir",
     "list_images",
+    "prune_builds",
     "resolve_image",
     "staged_vm_keys",
     "store",
@@ -273,7 +273,7 @@ def _private_build_dir(template: Template, variables: Mapping[str, str] | Templa
         return None
     from lkctl.fsutil import private_dir
 
-    return private_dir(variables.private_builds)
+    return private_dir(variables.private_builds())
 
 
 def _from_template(template: Template, variables: Mapping[str, str] | TemplateInputs | None) -> ResolvedImage:
@@ -319,10 +319,23 @@ def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | Non
 class StagedKeys:
     """A VM's SSH keys made before the VM exists, so a template can be rendered with them (`SSH_KEY`,
     `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (RunOptions.keys_from) and the new VM
-    adopts them. Made on first use: templates that do not ask for a key cost nothing."""
+    adopts them. Made on first use: templates that do not ask for a key cost nothing, not even a directory."""
 
-    directory: Path
+    root: Path
     made: bool = field(default=False)
+    _directory: Path | None = field(default=None, repr=False)
+
+    @property
+    def directory(self) -> Path:
+        """The private staging dir, named after this process so a later command reclaims it if we are killed."""
+        if self._directory is None:
+            from lkctl.fsutil import private_dir
+            from lkctl.leftovers import owned_tempdir, reclaim
+
+            private_dir(self.root)
+            reclaim(self.root, "keys-")  # what a SIGKILLed vm.run left
+            self._directory = owned_tempdir(self.root, "keys-")
+        return self._directory
 
     def variables(self) -> dict[str, str]:
         from lkctl import ssh
@@ -342,16 +355,22 @@ class StagedKeys:
 
 @contextlib.contextmanager
 def staged_vm_keys() -> Iterator[StagedKeys]:
-    """A private directory for StagedKeys, removed on exit (the VM has its own copy by then)."""
-    from lkctl.fsutil import private_dir
-
-    root = paths.state_dir() / "staging"
-    private_dir(root)
-    directory = Path(tempfile.mkdtemp(prefix="keys-", dir=root))
+    """StagedKeys in `state/staging`, removed on exit (the VM has its own copy by then)."""
+    keys = StagedKeys(paths.state_dir() / "staging")
     try:
-        yield StagedKeys(directory)
+        yield keys
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        if keys._directory is not None:
+            shutil.rmtree(keys._directory, ignore_errors=True)
+
+
+def prune_builds() -> list[Path]:
+    """`image.prune`: remove build outputs and template renders in lkctl's cache that no VM boots from, and what
+    killed builds left (staging dirs, temp parts), skipping builds in progress. They are rebuilt on demand."""
+    from lkctl.build import prune_builds as prune
+    from lkctl.runtime.state import all_records
+
+    return prune(vm_argvs=[r.argv for r in all_records()])
 
 
 def list_images() -> list[ImageInfo]:

@@ -258,9 +258,16 @@ def pull_image(
 
 def remove_installed(name: str) -> Path:
     """Delete the installed image `name` (and any unfinished download of it). Returns the removed directory."""
+
+    def missing(final: Path) -> bool:
+        return not (final.exists() or final.is_symlink()) or name.startswith(".") or "/" in name or not name
+
+    if missing(installed_root() / name):  # before the lock: a typo must not leave a lock file behind
+        known = ", ".join(i.name for i in list_installed()) or "none"
+        raise ImageError(f"image {name!r} is not installed (installed: {known})")
     with _image_lock(name) as root:
         final = root / name
-        if not (final.exists() or final.is_symlink()) or name.startswith("."):
+        if missing(final):
             known = ", ".join(i.name for i in list_installed()) or "none"
             raise ImageError(f"image {name!r} is not installed (installed: {known})")
         trash = Path(tempfile.mkdtemp(prefix=f".{name}.rm-", dir=root))

@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from lkctl.build._assemble import assemble, file_source_path
+from lkctl.build._bookkeeping import build_paths, created_output_dir, open_state, prune_builds, reclaim_leftovers
 from lkctl.build._entry import Entry, EntryKind
-from lkctl.build._media import parse_size
 from lkctl.build._output import FORMATS as _FORMATS
 from lkctl.build._output import write_format
 from lkctl.build._parts import PartsRequest, make_parts
 from lkctl.build.initrd import DEFAULT_LEVEL
 from lkctl.build.spec import Spec, load_spec, merge_specs, parse_spec
 from lkctl.errors import BuildError, ConfigError, ImageError
+from lkctl.flags import parse_arch, parse_size
 from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
@@ -47,12 +48,14 @@ __all__ = [
     "assemble",
     "build_image",
     "build_key",
+    "build_paths",
     "build_source",
     "host_arch",
     "load_spec",
     "merge_specs",
     "parse_size",
     "parse_spec",
+    "prune_builds",
     "resolve_images",
 ]
 
@@ -186,10 +189,6 @@ def build_key(spec: Spec, images: Mapping[str, Image], *, formats: Sequence[str]
     )
 
 
-def _stamp_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.lkctl-build.json"
-
-
 def _file_state(paths: Sequence[Path]) -> dict[str, list[int]] | None:
     state = {}
     for p in paths:
@@ -225,6 +224,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _check_request(formats: Sequence[str], name: str, pull: str) -> None:
+    """Refuse a bad request before anything is pulled, made or written."""
+    unknown = [f for f in formats if f not in _FORMATS]
+    if unknown or not formats:
+        raise ConfigError(
+            f"unsupported output format {', '.join(unknown) or '(none)'}; supported: {', '.join(FORMATS)}"
+        )
+    if not name or "/" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        raise ConfigError(f"invalid image name {name!r}: it must be a plain file name")
+    if pull not in PULL_POLICIES:
+        raise ConfigError(f"pull policy {pull!r}: expected one of {', '.join(PULL_POLICIES)}")
+
+
 def build_image(
     spec: Spec,
     *,
@@ -248,18 +260,12 @@ def build_image(
     has, the call returns at once with cached=True. Outputs appear only when every format has succeeded.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in _FORMATS]
-    if unknown or not formats:
-        raise ConfigError(
-            f"unsupported output format {', '.join(unknown) or '(none)'}; supported: {', '.join(FORMATS)}"
-        )
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"invalid image name {name!r}: it must be a plain file name")
+    _check_request(formats, name, pull)
     needs_kernel = [f for f in formats if _FORMATS[f].kind == "initrd"]
     if needs_kernel and not spec.kernel.image:
         raise BuildError(f"format {needs_kernel[0]} needs a kernel: set kernel.image in the YAML")
-    size_bytes = parse_size(size) if isinstance(size, str) else size
-    arch = arch or host_arch()
+    size_bytes = parse_size(size, what="--size") if isinstance(size, str) else size
+    arch = parse_arch(arch) if arch else host_arch()
     out_dir = Path(out_dir)
     images = resolve_images(spec, store, ensure_image=ensure_image, arch=arch, pull=pull, puller=puller)
     key = build_key(spec, images, formats=formats, level=level, arch=arch)
@@ -271,12 +277,14 @@ def build_image(
     kernel, initrd, cmdline = (out_dir / n for n in _FORMATS["kernel+initrd"].files(name))
     result = BuildResult(kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs)
 
-    stamp = _stamp_path(out_dir, name)
+    bp = build_paths(out_dir, name)
+    stamp = bp.stamp
     if all(_up_to_date(_read_stamp(stamp), f, fmt_keys[f], outputs[f]) for f in formats):
         log.info("build %s: up to date (%s)", name, key[:12])
         return replace(result, cached=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with file_lock(out_dir / f".{name}.lkctl-build.lock"):
+    open_state(bp)
+    with file_lock(bp.lock), created_output_dir(out_dir):
+        reclaim_leftovers(bp)  # a build of this name killed earlier; we hold the lock, so no live build owns them
         recorded = _read_stamp(stamp)
         todo = [f for f in formats if not _up_to_date(recorded, f, fmt_keys[f], outputs[f])]
         if not todo:  # another process built it while we waited
@@ -291,8 +299,8 @@ def build_image(
         req = PartsRequest(
             frozenset(_FORMATS[f].kind for f in todo), base_key, content_key, level, threads, decompress_kernel
         )
-        parts, assembled = make_parts(spec, images, store, out_dir / f".{name}.lkctl-parts", req)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.lkctl-tmp.", dir=out_dir))
+        parts, assembled = make_parts(spec, images, store, bp.parts, req)
+        staging = Path(tempfile.mkdtemp(prefix=bp.staging_prefix, dir=out_dir))
         try:
             for f in todo:
                 fmt = _FORMATS[f]
@@ -352,6 +360,7 @@ def build_source(
     else:
         spec = load_spec(paths_in)
         name = name or paths_in[-1].stem
+    _check_request(list(options.get("formats", ["kernel+initrd"])), name, str(options.get("pull", "missing")))
     store = images.store()
     for ref in spec.image_refs():
         if is_base_image(ref):

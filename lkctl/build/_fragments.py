@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from lkctl.build.initrd import GzipState
+from lkctl.leftovers import owned_tempdir, reclaim
 
 __all__ = ["Fragment", "FragmentCache", "FragmentDraft"]
 
 _VERSION = 1
+_DRAFT = ".draft-"  # temp dirs of fragments being written (owner-tagged, see lkctl.leftovers)
 _DEFAULT_LIMIT = 2 << 30
 
 
@@ -96,7 +98,7 @@ class FragmentCache:
         if self.root is not None:
             with contextlib.suppress(OSError):  # a read-only store: build without keeping the fragment
                 self.root.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
+                tmp = owned_tempdir(self.root, _DRAFT)  # named after us: reclaimed by `prune` if we are killed
         keep = tmp is not None
         tmp = tmp or Path(tempfile.mkdtemp(prefix="lkctl-fragment-"))
         try:
@@ -123,9 +125,10 @@ class FragmentCache:
         )
 
     def prune(self) -> None:
-        """Drop the least recently used fragments while the cache is over its limit."""
+        """Drop drafts of killed builds, and the least recently used fragments while the cache is over its limit."""
         if self.root is None or not self.root.is_dir():
             return
+        reclaim(self.root, _DRAFT)
         try:
             entries = []
             for d in self.root.iterdir():

@@ -30,7 +30,7 @@ from lkctl.build._disk import gpt_layout, mbr, partition_for
 from lkctl.errors import BuildError
 from lkctl.proc import ProgramMissing, find_program, minimal_env, run
 
-__all__ = ["BootFiles", "convert_disk", "disk_bios", "disk_efi", "iso_bios", "iso_efi", "parse_size"]
+__all__ = ["BootFiles", "convert_disk", "disk_bios", "disk_efi", "iso_bios", "iso_efi"]
 
 _MIB = 1 << 20
 _EPOCH = "1492533000"  # LinuxKit's fixed mtime, for xorriso's reproducible volume dates
@@ -64,17 +64,6 @@ class BootFiles:
     cmdline: str
     tag: str
     arch: str = "amd64"
-
-
-def parse_size(text: str) -> int:
-    """`--size`: bytes from `1024M`, `2G`, `512K` or a bare number of MiB (LinuxKit's default unit)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1 << 10, "M": _MIB, "G": 1 << 30, "T": 1 << 40}
-    mult = units.get(t[-1:], 0)
-    digits = t[:-1] if mult else t
-    if not digits.isdigit() or int(digits) <= 0:
-        raise BuildError(f"--size {text!r}: expected a size such as 1024M or 2G")
-    return int(digits) * (mult or _MIB)
 
 
 def _file(name: str) -> Path:

@@ -25,6 +25,7 @@ import os
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -85,7 +86,7 @@ def _unpack(archive: Path, dest: Path) -> None:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise ImageError(f"{archive}: not a readable tar archive ({e})") from None
+        raise ImageError(f"{archive}: not a readable tar archive ({_why(e)})") from None
 
 
 def _name_for(ref: str | None, *candidates: str | None) -> str:
@@ -273,7 +274,7 @@ def _import_rootfs(store: Store, src: Path, ref: str | None, arch: str) -> list[
                         if _safe_name(m.name) is None and m.name not in (".", "./"):
                             raise ImageError(f"{src}: entry {m.name!r} escapes the root")
             except tarfile.TarError as e:
-                raise ImageError(f"{src}: not a tar archive ({e})") from None
+                raise ImageError(f"{src}: not a tar archive ({_why(e)})") from None
             with _decompressed(src) as f:
                 while chunk := f.read(1 << 20):
                     tmp.write(chunk)
@@ -288,9 +289,50 @@ def import_archive(src: Path, store: Store, *, ref: str | None = None, arch: str
 
     `ref` names the image (required for a root filesystem, else taken from the archive)."""
     src = Path(src)
-    if not src.exists():
-        raise ImageError(f"{src} does not exist")
+    _check_source(src)
     store.ensure()
+    try:
+        return _import(src, store, ref, arch)
+    except (EOFError, OSError, tarfile.TarError, zlib.error, lzma.LZMAError) as e:
+        raise ImageError(f"{src}: damaged or truncated archive ({_why(e)})") from None
+
+
+def _why(e: BaseException) -> str:
+    """The error on one line (tarfile lists what each compression method said on lines of their own)."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+# what an importable file starts with: tar (ustar magic at 257), gzip, bzip2, xz
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+
+
+def _check_source(src: Path) -> None:
+    """Refuse what cannot be an image before reading it: a missing path, a device or pipe (`/dev/zero` would be
+    read forever), a file that is neither tar nor gzip/bzip2/xz."""
+    try:
+        st = src.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{src} does not exist") from None
+    except OSError as e:
+        raise ImageError(f"{src}: cannot read it ({_why(e)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{src} is not a regular file or directory; import an OCI layout, a tar or a directory")
+    try:
+        with open(src, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise ImageError(f"{src}: cannot read it ({_why(e)})") from None
+    if head[257:262] == b"ustar" or any(head.startswith(magic) for magic, _ in _MAGIC):
+        return
+    if len(head) == 512 and tarfile.is_tarfile(src):  # a pre-POSIX tar without the ustar magic
+        return
+    raise ImageError(f"{src} is not a tar archive (plain, gzip, bzip2 or xz), an OCI layout or a directory")
+
+
+def _import(src: Path, store: Store, ref: str | None, arch: str) -> list[str]:
     with contextlib.ExitStack() as stack:
         root = src
         if src.is_file() and tarfile.is_tarfile(src):

@@ -28,14 +28,15 @@ def split_vm_names(words: Iterable[str]) -> list[str]:
     return out
 
 
-def find_vms(names: Iterable[str]) -> list[VmRecord]:
-    """Every named VM, or one VmNotFound naming the first that matches none (so nothing is half-done)."""
+def find_vms(names: Iterable[str], *, unknown: bool = False) -> list[VmRecord]:
+    """Every named VM, or one VmNotFound naming the first that matches none (so nothing is half-done).
+    `unknown`: records that cannot be read match too (by ID), for vm.rm --force and vm.inspect."""
     wanted = split_vm_names(names)
     if not wanted:
         raise ConfigError("no VM given: name one or more VMs by ID, name or unique ID prefix (see vm.ps --all)")
     records: list[VmRecord] = []
     for name in wanted:
-        r = state.find_vm(name)
+        r = state.find_vm(name, unknown=unknown)
         if all(r.id != seen.id for seen in records):
             records.append(r)
     return records

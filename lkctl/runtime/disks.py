@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lkctl import proc
 from lkctl.errors import ConfigError, ImageError
+from lkctl.flags import parse_size
 from lkctl.fsutil import atomic_write
 from lkctl.runtime.host import HostCaps
 from lkctl.runtime.qemu import (
@@ -41,7 +42,6 @@ __all__ = [
     "find_uefi_firmware",
     "find_virtiofsd",
     "parse_data_disk",
-    "parse_size",
     "prepare_vm_files",
     "virtiofsd_argv",
 ]
@@ -53,25 +53,13 @@ _EXTENSIONS = {
     ".raw": ImageFormat.RAW,
     ".img": ImageFormat.RAW,
 }
-_UNITS = {"": None, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _MIN_DISK = 1 << 20
-
-
-def parse_size(text: str) -> int:
-    """Bytes in `10G`, `512M`, `1.5G`, `64MiB` (binary units; a unit is required so `10` is not 10 bytes)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"size {text!r}: expected a number and a unit, e.g. 10G or 512M")
-    unit = _UNITS[m.group(2).upper()]
-    if unit is None:
-        raise ConfigError(f"size {text!r}: give a unit (K, M, G or T), e.g. {text.strip()}G")
-    return int(float(m.group(1)) * unit)
 
 
 def parse_data_disk(text: str) -> DataDisk:
     """Parse `--disk SIZE` or `--disk size=SIZE[,format=qcow2|raw][,path=FILE]`."""
     if "=" not in text:
-        size = parse_size(text)
+        size = parse_size(text, what="--disk", bare=None)
         fmt, path = "qcow2", None
     else:
         opts: dict[str, str] = {}
@@ -82,7 +70,7 @@ def parse_data_disk(text: str) -> DataDisk:
             opts[key] = value
         if "size" not in opts:
             raise ConfigError(f"--disk {text}: a size is required, e.g. size=10G")
-        size, fmt = parse_size(opts["size"]), opts.get("format", "qcow2")
+        size, fmt = parse_size(opts["size"], what="--disk", bare=None), opts.get("format", "qcow2")
         path = Path(opts["path"]).expanduser().absolute() if opts.get("path") else None
     if fmt not in ("qcow2", "raw"):
         raise ConfigError(f"--disk {text}: format must be qcow2 or raw")

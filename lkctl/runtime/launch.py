@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, TextIO
 
 from lkctl import paths
+from lkctl.flags import check_vm_name
 from lkctl.fsutil import private_dir
 from lkctl.runtime import state
 from lkctl.runtime.network import check_run_network
@@ -42,8 +43,12 @@ def run_image(
     from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
     from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.hyperkit import detect_hypervisor
     from lkctl.templates import inputs_from_settings
 
+    if opts.name:
+        check_vm_name(opts.name)
+        state.check_name_free(opts.name)  # checked again under the lock when the record is made
     through_libvirt = bool(opts.connect or opts.host)
     if through_libvirt:  # fail before a slow build, not after
         from lkctl.runtime.libvirt.backend import libvirt_module
@@ -55,8 +60,9 @@ def run_image(
         if opts.host != "auto":
             target_host(settings, opts.connect, opts.host)
     else:
+        detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
         require_qemu(settings.vm.qemu)  # fail before a slow build, not after
-        preflight(opts)  # a taken name or a busy port, too
+        preflight(opts)  # a busy or doubled host port, too
         check_run_network(opts, settings)
     env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
     private_dir(paths.cache_dir())  # 0700 even when nothing is built (probes and digests land there)
@@ -64,7 +70,7 @@ def run_image(
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
         # a template given this VM's keys is built in the private staging dir; the VM takes the build with it
-        inputs = dataclasses.replace(inputs, private_builds=keys.directory / PRIVATE_BUILD)
+        inputs = dataclasses.replace(inputs, private_builds=lambda: keys.directory / PRIVATE_BUILD)
         if progress is None:
             resolved = resolve_image(what, inputs)
         else:
@@ -158,11 +164,13 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r)
-        if r.auto_remove and status != "running":
+        if r.auto_remove and status not in ("running", "unknown") and not state.being_created(r):
             with state.vms_lock():
-                state.remove_record(r)
+                current = state.load_record(r.dir)  # re-read under the lock: it may have started meanwhile
+                if current is not None and state.vm_status(current) != "running" and not state.being_created(current):
+                    state.remove_record(current)
             continue
-        if not include_stopped and status != "running":
+        if not include_stopped and status not in ("running", "unknown"):
             continue
         rows.append(
             {
@@ -177,7 +185,7 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
                 "memory": r.memory,
                 "cpus": r.cpus,
                 "accel": r.accel,
-                "error": r.exit_reason or None,
+                "error": r.problem or r.exit_reason or None,
                 "host": "local",
             }
         )

@@ -77,6 +77,7 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
     return {
         **record.to_json(),
         "status": state.vm_status(record),
+        "problem": record.problem or None,
         "paths": {
             "state_dir": str(d),
             "console_log": str(d / CONSOLE_LOG),
@@ -106,11 +107,14 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
 
 
 def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30.0) -> None:
+    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read."""
+    if record.problem and not force:
+        raise ConfigError(f"VM {record.id} is unknown ({record.problem}); vm.rm --force {record.id} removes it")
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import remove_libvirt_vm
 
         return remove_libvirt_vm(record, force=force, stop_timeout=stop_timeout)
-    if state.vm_status(record) == "running":
+    if state.vm_status(record) == "running" or (record.problem and state.is_our_process(record)):
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
@@ -120,11 +124,17 @@ def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30
 
 
 def prune_vms() -> list[VmRecord]:
-    """Forget every VM that is not running. Returns the ones removed."""
+    """Forget every VM that is not running (and the key staging dirs of `vm.run`s that were killed). Returns the
+    VMs removed."""
+    from lkctl.leftovers import reclaim
+    from lkctl.paths import state_dir
+
+    reclaim(state_dir() / "staging", "keys-")
     removed = []
     with state.vms_lock():
         for r in state.all_records():
-            if not r.libvirt and state.vm_status(r) != "running":
+            # leave alone what is being started by a live lkctl and what this lkctl cannot read
+            if not r.libvirt and state.vm_status(r) not in ("running", "unknown") and not state.being_created(r):
                 state.remove_record(r)
                 removed.append(r)
     for r in state.all_records():  # libvirt VMs: undefined with their volumes (a host that does not answer: kept)

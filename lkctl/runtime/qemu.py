@@ -177,6 +177,8 @@ def parse_volume(text: str, *, cwd: Path | None = None) -> Volume:
     head, sep, mode = text.rpartition(":")
     if sep and mode in ("ro", "rw"):
         body, readonly = head, mode == "ro"
+    elif text.count(":") >= 2 and "/" not in mode:
+        raise ConfigError(f"--volume {text}: unknown mode {mode!r}; the mode is ro or rw, e.g. ./src:/src:ro")
     host_text, sep, guest = body.rpartition(":")
     if not sep or not host_text or not guest:
         raise ConfigError(f"--volume {text}: expected HOST:GUEST[:ro], e.g. --volume ./src:/src:ro")

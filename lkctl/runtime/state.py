@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl import paths
-from lkctl.errors import StateError, VmNotFound
+from lkctl.errors import ConfigError, StateError, VmNotFound
 from lkctl.fsutil import atomic_write, file_lock, private_dir
 from lkctl.runtime.host import boot_id
 
@@ -32,6 +32,9 @@ __all__ = [
     "ProcessIdentity",
     "VmRecord",
     "all_records",
+    "being_created",
+    "check_name_free",
+    "creator_identity",
     "find_vm",
     "helper_entry",
     "is_our_helper",
@@ -83,7 +86,9 @@ class VmRecord:
     # daemons serving the VM (virtiofsd), each [pid, start time, boot id, command line]: see helper_entry
     helpers: list[list[str]] = field(default_factory=list)
     libvirt: dict[str, str] = field(default_factory=dict)  # a libvirt VM: uri, host, domain, uuid, known_hosts
+    creator: list[str] = field(default_factory=list)  # [pid, start time] of the lkctl process that made the record
     version: int = STATE_VERSION
+    problem: str = field(default="", compare=False)  # why the record could not be read (status `unknown`); not saved
 
     @property
     def dir(self) -> Path:
@@ -93,7 +98,15 @@ class VmRecord:
         return ProcessIdentity(self.pid, self.pid_start, self.boot_id) if self.pid else None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        del data["problem"]
+        return data
+
+    @classmethod
+    def unknown(cls, vm_dir: Path, problem: str) -> VmRecord:
+        """Stands for a VM whose record cannot be read: listed as `unknown`, removable with `vm.rm --force`."""
+        return cls(id=vm_dir.name, name=vm_dir.name, image="?", image_format="", created="", memory=0, cpus=0,
+                   ssh_port=0, problem=problem)  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: Path) -> VmRecord:
@@ -103,7 +116,7 @@ class VmRecord:
                 f"{where} has state format {version!r}, this lkctl reads format {STATE_VERSION}; "
                 f"use the lkctl that created it or remove {where.parent}"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} - {"problem"}
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as e:
@@ -124,13 +137,33 @@ def vms_lock() -> Iterator[None]:
 
 
 def new_vm_id(taken: set[str]) -> str:
-    while True:
+    """A fresh 8-hex ID that is not in `taken` (IDs and names) and starts with none of them, so a hex name or an
+    ID prefix a user types keeps meaning what it meant."""
+    for attempt in range(10_000):
         vm_id = secrets.token_hex(4)
-        if vm_id not in taken:
-            return vm_id
+        if vm_id not in taken and (attempt > 1000 or not any(vm_id.startswith(t) for t in taken if t)):
+            return vm_id  # (short hex names covering every first digit would make the prefix rule unsatisfiable)
+    raise StateError("no free VM ID left; remove some VMs (vm.prune)")
+
+
+def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
+    """Refuse a name another VM has, or one of 4 or more characters that starts another VM's ID (it would shadow
+    that ID prefix). Shorter names are not checked: a random ID would refuse a name like `c0` now and then."""
+    records = all_records() if records is None else records
+    clash = next((r for r in records if r.name == name), None)
+    if clash is not None:
+        raise ConfigError(
+            f"the name {name!r} is already used by VM {clash.id} ({vm_status(clash)}); "
+            f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
+        )
+    prefix_of = next((r for r in records if len(name) >= 4 and r.id.startswith(name)), None)
+    if prefix_of is not None:
+        raise ConfigError(f"the name {name!r} is the start of VM {prefix_of.name}'s ID {prefix_of.id}; choose another")
 
 
 def save_record(record: VmRecord) -> None:
+    if record.problem:
+        raise StateError(f"VM {record.id}: {record.problem}; its record is left as it is")
     private_dir(record.dir)
     atomic_write(record.dir / "vm.json", json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
 
@@ -153,19 +186,28 @@ def load_record(vm_dir: Path) -> VmRecord | None:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StateError(f"{path} is unreadable ({e}); remove {vm_dir} to forget that VM") from None
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise StateError(f"{path} is unreadable ({why}); remove {vm_dir} to forget that VM") from None
     if not isinstance(data, dict):
         raise StateError(f"{path} is not a VM record; remove {vm_dir}")
     return _adopt_pidfile(VmRecord.from_json(data, path))
 
 
+def _load_or_unknown(vm_dir: Path) -> VmRecord | None:
+    try:
+        return load_record(vm_dir)
+    except StateError as e:
+        return _adopt_pidfile(VmRecord.unknown(vm_dir, e.message))  # a live QEMU of it can still be stopped
+
+
 def all_records() -> list[VmRecord]:
-    """Every VM with a record, oldest first."""
+    """Every VM with a record, oldest first. A record that cannot be read (corrupt, of a newer format) stands as
+    an `unknown` VM carrying the reason, so one bad record never breaks every `vm.*` command."""
     root = vms_dir()
     if not root.is_dir():
         return []
-    records = [r for d in root.iterdir() if d.is_dir() and (r := load_record(d)) is not None]
+    records = [r for d in root.iterdir() if d.is_dir() and (r := _load_or_unknown(d)) is not None]
     return sorted(records, key=lambda r: (r.created, r.id))
 
 
@@ -173,17 +215,22 @@ def remove_record(record: VmRecord) -> None:
     shutil.rmtree(record.dir, ignore_errors=True)
 
 
-def find_vm(target: str) -> VmRecord:
-    """The VM whose id or name is `target`, or whose id or name starts with it (uniquely)."""
+def find_vm(target: str, *, unknown: bool = False) -> VmRecord:
+    """The VM whose id or name is `target`, or whose id or name starts with it (uniquely).
+
+    A VM whose record cannot be read is an error unless `unknown` is True (for `vm.inspect` and `vm.rm --force`).
+    """
     if not target:
         raise VmNotFound("no VM given: name a VM by its ID, name or a unique ID prefix (see vm.ps --all)")
     records = all_records()
-    for r in records:
-        if target in (r.id, r.name):
-            return r
+    found = next((r for r in records if target in (r.id, r.name)), None)
     matches = [r for r in records if r.id.startswith(target) or r.name.startswith(target)]
-    if len(matches) == 1:
-        return matches[0]
+    if found is None and len(matches) == 1:
+        found = matches[0]
+    if found is not None:
+        if found.problem and not unknown:
+            raise StateError(f"VM {found.id} is unknown: {found.problem}; vm.rm --force {found.id} forgets it")
+        return found
     if not matches:
         raise VmNotFound(f"no VM matches {target!r} (see vm.ps --all)")
     listing = ", ".join(f"{r.id} ({r.name})" for r in matches)
@@ -272,8 +319,28 @@ def read_pidfile(vm_dir: Path) -> int:
         return 0
 
 
+def creator_identity() -> list[str]:
+    """What VmRecord.creator records for this process."""
+    import os
+
+    ident = process_identity(os.getpid())
+    return [str(ident.pid), ident.start] if ident else []
+
+
+def being_created(record: VmRecord) -> bool:
+    """True while the lkctl process that made this record is alive and has not recorded a QEMU for it yet: the
+    VM is being started, and `vm.ps`/`vm.prune` must leave its record alone."""
+    if record.pid or record.exit_reason or len(record.creator) != 2:
+        return False
+    ident = process_identity(int(record.creator[0]))
+    return ident is not None and ident.start == record.creator[1]
+
+
 def vm_status(record: VmRecord) -> str:
-    """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started)."""
+    """`running`, `stopped`, `error` (lkctl saw it fail), `created` (not started, or being started) or `unknown`
+    (the record cannot be read, or its libvirt host does not answer)."""
+    if record.problem:
+        return "unknown"
     if record.libvirt:  # libvirt knows; a host that does not answer gives `unknown`
         from lkctl.runtime.libvirt.vms import domain_status
 

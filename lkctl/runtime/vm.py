@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 from lkctl import proc
 from lkctl.errors import ConfigError, StateError, VmError
+from lkctl.flags import check_vm_name
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
 from lkctl.runtime.network import check_run_network, network_mode
@@ -116,21 +117,13 @@ def _check_ports(ssh_port: int, ports: Sequence[PortForward]) -> None:
             raise ConfigError(f"port {p.host_ip}:{p.host_port}/{p.proto} is already in use; choose another host port")
 
 
-def _check_name(name: str, records: Sequence[VmRecord]) -> None:
-    clash = next((r for r in records if r.name == name), None) if name else None
-    if clash is not None:
-        raise ConfigError(
-            f"the name {name!r} is already used by VM {clash.id} ({state.vm_status(clash)}); "
-            f"stop and remove it first (vm.stop, vm.rm) or choose another --name"
-        )
-
-
 def preflight(opts: RunOptions) -> None:
     """What can be refused before any build or boot: a taken --name, a busy or doubled host port.
 
     run_vm checks again (under the state lock for the name), since another VM may take either meanwhile.
     """
-    _check_name(opts.name, state.all_records())
+    if opts.name:
+        state.check_name_free(opts.name)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)
 
@@ -204,9 +197,12 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     from lkctl import ssh
     from lkctl.runtime.guest import guest_hostname, write_guest_files
 
+    if opts.name:
+        check_vm_name(opts.name)
     with state.vms_lock():
         records = state.all_records()
-        _check_name(opts.name, records)
+        if opts.name:
+            state.check_name_free(opts.name, records)
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
         record = VmRecord(
             id=vm_id,
@@ -221,6 +217,7 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             accel=host.accel.value,
             auto_remove=opts.auto_remove,
             image_digest=_digest(boot),
+            creator=state.creator_identity(),  # `vm.ps`/`vm.prune` leave the record alone while we are alive
         )
         state.save_record(record)  # reserves the name and id under the lock
     try:
@@ -580,10 +577,14 @@ def stop_vm(record: VmRecord, *, timeout: float = 30.0) -> str:
 
 
 def _stop_qemu(record: VmRecord, timeout: float) -> str:
-    with contextlib.suppress(VmError):
-        qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
-        if _wait_gone(record, timeout):
-            return "powered off"
+    # A guest that has not reached init's ready point has no ACPI handler yet and would ignore the power button
+    # for the whole timeout: it gets SIGTERM at once. (Images whose init is not lkctl's never print the marker,
+    # so they are stopped this way too.)
+    if READY_MARKER in _console_bytes(record):
+        with contextlib.suppress(VmError):
+            qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
+            if _wait_gone(record, timeout):
+                return "powered off"
     _signal(record, signal.SIGTERM)
     if _wait_gone(record, 5):
         return "terminated"

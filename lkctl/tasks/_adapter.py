@@ -141,7 +141,7 @@ def config_tree(c: Context) -> dict[str, Any]:
     return merge_trees(read_files(config_files()), explicit_values(_plain(tree)))
 
 
-def size_sources(c: Context, **flags: int) -> dict[str, str]:
+def size_sources(c: Context, **flags: object) -> dict[str, str]:
     """For each VM size flag (`memory=0`, `cpus=2`): `--cpus`, `environment LKCTL_VM_…`, `config` or ""."""
     import os
 

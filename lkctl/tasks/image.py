@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from lkctl.installed import PullResult
     from lkctl.sources import Download, ProgressFn
 
-__all__ = ["base", "build", "export", "import_", "ls", "pull", "push", "rm", "update"]
+__all__ = ["base", "build", "export", "import_", "ls", "prune", "pull", "push", "rm", "update"]
 
 
 @task(
@@ -53,15 +53,16 @@ def build(
 ) -> None:
     """Build a LinuxKit image (any common format) from a template or YAML files."""
     from lkctl.build import build_source
+    from lkctl.flags import parse_arch, parse_size
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
     options: dict[str, object] = {}
     if formats != ["kernel+initrd"]:
         options["formats"] = formats
     if size:
-        options["size"] = size
+        options["size"] = parse_size(size, what="--size")
     if arch:
-        options["arch"] = arch
+        options["arch"] = parse_arch(arch)
     if pull != "missing":
         options["pull"] = pull
     if decompress_kernel:
@@ -306,11 +307,26 @@ def rm(c: Context, name: str, oci: bool = False) -> None:
 def import_(c: Context, src: str, ref: str = "", arch: str = "") -> None:
     """Import an OCI layout, docker-archive or root filesystem as an image."""
     from lkctl.build import host_arch
+    from lkctl.flags import parse_arch
     from lkctl.images import store
     from lkctl.oci.archive import import_archive
+    from lkctl.oci.reference import parse_reference
 
-    for n in import_archive(Path(src), store(), ref=ref or None, arch=arch or host_arch()):
+    if ref:
+        parse_reference(ref)  # a bad name is refused before anything is read or stored
+    machine = parse_arch(arch) if arch else host_arch()
+    for n in import_archive(Path(src), store(), ref=ref or None, arch=machine):
         print(n)
+
+
+@task
+@adapt
+def prune(c: Context) -> None:
+    """Remove build outputs no VM uses, and what killed builds left (rebuilt on demand)."""
+    from lkctl.images import prune_builds
+
+    removed = prune_builds()
+    print(f"lkctl: removed {len(removed)} build output(s)" + "".join(f"\n  {p}" for p in removed), file=sys.stderr)
 
 
 @task(help={"ref": "an image in the local store", "to": "push under this reference instead (REGISTRY/REPO:TAG)"})
@@ -348,4 +364,4 @@ def export(c: Context, ref: str, out: str = "", format: str = "oci", platform: s
         print(out)
 
 
-ns = Collection("image", build, ls, base, pull, update, rm, import_, push, export)
+ns = Collection("image", build, ls, base, pull, update, rm, import_, push, export, prune)

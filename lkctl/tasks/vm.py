@@ -87,12 +87,12 @@ def run(
     env: list[str] | None = None,
     volume: list[str] | None = None,
     port: list[str] | None = None,
-    memory: int = 0,
-    cpus: int = 0,
-    ssh_port: int = 0,
+    memory: str = "",
+    cpus: str = "",
+    ssh_port: str = "",
     template: str = "",
     var: list[str] | None = None,
-    timeout: int = 0,
+    timeout: str = "",
     rm: bool = False,
     wait: bool = True,
     disk: str = "",
@@ -108,6 +108,7 @@ def run(
 ) -> Vm | None:
     """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
     from lkctl.api import Vm
+    from lkctl.flags import check_vm_name, parse_count, parse_memory, parse_port_number, parse_timeout
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.qemu import parse_network, parse_port, parse_volume
@@ -119,13 +120,13 @@ def run(
     # flag > environment > config files > the template's `# lkctl:` sizing > defaults
     sources = size_sources(c, memory=memory, cpus=cpus)
     opts = RunOptions(
-        name=name,
-        memory=memory or (settings.vm.memory if sources["memory"] else 0),
-        cpus=cpus or (settings.vm.cpus if sources["cpus"] else 0),
-        ssh_port=ssh_port,
+        name=check_vm_name(name) if name else "",
+        memory=parse_memory(memory) if memory else (settings.vm.memory if sources["memory"] else 0),
+        cpus=parse_count(cpus, what="--cpus") if cpus else (settings.vm.cpus if sources["cpus"] else 0),
+        ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
         ports=tuple(parse_port(p) for p in port or []),
         detach=detach,
-        ready_timeout=float(timeout),
+        ready_timeout=parse_timeout(timeout) if timeout else 0.0,
         auto_remove=rm,
         wait_ssh=wait,
         volumes=tuple(parse_volume(v) for v in volume or []),
@@ -240,14 +241,14 @@ def ps(
     print(table(["ID", "NAME", "HOST", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
 
 
-def _targets(c: Context, vm: str | Sequence[str] | Vm) -> list[VmRecord]:
+def _targets(c: Context, vm: str | Sequence[str] | Vm, *, unknown: bool = False) -> list[VmRecord]:
     """The VMs a task names: VM, comma-separated VMs, or more after `--` (`vm.stop a -- b c`); from Python a
     list of names or a Vm works too. All are looked up before any is acted on."""
     from lkctl.api import Vm
     from lkctl.runtime.control import find_vms
 
     words = [vm.id] if isinstance(vm, Vm) else [vm] if isinstance(vm, str) else list(vm)
-    return find_vms([*words, *remainder_argv(c)])
+    return find_vms([*words, *remainder_argv(c)], unknown=unknown)
 
 
 def _each(records: Sequence[VmRecord], action: Callable[[VmRecord], None]) -> None:
@@ -257,7 +258,8 @@ def _each(records: Sequence[VmRecord], action: Callable[[VmRecord], None]) -> No
         try:
             action(record)
         except LkError as e:
-            _err(f"lkctl: {e.message}")
+            if len(records) > 1:  # a single VM's error is the command's one line
+                _err(f"lkctl: {e.message}")
             failures.append(e)
     if failures:
         first = failures[0]
@@ -272,11 +274,12 @@ _VMS_HELP = "VM ID, name or unique ID prefix; several: a,b or VM -- MORE..."
 
 @task(help={"vm": _VMS_HELP, "timeout": "seconds to wait for ACPI power-off (default 30)"})
 @adapt
-def stop(c: Context, vm: str, timeout: int = 0) -> None:
+def stop(c: Context, vm: str, timeout: str = "") -> None:
     """Stop VMs: ACPI power-off, then SIGTERM, then SIGKILL (vm.stop a,b or vm.stop a -- b c)."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.vm import stop_vm
 
-    stop_timeout = float(timeout) or settings_from(c).vm.stop_timeout
+    stop_timeout = (parse_timeout(timeout) if timeout else 0.0) or settings_from(c).vm.stop_timeout
 
     def one(record: VmRecord) -> None:
         how = stop_vm(record, timeout=stop_timeout)
@@ -302,7 +305,7 @@ def rm(c: Context, vm: str, force: bool = False) -> None:
         remove_vm(record, force=force, stop_timeout=stop_timeout)
         _err(f"lkctl: removed {record.name}")
 
-    _each(_targets(c, vm), one)
+    _each(_targets(c, vm, unknown=True), one)
 
 
 @task
@@ -339,14 +342,16 @@ def kill(c: Context, vm: str, signal: str = "KILL") -> None:
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "seconds to wait for SSH after the reboot"})
 @adapt
-def restart(c: Context, vm: str, timeout: int = 0) -> None:
+def restart(c: Context, vm: str, timeout: str = "") -> None:
     """Power a VM off and boot it again (same name, keys, ports)."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.lifecycle import restart_vm
     from lkctl.runtime.state import find_vm
 
     settings = settings_from(c)
+    seconds = parse_timeout(timeout) if timeout else 0.0
     record = restart_vm(
-        find_vm(vm), stop_timeout=settings.vm.stop_timeout, ready_timeout=float(timeout) or settings.vm.ready_timeout
+        find_vm(vm), stop_timeout=settings.vm.stop_timeout, ready_timeout=seconds or settings.vm.ready_timeout
     )
     _err(f"lkctl: {record.name} restarted")
 
@@ -357,7 +362,7 @@ def inspect(c: Context, vm: str) -> None:
     """Everything lkctl knows about VMs, as JSON (argv, ports, keys' paths, image digest...); several: a list."""
     from lkctl.runtime.lifecycle import inspect_vm
 
-    records = _targets(c, vm)
+    records = _targets(c, vm, unknown=True)
     docs = [inspect_vm(r) for r in records]
     print(_json.dumps(docs[0] if len(docs) == 1 and isinstance(vm, str) and "," not in vm else docs, indent=2))
 

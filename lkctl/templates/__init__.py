@@ -71,8 +71,9 @@ class TemplateInputs:
     vm_keys: Callable[[], Mapping[str, str]] | None = None  # this VM's keys by KEY_VARIABLES name, made on demand
     extra_dirs: tuple[Path, ...] = ()
     cwd: Path | None = None
-    # a template that uses this VM's keys is built here (private, 0700) instead of the shared build cache
-    private_builds: Path | None = None
+    # where a template that uses this VM's keys is built (private, 0700) instead of the shared build cache; a
+    # callable, so that the VM's staging dir is only made when such a template asks for it
+    private_builds: Callable[[], Path] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lkctl.build import build_image, parse_spec
+from lkctl import paths
+from lkctl.build import build_image, build_paths, parse_spec
 from lkctl.build.testing import add_image, directory, file, hardlink, symlink, whiteout
 from lkctl.errors import BuildError, ImageError
 from lkctl.oci.layout import Store
@@ -286,10 +287,13 @@ def test_a_failed_build_leaves_previous_outputs_and_no_temp_files(store: Store, 
     with pytest.raises(BuildError, match=r"files\[7\] \(etc/needed\): cannot read source /nonexistent/x"):
         build_image(broken, name="vm", out_dir=out, store=store)
     assert {p: p.read_bytes() for p in before} == before
-    assert sorted(p.name for p in out.iterdir()) == [
-        ".vm.lkctl-build.lock", ".vm.lkctl-parts", "vm-cmdline", "vm-initrd.img", "vm-kernel"
-    ]  # fmt: skip
-    assert sorted(p.name for p in (out / ".vm.lkctl-parts").iterdir()) == ["initrd.img", "kernel", "parts.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["vm-cmdline", "vm-initrd.img", "vm-kernel"]  # no bookkeeping
+    parts = build_paths(out, "vm").parts
+    assert parts.is_relative_to(paths.cache_dir()) and sorted(p.name for p in parts.iterdir()) == [
+        "initrd.img",
+        "kernel",
+        "parts.json",
+    ]
     # the stamp was dropped before the failed attempt, so the good spec builds again rather than trusting it
     assert not build_image(parse_spec(SPEC, "vm.yml"), name="vm", out_dir=out, store=store).cached
 
@@ -299,8 +303,8 @@ def test_a_hostile_image_fails_the_build_before_anything_is_published(store: Sto
     spec = parse_spec(SPEC.replace("lkctl.local/setup:1", "lkctl.local/evil:1"), "vm.yml")
     with pytest.raises(BuildError, match=r"image lkctl\.local/evil:1, layer sha256:[0-9a-f]{64}: .*escapes the root"):
         build_image(spec, name="vm", out_dir=tmp_path / "out", store=store)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".vm.lkctl-build.lock", ".vm.lkctl-parts"]
-    assert not any((tmp_path / "out" / ".vm.lkctl-parts").iterdir())
+    assert not (tmp_path / "out").exists()  # the build made the dir, and removed it with nothing in it
+    assert not any(build_paths(tmp_path / "out", "vm").parts.iterdir())
 
 
 def test_microcode_is_prepended_uncompressed_to_the_initrd(store: Store, home: Path, tmp_path: Path) -> None:

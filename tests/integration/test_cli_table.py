@@ -133,6 +133,8 @@ def test_an_image_without_its_flag_suggests_the_flag(capsys: pytest.CaptureFixtu
 def test_a_missing_positional_and_a_bad_number_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
     assert lkctl(capsys, "vm.stop")[::2] == (2, "lkctl: vm.stop needs VM (lkctl vm.stop --help)\n")
     code, _, err = lkctl(capsys, "vm.run", "--memory", "lots")
+    assert code == 2 and err.startswith("lkctl: --memory 'lots': expected a number") and err.count("\n") == 1
+    code, _, err = lkctl(capsys, "vm.start", "x", "--timeout", "lots")
     assert code == 2 and err == "lkctl: 'lots' is not a whole number (lkctl TASK --help shows each option's type)\n"
 
 

@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from lkctl.build._disk import ESP_TYPE, FIRST_LBA, SECTOR, gpt_layout, mbr, partition_for
-from lkctl.build._media import _grub_quote, _syslinux_cfg, parse_size
+from lkctl.build._media import _grub_quote, _syslinux_cfg
 from lkctl.errors import BuildError
 
 MIB = 1 << 20
@@ -71,19 +71,6 @@ def test_gpt_headers_and_entries_are_consistent_and_checksummed() -> None:
     first, last = struct.unpack_from("<QQ", entry, 32)
     assert (first, last) == (2048, 2048 + part.sectors - 1) and last <= primary["last"]  # type: ignore[operator]
     assert entry[56:76].decode("utf-16-le") == "EFI System"
-
-
-@pytest.mark.parametrize(
-    ("text", "size"), [("1024M", 1024 * MIB), ("2G", 2 << 30), ("512", 512 * MIB), ("64MiB", 64 * MIB), ("8k", 8192)]
-)
-def test_sizes_take_linuxkit_units(text: str, size: int) -> None:
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("text", ["", "G", "-1G", "1.5G", "12X"])
-def test_bad_sizes_are_refused(text: str) -> None:
-    with pytest.raises(BuildError, match="expected a size"):
-        parse_size(text)
 
 
 def test_grub_gets_the_command_line_word_for_word() -> None:

@@ -112,3 +112,17 @@ def test_decompress_kernel_applies_to_a_cached_kernel_too(store: Store, tmp_path
     build(store, tmp_path / "a", text)
     result = build(store, tmp_path / "b", text, decompress_kernel=True)
     assert result.kernel.read_bytes() == b"\x7fELF vmlinux"
+
+
+def test_prune_reclaims_the_draft_of_a_killed_build_and_keeps_a_live_ones(tmp_path: Path) -> None:
+    import os
+
+    from lkctl.build._fragments import FragmentCache
+
+    cache = FragmentCache(tmp_path / "fragments")
+    dead = tmp_path / "fragments" / f".draft-p{os.getpid()}s0000000000.abc"  # our PID, another start: not ours
+    dead.mkdir(parents=True)
+    (dead / "data").write_bytes(b"half a fragment")
+    with cache.draft("k" * 64) as draft:
+        cache.prune()
+        assert not dead.exists() and draft.dir.exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lkctl.build import build_image, parse_spec
+from lkctl.build import build_image, build_paths, parse_spec
 from lkctl.build.testing import add_image, directory, file, symlink
 from lkctl.oci.layout import Store
 
@@ -125,7 +125,7 @@ def test_a_format_added_later_reuses_the_parts_and_leaves_other_outputs_alone(st
 def test_a_part_changed_behind_the_caches_back_is_not_reused(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "out"
     build(store, out, spec("one"))
-    parts = out / ".vm.lkctl-parts" / "initrd.img"
+    parts = build_paths(out, "vm").parts / "initrd.img"
     data = parts.read_bytes()
     parts.write_bytes(data[:100] + b"\0" * (len(data) - 100))  # same size, new mtime
     again = build(store, out, spec("two"))

@@ -32,11 +32,11 @@ def test_usage_line_shows_positionals_and_the_command_after_dashes() -> None:
 
 def test_option_help_shows_value_kind_repeatability_and_negation() -> None:
     args = {a.attr_name or a.name: a for a in CONTEXTS["vm.run"].args.values()}
-    assert option_help(args["memory"])[0] == "-m INT, --memory=INT"
+    assert option_help(args["memory"])[0] == "-m STRING, --memory=STRING"
     spec, text = option_help(args["port"])
     assert spec == "-p VALUE, --port=VALUE" and text.count("repeatable") == 1
     assert option_help(args["wait"])[0] == "-w, --[no-]wait"
-    assert option_help(args["ssh_port"])[0] == "-s INT, --ssh-port=INT"
+    assert option_help(args["ssh_port"])[0] == "-s STRING, --ssh-port=STRING"
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,10 @@ def test_record_of_newer_format_is_refused_not_misread() -> None:
     data = json.loads(path.read_text())
     data["version"] = 99
     path.write_text(json.dumps(data))
+    (unknown,) = state.all_records()
+    assert state.vm_status(unknown) == "unknown" and "format 99" in unknown.problem
     with pytest.raises(StateError, match="format 99"):
-        state.all_records()
+        state.load_record(r.dir)
 
 
 def test_state_files_are_private() -> None:
@@ -90,3 +92,63 @@ def test_zombies_count_as_dead() -> None:
         assert state.process_identity(child.pid) is None
     finally:
         child.wait()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[]", json.dumps({"version": 99, "id": "x"}).encode()])
+def test_an_unreadable_record_is_an_unknown_vm_that_rm_force_removes(content: bytes) -> None:
+    from lkctl.errors import ConfigError
+    from lkctl.runtime.launch import list_vms
+    from lkctl.runtime.lifecycle import inspect_vm, prune_vms, remove_vm
+
+    good = rec("aaaa1111", "web")
+    state.save_record(good)
+    bad_dir = state.vms_dir() / "bbbb2222"
+    bad_dir.mkdir(mode=0o700)
+    (bad_dir / "vm.json").write_bytes(content)
+    rows = {r["id"]: r for r in list_vms()}  # shown even without --all: it may be running
+    assert rows["bbbb2222"]["status"] == "unknown" and rows["bbbb2222"]["error"]
+    assert state.find_vm("web") == good  # one bad record no longer breaks the others
+    with pytest.raises(StateError, match=r"vm\.rm --force bbbb2222"):
+        state.find_vm("bbbb")
+    unknown = state.find_vm("bbbb", unknown=True)
+    assert inspect_vm(unknown)["status"] == "unknown" and inspect_vm(unknown)["problem"]
+    assert prune_vms() == [good]  # prune leaves what it cannot read
+    with pytest.raises(ConfigError, match="--force"):
+        remove_vm(unknown)
+    assert bad_dir.exists()
+    remove_vm(unknown, force=True)
+    assert not bad_dir.exists()
+
+
+def test_an_unknown_record_is_never_saved_over() -> None:
+    with pytest.raises(StateError):
+        state.save_record(VmRecord.unknown(state.vms_dir() / "cccc3333", "broken"))
+
+
+def test_a_record_being_created_by_a_live_lkctl_is_never_swept() -> None:
+    from lkctl.runtime.launch import list_vms
+    from lkctl.runtime.lifecycle import prune_vms
+
+    creator = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ident = state.process_identity(creator.pid)
+        assert ident is not None
+        starting = rec("aaaa1111", "starting", creator=[str(ident.pid), ident.start], auto_remove=True)
+        reused = rec("bbbb2222", "reused", creator=[str(ident.pid), str(int(ident.start) - 1)])  # PID reused
+        for r in (starting, reused):
+            state.save_record(r)
+        assert state.being_created(starting) and not state.being_created(reused)
+        assert sorted(r["id"] for r in list_vms(include_stopped=True)) == ["aaaa1111", "bbbb2222"]
+        assert [r.id for r in prune_vms()] == ["bbbb2222"]
+        assert [r.id for r in state.all_records()] == ["aaaa1111"]
+    finally:
+        creator.kill()
+        creator.wait()
+    assert not state.being_created(starting)  # its creator died: now it is litter
+    assert list_vms(include_stopped=True) == []  # an --rm VM whose creator died is swept
+
+
+def test_new_ids_never_start_with_a_taken_name() -> None:
+    taken = {"a", "b", "c", "d", "e", "f", "0", "1", "2", "3", "4", "5", "6", "7"}
+    for _ in range(200):
+        assert state.new_vm_id(taken)[0] in "89"

@@ -149,9 +149,13 @@ run_parts() {
     done
 }
 
-# log_to NAME FILE: append stdin to FILE and copy it to the console with a "[NAME] " prefix.
+# log_to NAME FILE: append stdin to FILE and copy it to the console with a "[NAME] " prefix, each line as soon as
+# it is written. (Not sed: busybox sed reads one line ahead to know the last one, so a service's latest line stayed
+# off the console until it printed another. The shell's read takes a byte at a time and holds nothing back.)
 log_to() {
-    tee -a "$2" | sed "s/^/[$1] /" >/dev/console
+    tee -a "$2" | while IFS= read -r _line || [ -n "$_line" ]; do
+        printf '[%s] %s\n' "$1" "$_line"
+    done >"${LKCTL_CONSOLE:-/dev/console}"
 }
 
 # bundle_name DIR: the container name of a bundle dir (onboot's "000-" order prefix dropped).
