@@ -35,10 +35,10 @@ def run_image(
     boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
     """
     from lkctl.images import resolve_image, staged_vm_keys
-    from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.templates import inputs_from_settings
 
-    require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu)  # fail before a slow build, not after
     preflight(opts)  # a taken name or a busy port, too
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
@@ -68,7 +68,9 @@ def run_image(
         from lkctl.runtime.host import probe_host
 
         # the same (cached) probe run_vm makes: say once what it chose and why
-        host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
+        host = probe_host(
+            accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel, hypervisor=hypervisor
+        )
         say(f"accelerator {host_accel_reason(host.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
@@ -111,11 +113,11 @@ def plan_image(
 ) -> RunPlan:
     """run_image without running: resolve (and build, cached) the image, then plan the VM; nothing is started."""
     from lkctl.images import resolve_image, staged_vm_keys
-    from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.runtime.vm import plan_vm
     from lkctl.templates import inputs_from_settings
 
-    require_qemu(settings.vm.qemu)
+    require_hypervisor(opts.hypervisor, settings.vm.qemu)
     preflight(opts)
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)

@@ -15,6 +15,7 @@ from lkctl.errors import ConfigError, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.paths import cache_dir
 from lkctl.runtime import state
+from lkctl.runtime.hyperkit import console_file
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import (
@@ -75,7 +76,7 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
         "status": state.vm_status(record),
         "paths": {
             "state_dir": str(d),
-            "console_log": str(d / CONSOLE_LOG),
+            "console_log": str(console_file(d)),
             "qmp_socket": str(d / QMP_SOCKET),
             "pidfile": str(d / PIDFILE),
             "client_key": str(d / "id_ed25519"),
@@ -122,6 +123,8 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
     """Power the VM off (if running) and boot it again with the same command line, keys, ports and name."""
     if not record.argv:
         raise VmError(f"VM {record.name} has no recorded command line to restart with")
+    if "hyperkit" in Path(record.argv[0]).name:
+        raise VmError(f"restarting hyperkit VMs is not supported; remove {record.name} and run a new VM")
     stop_vm(record, timeout=stop_timeout)
     from lkctl.runtime.qemu import parse_port
 
