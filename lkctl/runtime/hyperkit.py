@@ -294,9 +294,10 @@ def require_hypervisor(requested: str = "auto", qemu: str = "") -> Hypervisor:
         try:
             require_qemu(qemu)
         except LkError:
-            if requested == "qemu" or detect_hypervisor("auto") is not Hypervisor.HYPERKIT:
-                raise
-            return Hypervisor.HYPERKIT
+            intel_mac = platform.system() == "Darwin" and platform.machine().lower() in ("x86_64", "amd64")
+            if requested == "auto" and intel_mac and shutil.which("hyperkit"):
+                return Hypervisor.HYPERKIT
+            raise  # QEMU's own message says what to install
         return Hypervisor.QEMU
     return detect_hypervisor(requested)
 
