@@ -25,6 +25,8 @@ import pytest
 
 from lkctl.errors import ConfigError, VmError
 from lkctl.runtime.hyperkit import Hypervisor, require_hypervisor
+from lkctl.runtime.state import VmRecord
+from lkctl.runtime.vm import console_tail, follow_console
 from lkctl.runtime.vpnkit import (
     VPNKIT_ETH_SOCKET,
     VPNKIT_PORT_SOCKET,
@@ -179,3 +181,34 @@ def test_vm_run_hyperkit_on_linux_fails_in_one_line_before_anything_is_made(tmp_
     assert "hyperkit requires macOS on Intel (this host is linux/" in lines[0]
     made = [p for p in (tmp_path / "home").rglob("*") if p.is_file()] if (tmp_path / "home").exists() else []
     assert made == []  # no VM state, no build, no cache
+
+
+def _hyperkit_record() -> VmRecord:
+    record = VmRecord(id="0a1b2c3d", name="hk", image="minimal", image_format="kernel+initrd",
+                      created="2026-01-01T00:00:00.000+00:00", memory=1024, cpus=1, ssh_port=40022)  # fmt: skip
+    record.dir.mkdir(parents=True)
+    return record
+
+
+def test_console_readers_read_hyperkits_ring_as_hyperkit_writes_it() -> None:
+    record = _hyperkit_record()
+    ring = record.dir / "console-ring"
+    written = bytearray(65536)  # hyperkit: O_TRUNC, ftruncate to 64 KiB, then bytes at the next offset
+
+    def write(text: bytes) -> None:
+        start = len(bytes(written).rstrip(b"\0"))
+        written[start : start + len(text)] = text
+        ring.write_bytes(bytes(written))
+
+    chunks = [b"Linux version 6.6\n", b"lkctl-init: started\n", b"lkctl-init: ready\n"]
+    write(chunks[0])
+    calls = iter(range(10))
+
+    def alive() -> bool:  # each poll, hyperkit has written the next line; then it exits
+        i = next(calls)
+        if i + 1 < len(chunks):
+            write(chunks[i + 1])
+        return i + 1 < len(chunks)
+
+    assert b"".join(follow_console(record, alive=alive, poll=0)) == b"".join(chunks)
+    assert console_tail(record, lines=2) == "lkctl-init: started\nlkctl-init: ready"
