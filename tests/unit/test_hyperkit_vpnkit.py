@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from lkctl.errors import ConfigError, VmError
+from lkctl.runtime.host import Accel, probe_host
 from lkctl.runtime.hyperkit import Hypervisor, require_hypervisor
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import console_tail, follow_console
@@ -212,3 +213,10 @@ def test_console_readers_read_hyperkits_ring_as_hyperkit_writes_it() -> None:
 
     assert b"".join(follow_console(record, alive=alive, poll=0)) == b"".join(chunks)
     assert console_tail(record, lines=2) == "lkctl-init: started\nlkctl-init: ready"
+
+
+def test_probe_host_for_hyperkit_needs_no_qemu() -> None:
+    host = probe_host(qemu="/nonexistent/qemu-system-x86_64", hypervisor="hyperkit")
+    assert (host.accel, host.qemu) == (Accel.HVF, "")
+    with pytest.raises(ConfigError, match="does not exist"):
+        probe_host(qemu="/nonexistent/qemu-system-x86_64")
