@@ -164,9 +164,15 @@ def require_qemu(qemu: str = "") -> str:
     return find_program(qemu_binary_name(guest_arch()))
 
 
-def probe_host(*, accel: str = "auto", qemu: str = "", kernel: Path | None = None) -> HostCaps:
-    """Find QEMU for the host's architecture and pick the accelerator (`accel` overrides the probe)."""
+def probe_host(
+    *, accel: str = "auto", qemu: str = "", kernel: Path | None = None, hypervisor: str = "qemu"
+) -> HostCaps:
+    """Find QEMU for the host's architecture and pick the accelerator (`accel` overrides the probe).
+
+    For `hypervisor="hyperkit"` no QEMU is needed or probed: hyperkit always runs on Hypervisor.framework."""
     arch = guest_arch()
+    if hypervisor == "hyperkit":
+        return HostCaps(os=platform.system().lower(), arch=arch, accel=Accel.HVF, qemu="")
     binary = require_qemu(qemu)
     if accel == "auto":
         chosen = probe_accel(binary, kernel=kernel)

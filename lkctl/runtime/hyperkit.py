@@ -1,16 +1,23 @@
 """Hyperkit command lines (macOS on Intel) as data, and the choice between QEMU and hyperkit.
 
-The Go tool's hyperkit argv could not boot (no `-f` firmware), handed qcow2 to virtio-blk as raw and put port
-forwards on virtio-net, which takes none. This one boots the way LinuxKit does:
-- kernel+initrd (and kernel+squashfs) through hyperkit's kexec loader: `-f kexec,<kernel>,<initrd>,<cmdline>`;
-- ISOs and raw disks through a UEFI boot ROM (`-f bootrom,<firmware>,,`), bhyve's UEFI build (not QEMU's edk2);
-- raw disks only: hyperkit's qcow2 support is a build option, so qcow2/vmdk are refused with the conversion to run.
-  The raw image is booted from a copy-on-write clone in the state dir (`prepare_vm_files`), never in place;
-- networking through vpnkit (user mode, port forwards via vpnkit's control socket) or vmnet (needs root);
-- hyperkit has no fw_cfg: the guest files (SSH keys) ride on a small ISO attached as an AHCI CD;
-- no 9p of its own: hyperkit's virtio-9p talks to an external 9P server, so `--volume` needs QEMU.
+`hyperkit_argv` builds what LinuxKit's `linuxkit run hyperkit --console-file --state .` builds for the same
+inputs (src/cmd/linuxkit/run_hyperkit.go and moby/hyperkit's go/hyperkit.go `buildArgs`: same option order, slots
+numbered in the same sequence); the golden tests in tests/unit/test_hyperkit_argv.py pin that. lkctl's deviations,
+each for a reason:
+- the pidfile is `qemu.pid` (lkctl's state layout reads one pidfile name for every hypervisor);
+- the squashfs root disk is opened `ro`: it is the shared image, and the guest is untrusted;
+- lkctl also boots raw UEFI disks (a per-VM clone, `prepare_vm_files`) through the boot ROM; LinuxKit boots only
+  ISOs that way. qcow2/vmdk are refused with the conversion to run (hyperkit's qcow2 support is a build option);
+- the guest files (SSH keys) ride on an ISO where LinuxKit puts its metadata ISO (`--data`): hyperkit has no fw_cfg;
+- the guest gets a fixed address from its own vpnkit (LinuxKit's `--ip`), see lkctl.runtime.vpnkit.
+Networking is LinuxKit's `vpnkit` mode (lkctl starts a vpnkit per VM; port forwards over its port socket), an
+existing vpnkit's ethernet socket (`VmSpec.vpnkit_socket`, no port forwards), vmnet (root), or none. There is no
+`--volume` under hyperkit: its virtio-9p needs an external 9P server, which only vpnkit's port socket provides.
 Paths are relative to the VM's state dir (hyperkit runs there) and may not contain commas: hyperkit cannot
 escape them.
+
+NEVER EXECUTED: no hyperkit runs on this project's Linux machines. Everything here is pure and unit-tested; the
+start path (vm.py) runs hyperkit detached with vpnkit as a recorded helper, untested on a Mac.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from pathlib import Path
 from lkctl import proc
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import HostCaps
-from lkctl.runtime.qemu import PIDFILE, ImageFormat, Network, VmSpec, qemu_argv
+from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, ImageFormat, Network, VmSpec, qemu_argv
+from lkctl.runtime.vpnkit import VPNKIT_FORWARDER_VSOCK_PORT, VpnkitLink, own_vpnkit_link
 
 __all__ = [
     "CONSOLE_RING",
@@ -35,11 +43,16 @@ __all__ = [
     "READY_VSOCK_PORT",
     "Hypervisor",
     "choose_hypervisor",
+    "console_file",
     "detect_hypervisor",
     "guest_files_iso",
     "hyperkit_argv",
     "hypervisor_argv",
+    "read_console",
     "read_console_ring",
+    "require_hypervisor",
+    "vm_uuid",
+    "vpnkit_link",
 ]
 
 HYPERKIT_BOOT_DISK = "boot.img"  # the VM's clone of a raw image
@@ -50,12 +63,19 @@ CONSOLE_RING = "console-ring"  # the last 64 KiB of console output, a ring buffe
 # connection to the unix socket `00000002.<port as 8 hex digits>` in the state dir, where lkctl listens.
 READY_VSOCK_PORT = 0x4C4B
 _GUEST_CID = 3
+_STATE = "."  # hyperkit runs in the VM's state dir: LinuxKit's `--state .`
 _UUID_NAMESPACE = uuid.UUID("6c6b6374-6c00-4000-8000-68797065726b")
 
 
 class Hypervisor(StrEnum):
     QEMU = "qemu"
     HYPERKIT = "hyperkit"
+
+
+def vm_uuid(vm_id: str) -> str:
+    """The VM's DMI UUID (`-U`, the guest's /sys/class/dmi/id/product_uuid): LinuxKit makes a random one per run,
+    lkctl derives it from the VM id so a restart keeps it."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, vm_id))
 
 
 def _no_comma(path: Path | str, what: str) -> str:
@@ -65,37 +85,45 @@ def _no_comma(path: Path | str, what: str) -> str:
     return text
 
 
-def _network(spec: VmSpec, vm_uuid: str) -> list[str]:
-    if spec.network is Network.NONE:
-        if spec.ssh_port or spec.ports:
-            raise ConfigError("port forwards need a network: drop --network none or the --port/SSH forwards")
-        return []
-    if spec.network is Network.VMNET:
-        if spec.ssh_port or spec.ports:
-            raise ConfigError(
-                "hyperkit with vmnet gives the guest its own address and forwards no ports; "
-                "port forwards (and lkctl's SSH) need vpnkit or --hypervisor qemu"
-            )
-        return ["-s", "1:0,virtio-net"]
+def vpnkit_link(spec: VmSpec) -> VpnkitLink | None:
+    """Which vpnkit the VM uses: an existing one's ethernet socket when `spec.vpnkit_socket` names one, else the
+    VM's own (started by lkctl); None unless the network is user-mode."""
+    if spec.network is not Network.USER:
+        return None
+    if spec.vpnkit_socket is not None:
+        from lkctl.runtime.vpnkit import vpnkit_uuid
+
+        return VpnkitLink(os.fspath(spec.vpnkit_socket), uuid=vpnkit_uuid(spec.vm_id))
+    return own_vpnkit_link(spec.vm_id)
+
+
+def _check_network(spec: VmSpec, link: VpnkitLink | None) -> None:
+    forwards = bool(spec.ssh_port or spec.ports)
     if spec.network is Network.RESTRICTED:
         raise ConfigError("--network restricted needs QEMU's user network: use --hypervisor qemu")
-    if spec.vpnkit_socket is None:
+    if spec.network is Network.NONE and forwards:
+        raise ConfigError("a VM without a network cannot have port forwards (nor lkctl's SSH)")
+    if spec.network is Network.VMNET and forwards:
         raise ConfigError(
-            "hyperkit has no user-mode networking of its own: it needs vpnkit (Docker Desktop ships one, or "
-            "`brew install vpnkit`), and no vpnkit is running; start one, use --network vmnet as root, "
-            "or use --hypervisor qemu"
+            "hyperkit with vmnet gives the guest its own address and forwards no ports; "
+            "port forwards (and lkctl's SSH) need vpnkit or --hypervisor qemu"
         )
-    sock = _no_comma(spec.vpnkit_socket, "vpnkit socket")
-    return ["-s", f"1:0,virtio-vpnkit,path={sock},uuid={vm_uuid}"]
+    if link is not None and forwards and not link.port_control:
+        raise ConfigError(
+            f"the vpnkit at {link.ethernet} was given without its port socket, so no port can be published "
+            f"(and lkctl's SSH needs one); leave the vpnkit socket unset so lkctl starts the VM's own vpnkit"
+        )
 
 
 def _cmdline(spec: VmSpec, root: str = "") -> str:
+    """LinuxKit's kexec command line: `earlyprintk=serial ` + the image's cmdline (+ ` root=/dev/vda` for squashfs).
+    lkctl adds console=ttyS0 when the image names no console (the console ring is COM1) and its own extras."""
     words = spec.boot.cmdline.split()
     if not any(w.startswith("console=") for w in words):
-        words = ["earlyprintk=serial", "console=ttyS0", *words]
-    if root and not any(w.startswith("root=") for w in words):
+        words.append("console=ttyS0")
+    if root:
         words.append(f"root={root}")
-    return " ".join([*words, *spec.cmdline_extra.split()])
+    return " ".join(["earlyprintk=serial", *words, *spec.cmdline_extra.split()])
 
 
 def _bootrom(spec: VmSpec) -> list[str]:
@@ -108,36 +136,36 @@ def _bootrom(spec: VmSpec) -> list[str]:
     return ["-f", f"bootrom,{_no_comma(spec.firmware.code, 'firmware')},,"]
 
 
-def _boot(spec: VmSpec) -> tuple[list[str], list[str]]:
-    """(slot-2 device, -f loader) for the boot image."""
+def _boot(spec: VmSpec) -> tuple[list[str], list[str], list[str]]:
+    """(disk devices, ISO images, -f loader) for the boot image, each without its slot number."""
     boot = spec.boot
     fmt = boot.format
     if fmt is ImageFormat.KERNEL_INITRD:
         if boot.kernel is None or boot.initrd is None:
             raise ConfigError(f"{boot.path}: a kernel+initrd image needs both a kernel and an initrd")
         kernel, initrd = _no_comma(boot.kernel, "kernel"), _no_comma(boot.initrd, "initrd")
-        return [], ["-f", f"kexec,{kernel},{initrd},{_cmdline(spec)}"]
+        return [], [], ["-f", f"kexec,{kernel},{initrd},{_cmdline(spec)}"]
     if fmt is ImageFormat.KERNEL_SQUASHFS:
         if boot.kernel is None or boot.squashfs is None:
             raise ConfigError(f"{boot.path}: a kernel+squashfs image needs a kernel and a squashfs file")
         squashfs = _no_comma(boot.squashfs, "squashfs")
-        # squashfs is read-only by nature; `ro` makes hyperkit open the image read-only too
+        # LinuxKit's RawDisk{Trim: false} is virtio-blk; `ro` (lkctl's) makes hyperkit open the shared image read-only
         return (
-            ["-s", f"2:0,virtio-blk,{squashfs},ro"],
+            [f"virtio-blk,{squashfs},ro"],
+            [],
             ["-f", f"kexec,{_no_comma(boot.kernel, 'kernel')},,{_cmdline(spec, '/dev/vda')}"],
         )
     if fmt is ImageFormat.ISO:
-        return ["-s", f"2:0,ahci-cd,{_no_comma(boot.path, 'ISO')}"], _bootrom(spec)
+        return [], [_no_comma(boot.path, "ISO")], _bootrom(spec)
     if fmt is ImageFormat.RAW:
-        return ["-s", f"2:0,virtio-blk,{HYPERKIT_BOOT_DISK}"], _bootrom(spec)
+        return [f"virtio-blk,{HYPERKIT_BOOT_DISK}"], [], _bootrom(spec)
     raise ConfigError(
         f"{boot.path}: hyperkit cannot boot {fmt} images (its qcow2 support is a build option); convert it with "
         f"`qemu-img convert -O raw {boot.path} {boot.path.with_suffix('.img')}` or use --hypervisor qemu"
     )
 
 
-def hyperkit_argv(spec: VmSpec, host: HostCaps, *, binary: str = "hyperkit") -> list[str]:
-    """The full hyperkit argv for `spec`. Pure; hyperkit runs in the foreground, so the runtime detaches it."""
+def _refuse(spec: VmSpec, host: HostCaps) -> None:
     if host.os != "darwin" or host.arch != "x86_64":
         raise ConfigError(f"hyperkit requires macOS on Intel (this host is {host.os}/{host.arch}); use QEMU")
     if spec.memory < 64:
@@ -151,29 +179,57 @@ def hyperkit_argv(spec: VmSpec, host: HostCaps, *, binary: str = "hyperkit") -> 
         )
     if spec.virtiofs:
         raise ConfigError("virtiofs needs QEMU on Linux; hyperkit cannot use it")
-    vm_uuid = str(uuid.uuid5(_UUID_NAMESPACE, spec.vm_id))
-    media, loader = _boot(spec)
+    disk = spec.data_disk
+    if disk is not None and disk.format != "raw":
+        raise ConfigError("hyperkit attaches raw data disks only: use --disk size=SIZE,format=raw")
+
+
+def hyperkit_argv(spec: VmSpec, host: HostCaps, *, binary: str = "hyperkit") -> list[str]:
+    """The full hyperkit argv for `spec`, in LinuxKit's order. Pure; hyperkit runs in the foreground in the VM's
+    state dir, so the runtime detaches it."""
+    _refuse(spec, host)
+    link = vpnkit_link(spec)
+    _check_network(spec, link)
+    disks, isos, loader = _boot(spec)
+    if spec.data_disk is not None:
+        disks.append(f"ahci-hd,{_no_comma(spec.data_disk.file, 'data disk')}")  # LinuxKit's RawDisk{Trim: true}
+    if spec.guest_files:
+        isos.append(GUEST_FILES_ISO)
     argv = [
         binary, "-A", "-u",  # -A: ACPI tables (so the guest can power off), -u: the RTC keeps UTC
         "-F", PIDFILE,
         "-c", str(spec.cpus),
         "-m", f"{spec.memory}M",
-        "-U", vm_uuid,  # vpnkit derives the guest's MAC (and so its address) from it: stable per VM
         "-s", "0:0,hostbridge",
         "-s", "31,lpc",
-        *_network(spec, vm_uuid),
-        *media,
     ]  # fmt: skip
-    disk = spec.data_disk
-    if disk is not None:
-        if disk.format != "raw":
-            raise ConfigError("hyperkit attaches raw data disks only: use --disk size=SIZE,format=raw")
-        argv += ["-s", f"3:0,virtio-blk,{_no_comma(disk.file, 'data disk')}"]
-    argv += ["-s", f"4,virtio-sock,guest_cid={_GUEST_CID},path=."]
-    argv += ["-s", "5,virtio-rnd"]
-    if spec.guest_files:
-        argv += ["-s", f"6,ahci-cd,{GUEST_FILES_ISO}"]
-    argv += ["-l", f"com1,autopty={CONSOLE_TTY},log={CONSOLE_RING}"]
+    slot = 1
+    if link is not None:
+        nic = f"{slot}:0,virtio-vpnkit,path={_no_comma(link.ethernet, 'vpnkit socket')}"
+        nic += f",uuid={link.uuid}" if link.uuid else ""
+        nic += f",preferred_ipv4={link.guest_ip}" if link.guest_ip else ""
+        argv += ["-s", nic]
+        slot += 1
+    if spec.network is Network.VMNET:
+        argv += ["-s", f"{slot}:0,virtio-net"]
+        slot += 1
+    argv += ["-U", vm_uuid(spec.vm_id)]
+    for disk in disks:
+        argv += ["-s", f"{slot}:0,{disk}"]
+        slot += 1
+    vsock = f"{slot},virtio-sock,guest_cid={_GUEST_CID},path={_STATE}"
+    own = link is not None and link.own
+    argv += ["-s", vsock + (f",guest_forwards={VPNKIT_FORWARDER_VSOCK_PORT}" if own else "")]
+    slot += 1
+    for iso in isos:
+        argv += ["-s", f"{slot},ahci-cd,{iso}"]
+        slot += 1
+    argv += ["-s", f"{slot},virtio-rnd"]
+    slot += 1
+    if link is not None and link.own:
+        # the guest's vpnkit tools read and write port forwards through this 9P mount (tag "port")
+        argv += ["-s", f"{slot},virtio-9p,path={link.port_control},tag=port"]
+    argv += ["-l", f"com1,autopty={_STATE}/{CONSOLE_TTY},log={_STATE}/{CONSOLE_RING}"]
     argv += loader
     return argv
 
@@ -228,6 +284,26 @@ def detect_hypervisor(requested: str = "auto", arch: str = "") -> Hypervisor:
     )
 
 
+def require_hypervisor(requested: str = "auto", qemu: str = "") -> Hypervisor:
+    """The hypervisor `vm.run` will use, or ConfigError/ProgramMissing now, before any build or state is made.
+
+    QEMU (the setting `qemu` names its binary) wherever it is installed; hyperkit on Intel Macs when asked for or
+    when QEMU is missing there. On Linux, `hyperkit` is refused in one line."""
+    from lkctl.errors import LkError
+    from lkctl.runtime.host import require_qemu
+
+    if requested in ("auto", "qemu"):
+        try:
+            require_qemu(qemu)
+        except LkError:
+            intel_mac = platform.system() == "Darwin" and platform.machine().lower() in ("x86_64", "amd64")
+            if requested == "auto" and intel_mac and shutil.which("hyperkit"):
+                return Hypervisor.HYPERKIT
+            raise  # QEMU's own message says what to install
+        return Hypervisor.QEMU
+    return detect_hypervisor(requested)
+
+
 def guest_files_iso(files: tuple[tuple[str, Path], ...], state_dir: Path) -> Path:
     """Write GUEST_FILES_ISO: each (name, file) at `name` on an ISO with volume id LKCTL (hyperkit's fw_cfg)."""
     for name, _ in files:
@@ -246,8 +322,33 @@ def guest_files_iso(files: tuple[tuple[str, Path], ...], state_dir: Path) -> Pat
 
 
 def read_console_ring(path: Path) -> bytes:
-    """The console output in hyperkit's ring file (unwritten bytes are NUL; once it wraps, order is lost)."""
+    """The console output in hyperkit's ring file.
+
+    hyperkit truncates the file to 64 KiB of NULs, mmaps it and writes each console byte at the next offset,
+    wrapping at the end (uart_emul.c `ringwrite`); the write offset is not stored. Until it wraps, the output is the
+    bytes before the first NUL; after that, the oldest bytes are overwritten and where the output ends is unknown,
+    so the whole ring is returned, NULs removed."""
     try:
-        return path.read_bytes().replace(b"\0", b"")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    end = data.find(b"\0")
+    return data[:end] if end >= 0 and not data[end:].strip(b"\0") else data.replace(b"\0", b"")
+
+
+def console_file(vm_dir: Path) -> Path:
+    """Where the VM's console output is: hyperkit's ring when there is one (hyperkit creates it as it starts),
+    else QEMU's log."""
+    ring = vm_dir / CONSOLE_RING
+    return ring if ring.exists() else vm_dir / CONSOLE_LOG
+
+
+def read_console(vm_dir: Path) -> bytes:
+    """All the console output there is, whichever hypervisor wrote it."""
+    path = console_file(vm_dir)
+    if path.name == CONSOLE_RING:
+        return read_console_ring(path)
+    try:
+        return path.read_bytes()
     except FileNotFoundError:
         return b""

@@ -42,8 +42,7 @@ def run_image(
     """
     from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
     from lkctl.runtime.guest import env_file_text, guest_hostname
-    from lkctl.runtime.host import require_qemu
-    from lkctl.runtime.hyperkit import detect_hypervisor
+    from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.templates import inputs_from_settings
 
     if opts.name:
@@ -60,8 +59,8 @@ def run_image(
         if opts.host != "auto":
             target_host(settings, opts.connect, opts.host)
     else:
-        detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
-        require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+        # an unknown or missing hypervisor (or QEMU) fails here, before a slow build or a record
+        hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu)
         preflight(opts)  # a busy or doubled host port, too
         check_run_network(opts, settings)
     env_file_text(dict(opts.env)), guest_hostname(opts.hostname, opts.name, "0")  # bad --env/--hostname: now
@@ -100,7 +99,9 @@ def run_image(
         from lkctl.runtime.host import probe_host
 
         # the same (cached) probe run_vm makes: say once what it chose and why
-        caps = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel)
+        caps = probe_host(
+            accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=resolved.boot.kernel, hypervisor=hypervisor
+        )
         say(f"accelerator {host_accel_reason(caps.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
@@ -143,11 +144,11 @@ def plan_image(
 ) -> RunPlan:
     """run_image without running: resolve (and build, cached) the image, then plan the VM; nothing is started."""
     from lkctl.images import resolve_image, staged_vm_keys
-    from lkctl.runtime.host import require_qemu
+    from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.runtime.vm import plan_vm
     from lkctl.templates import inputs_from_settings
 
-    require_qemu(settings.vm.qemu)
+    require_hypervisor(opts.hypervisor, settings.vm.qemu)
     preflight(opts)
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)

@@ -15,6 +15,7 @@ from lkctl.errors import ConfigError, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.paths import cache_dir
 from lkctl.runtime import state
+from lkctl.runtime.hyperkit import console_file
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import (
@@ -80,7 +81,7 @@ def inspect_vm(record: VmRecord) -> dict[str, Any]:
         "problem": record.problem or None,
         "paths": {
             "state_dir": str(d),
-            "console_log": str(d / CONSOLE_LOG),
+            "console_log": str(console_file(d)),
             "qmp_socket": str(d / QMP_SOCKET),
             "pidfile": str(d / PIDFILE),
             "client_key": str(d / "id_ed25519"),
@@ -154,6 +155,8 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
         return restart_libvirt_vm(record, stop_timeout=stop_timeout, ready_timeout=ready_timeout)
     if not record.argv:
         raise VmError(f"VM {record.name} has no recorded command line to restart with")
+    if "hyperkit" in Path(record.argv[0]).name:
+        raise VmError(f"restarting hyperkit VMs is not supported; remove {record.name} and run a new VM")
     stop_vm(record, timeout=stop_timeout)
     from lkctl.runtime.qemu import parse_port
 

@@ -22,9 +22,9 @@ from lkctl.errors import ConfigError, StateError, VmError
 from lkctl.flags import check_vm_name
 from lkctl.runtime import state
 from lkctl.runtime.host import HostCaps, probe_host
+from lkctl.runtime.hyperkit import CONSOLE_RING, console_file, read_console, read_console_ring, require_hypervisor
 from lkctl.runtime.network import check_run_network, network_mode
 from lkctl.runtime.qemu import (
-    CONSOLE_LOG,
     QMP_SOCKET,
     BootImage,
     DataDisk,
@@ -129,7 +129,10 @@ def preflight(opts: RunOptions) -> None:
 
 
 def console_tail(record: VmRecord, lines: int = 20) -> str:
-    path = record.dir / CONSOLE_LOG
+    path = console_file(record.dir)
+    if path.name == CONSOLE_RING:
+        text = read_console_ring(path).decode(errors="replace").replace("\r", "")
+        return "\n".join(text.splitlines()[-lines:])
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -142,10 +145,7 @@ def console_tail(record: VmRecord, lines: int = 20) -> str:
 
 
 def _console_bytes(record: VmRecord) -> bytes:
-    try:
-        return (record.dir / CONSOLE_LOG).read_bytes()
-    except FileNotFoundError:
-        return b""
+    return read_console(record.dir)
 
 
 def ssh_target(record: VmRecord) -> SshTarget:
@@ -183,7 +183,7 @@ def _diagnose(record: VmRecord, why: str) -> str:
     tail = console_tail(record)
     msg = f"VM {record.name} did not become ready: {why}; {reason}."
     if tail:
-        msg += f"\nlast console lines ({record.dir / CONSOLE_LOG}):\n{tail}"
+        msg += f"\nlast console lines ({console_file(record.dir)}):\n{tail}"
     return msg
 
 
@@ -301,14 +301,13 @@ def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor
 
 
 def _launch(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps
+    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps, hypervisor: str
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Start QEMU (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
     from lkctl.runtime.disks import prepare_vm_files
-    from lkctl.runtime.hyperkit import detect_hypervisor, hypervisor_argv
+    from lkctl.runtime.hyperkit import hypervisor_argv
 
-    hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     boot = _fast_kernel(boot, host, settings, hypervisor)
     for attempt in range(3):
         ssh_port = 0 if network_mode(opts, settings) is Network.NONE else opts.ssh_port or _free_port()
@@ -317,6 +316,8 @@ def _launch(
         prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
         argv = hypervisor_argv(spec, host, hypervisor)
         record = _start_virtiofsd(record, spec)
+        if hypervisor == "hyperkit":
+            record = _start_vpnkit(record, spec)
         if ssh_port:
             ssh.write_known_hosts(
                 record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
@@ -346,6 +347,8 @@ def _launch(
                 raise VmError(f"QEMU for VM {record.name} exited right after starting; see {record.dir / 'qemu.log'}")
             record = dataclasses.replace(record, pid=pid, pid_start=ident.start, boot_id=ident.boot_id)
             state.save_record(record)
+            if hypervisor == "hyperkit":
+                _publish_ports(record, spec)
             return record, child
         last = err.splitlines()[-1] if err else f"exit status {rc}"
         if "host forwarding rule" in err and not opts.ssh_port and attempt < 2:
@@ -392,6 +395,38 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
                 raise VmError(f"virtiofsd for volume {m.volume} did not start; see {record.dir}/virtiofsd-{m.tag}.log")
             time.sleep(0.02)
     return record
+
+
+def _start_vpnkit(record: VmRecord, spec: VmSpec) -> VmRecord:
+    """Start the hyperkit VM's own vpnkit (LinuxKit's `--networking vpnkit`), recorded as a helper like virtiofsd.
+    NEVER EXECUTED: no vpnkit or hyperkit runs on Linux."""
+    from lkctl.runtime.hyperkit import vpnkit_link
+    from lkctl.runtime.vpnkit import find_vpnkit, start_vpnkit
+
+    link = vpnkit_link(spec)
+    if link is None or not link.own:
+        return record
+    daemon = start_vpnkit(record.dir, find_vpnkit(), log=record.dir / "vpnkit.log")
+    ident = state.process_identity(daemon.pid)
+    if ident is not None:
+        record = dataclasses.replace(record, helpers=[*record.helpers, [str(ident.pid), ident.start]])
+        state.save_record(record)
+    return record
+
+
+def _publish_ports(record: VmRecord, spec: VmSpec) -> None:
+    """Forward the SSH port and --port forwards through the VM's vpnkit, as LinuxKit's vpnkitPublishPorts does.
+    NEVER EXECUTED against a real vpnkit (tested against an HTTP server on a unix socket)."""
+    from lkctl.runtime.hyperkit import vpnkit_link
+    from lkctl.runtime.vpnkit import expose_port
+
+    link = vpnkit_link(spec)
+    if link is None or not link.port_control:
+        return
+    forwards = [PortForward(spec.ssh_port, 22)] if spec.ssh_port else []
+    for p in [*forwards, *spec.ports]:
+        expose_port(record.dir / link.port_control, proto=p.proto, host_ip=p.host_ip, host_port=p.host_port,
+                    guest_ip=link.guest_ip, guest_port=p.guest_port)  # fmt: skip
 
 
 def _kill_helpers(record: VmRecord) -> None:
@@ -466,7 +501,8 @@ def run_vm(
     once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
     """
     check_run_network(opts, settings)
-    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
+    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu).value  # before anything is created
+    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel, hypervisor=hypervisor)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)
     record = _create(boot, image_label, opts, settings, host)
@@ -480,7 +516,7 @@ def run_vm(
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
-            record, child = _launch(record, boot, opts, settings, host)
+            record, child = _launch(record, boot, opts, settings, host, hypervisor)
             if on_started is not None:
                 on_started(record)
             if opts.detach:
@@ -604,11 +640,13 @@ def follow_console(
         yield from console_chunks(record, follow=alive is None)
         return
     is_alive = alive or (lambda: state.is_our_process(record))
-    path = record.dir / CONSOLE_LOG
-    while not path.exists():
+    while not (path := console_file(record.dir)).exists():
         if not is_alive():
             return
         time.sleep(poll)
+    if path.name == CONSOLE_RING:
+        yield from _follow_ring(path, from_start=from_start, is_alive=is_alive, poll=poll)
+        return
     with open(path, "rb") as f:
         if not from_start:
             f.seek(0, os.SEEK_END)
@@ -623,6 +661,23 @@ def follow_console(
                     yield rest
                 return
             time.sleep(poll)
+
+
+def _follow_ring(path: Path, *, from_start: bool, is_alive: Callable[[], bool], poll: float) -> Iterator[bytes]:
+    """follow_console over hyperkit's console ring: yields what was appended since the last look. Once the ring has
+    wrapped (64 KiB of output), the end of the output cannot be found any more, and following stops there."""
+    seen = b"" if from_start else read_console_ring(path)
+    while True:
+        alive = is_alive()
+        now = read_console_ring(path)
+        if now.startswith(seen) and len(now) > len(seen):
+            yield now[len(seen) :]
+            seen = now
+        elif not now.startswith(seen):
+            return  # wrapped (or truncated by a restart): the order of what follows is unknown
+        if not alive:
+            return
+        time.sleep(poll)
 
 
 def exec_in_vm(
@@ -655,11 +710,11 @@ def plan_vm(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     The hypervisor argv for a VM with a fresh ID, run from its state directory (relative paths in the argv are
     there), and the record it would have. With no --ssh-port, the port shown is one that is free now.
     """
-    from lkctl.runtime.hyperkit import detect_hypervisor, hypervisor_argv
+    from lkctl.runtime.hyperkit import hypervisor_argv
 
-    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel)
+    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu).value
+    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel, hypervisor=hypervisor)
     preflight(opts)
-    hypervisor = detect_hypervisor(opts.hypervisor, host.arch).value
     boot = _fast_kernel(boot, host, settings, hypervisor)
     records = state.all_records()
     vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
