@@ -18,6 +18,7 @@ from lkctl.errors import ConfigError
 
 __all__ = [
     "BuildSettings",
+    "DevSettings",
     "Settings",
     "SourcesSettings",
     "TemplatesSettings",
@@ -76,11 +77,24 @@ class TemplatesSettings:
 
 
 @dataclass(frozen=True)
+class DevSettings:
+    """The project's dev VM (`dev.*`)."""
+
+    memory: int = 4096  # MB
+    cpus: int = 2
+    serve_port: int = 8000  # dev.serve's port, guest and host (127.0.0.1)
+    agent_command: str = "claude"  # what dev.claude runs in /app (a shell command line)
+    agent_auth: str = "anthropic,git"  # dev.claude's default --auth (gh and ssh only when asked)
+    console_shell: bool = True  # dev.boot starts a root shell on the serial console (dev.shell --console)
+
+
+@dataclass(frozen=True)
 class Settings:
     vm: VmSettings = field(default_factory=VmSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
     sources: SourcesSettings = field(default_factory=SourcesSettings)
     templates: TemplatesSettings = field(default_factory=TemplatesSettings)
+    dev: DevSettings = field(default_factory=DevSettings)
 
 
 def invoke_defaults() -> dict[str, Any]:
