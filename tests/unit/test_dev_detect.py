@@ -190,7 +190,7 @@ def test_invalid_test_yaml_is_one_line_naming_the_file(tmp_path: Path, text: str
 
 
 def test_name_without_test_yaml_says_the_file_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="test.yaml does not exist"):
+    with pytest.raises(ConfigError, match=r"test\.yaml does not exist"):
         resolve_test_command(find_project(tmp_path), name="unit")
 
 
