@@ -140,7 +140,16 @@ def boot_dev(
         if state.vm_status(record) == "running":
             return BootResult(record, "already running")
         say(f"starting dev VM {record.name} again (its disk is kept; --fresh starts over)")
-        record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
+        try:
+            record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
+        except BaseException:
+            # a restart that never answered must not leave a QEMU behind (the record may hold its new pid)
+            from lkctl.runtime.vm import stop_vm
+
+            again = find_dev_vm(project)
+            if again is not None:
+                stop_vm(again, timeout=5)
+            raise
         how = "started again"
     else:
         run = RunOptions(
@@ -155,7 +164,10 @@ def boot_dev(
         record, _ = run_image(image.image, run, settings, say=say)
         how = "booted"
     if settings.dev.console_shell:
-        _start_console_shell(record)
+        try:
+            _start_console_shell(record)
+        except VmError as e:  # the VM is up and reachable otherwise; only --console lacks its shell
+            say(f"no shell on the serial console ({e.message})")
     return BootResult(record, how)
 
 

@@ -223,24 +223,24 @@ def _read_until(stream: int, needle: bytes, timeout: float) -> bytes:
 def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev: Dev) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
-    serve = subprocess.Popen(
+    with subprocess.Popen(
         [str(BIN / "lkctl"), "dev.serve", "--port", str(port)], cwd=dev.cli.cwd, env=dev.cli.env,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert serve.stderr is not None
-        said = _read_until(serve.stderr.fileno(), url.encode(), 300)
-        assert f"serving /app at {url}".encode() in said, said
-        # the URL answers the moment it is printed, with the project's file
-        with urllib.request.urlopen(url + "index.html", timeout=30) as page:
-            assert b"served-by-dev-serve" in page.read()
-        assert f"127.0.0.1:{port}->{port}/tcp" in dev.status()["forwards"]
-        serve.send_signal(signal.SIGINT)
-        assert serve.wait(60) == 130
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
+    ) as serve:  # fmt: skip
+        try:
+            assert serve.stderr is not None
+            said = _read_until(serve.stderr.fileno(), url.encode(), 300)
+            assert f"serving /app at {url}".encode() in said, said
+            # the URL answers the moment it is printed, with the project's file
+            with urllib.request.urlopen(url + "index.html", timeout=30) as page:
+                assert b"served-by-dev-serve" in page.read()
+            assert f"127.0.0.1:{port}->{port}/tcp" in dev.status()["forwards"]
+            serve.send_signal(signal.SIGINT)
+            assert serve.wait(60) == 130
+        finally:
+            if serve.poll() is None:
+                serve.kill()
+                serve.wait()
     assert f"127.0.0.1:{port}->{port}/tcp" not in dev.status()["forwards"]
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)
@@ -325,28 +325,28 @@ def test_dev_claude_without_the_agent_says_how_to_get_it(dev: Dev) -> None:
 
 
 def test_console_attaches_to_the_serial_console_for_real_and_ctrl_bracket_detaches(dev: Dev) -> None:
-    console = subprocess.Popen(
+    with subprocess.Popen(
         [str(BIN / "lkctl"), "dev.shell", "--console"], cwd=dev.cli.cwd, env=dev.cli.env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert console.stdin is not None and console.stdout is not None
-        time.sleep(1)
-        console.stdin.write(b"\necho console-$((6*7)); cd /app && ls Makefile\n")
-        console.stdin.flush()
-        seen = _read_until(console.stdout.fileno(), b"Makefile\r\n", 120)
-        assert b"console-42" in seen and b"Makefile" in seen, seen
-        # what the guest writes to its console reaches the attached terminal, and the log, at the same time
-        dev.cli("dev.shell", "--", "sh", "-c", "echo kernel-console-marker > /dev/console")
-        assert b"kernel-console-marker" in _read_until(console.stdout.fileno(), b"kernel-console-marker", 60)
-        console.stdin.write(b"\x1d")
-        console.stdin.flush()
-        assert console.wait(30) == 0
-        assert console.stderr is not None and b"Ctrl-] detaches" in console.stderr.read()
-    finally:
-        if console.poll() is None:
-            console.kill()
-            console.wait()
+    ) as console:  # fmt: skip
+        try:
+            assert console.stdin is not None and console.stdout is not None and console.stderr is not None
+            time.sleep(1)
+            console.stdin.write(b"\necho console-$((6*7)); cd /app && ls Makefile\n")
+            console.stdin.flush()
+            seen = _read_until(console.stdout.fileno(), b"Makefile\r\n", 120)
+            assert b"console-42" in seen and b"Makefile" in seen, seen
+            # what the guest writes to its console reaches the attached terminal and the log at the same time
+            dev.cli("dev.shell", "--", "sh", "-c", "echo kernel-console-marker > /dev/console")
+            assert b"kernel-console-marker" in _read_until(console.stdout.fileno(), b"kernel-console-marker", 60)
+            console.stdin.write(b"\x1d")
+            console.stdin.flush()
+            assert console.wait(30) == 0
+            assert b"Ctrl-] detaches" in console.stderr.read()
+        finally:
+            if console.poll() is None:
+                console.kill()
+                console.wait()
     assert "kernel-console-marker" in (dev.vm_dir() / "console.log").read_text(errors="replace")
     assert "kernel-console-marker" in dev.cli("vm.logs", str(dev.status()["vm_id"])).stdout
 
@@ -369,7 +369,7 @@ def test_two_projects_have_two_dev_vms_side_by_side(dev: Dev) -> None:
 
 def test_stop_then_boot_starts_the_same_vm_again_and_fresh_makes_a_new_one(dev: Dev) -> None:
     before = dev.status()
-    assert "powered off" in dev.cli("dev.stop").stderr
+    assert dev.cli("dev.stop").stderr.startswith(f"lkctl: dev VM {before['vm_name']} ")
     stopped = dev.status()
     assert (stopped["running"], stopped["exists"], stopped["vm_id"]) == (False, True, before["vm_id"])
     again = dev.cli("dev.boot", timeout=1200)
