@@ -300,7 +300,7 @@ def test_dev_claude_delivers_exactly_the_chosen_credentials(dev: Dev, tmp_path: 
         dev.cli("dev.shell", "--", "rm", "-rf", "/root/.config/gh")
         default = Cli(env, dev.cli.cwd)("dev.claude", "--model", "opus 4", check=False)
         assert "ANTHROPIC_API_KEY=sk-ant-test-value" in default.stdout
-        assert "SSH_AUTH_SOCK" not in default.stdout and "AGENT 12" not in default.stdout
+        assert "SSH_AUTH_SOCK=" not in default.stdout and "AGENT 12" not in default.stdout  # no agent
         assert "No such file" in default.stdout  # gh config not copied
 
         none = Cli(env, dev.cli.cwd)("dev.claude", "--no-auth", check=False)

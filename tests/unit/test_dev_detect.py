@@ -254,3 +254,20 @@ def test_credentials_hold_exactly_what_was_asked_and_describe_names_only(tmp_pat
     assert collect_credentials(("git",), tmp_path, env).env.keys() == {
         "GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"}  # fmt: skip
     assert collect_credentials((), tmp_path, env).describe() == ["forwarded to the agent: nothing"]
+
+
+def test_serve_command_override_path_and_port_checks(tmp_path: Path) -> None:
+    from lkctl.dev.serve import ServeOptions, serve_command
+
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "manage.py").touch()
+    project = find_project(tmp_path)
+    assert serve_command(project, ServeOptions(port=9001, path="web")).command == (
+        "python3 manage.py runserver 0.0.0.0:9001"
+    )  # detection reads the sub-directory
+    custom = serve_command(project, ServeOptions(port=9001, command="./run --fast"))
+    assert (custom.command, dict(custom.env)) == ("./run --fast", {"PORT": "9001"})
+    with pytest.raises(ConfigError, match="is not a directory"):
+        serve_command(project, ServeOptions(path="missing"))
+    with pytest.raises(ConfigError, match="not a port number"):
+        serve_command(project, ServeOptions(port=70000))
