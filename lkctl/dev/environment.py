@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import io
 import os
+import posixpath
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -93,9 +95,7 @@ class DevStatus:
     forwards: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
+        return dataclasses.asdict(self)
 
 
 def find_dev_vm(project: Project) -> VmRecord | None:
@@ -233,8 +233,6 @@ def dev_status(project: Project, settings: Settings) -> DevStatus:
 def guest_shell_argv(command: str, *, env: Mapping[str, str] | None = None, subdir: str = "") -> list[str]:
     """argv that runs shell `command` in /app[/subdir] in a login shell (the image's profile sets PATH for its
     toolchains), with `env` exported after the profile so nothing there overrides it."""
-    import re
-
     parts = []
     for k, v in (env or {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
@@ -247,8 +245,6 @@ def guest_shell_argv(command: str, *, env: Mapping[str, str] | None = None, subd
 
 def app_path(subdir: str = "") -> str:
     """/app or /app/SUBDIR; SUBDIR must stay inside the project."""
-    import posixpath
-
     if not subdir:
         return GUEST_APP
     norm = posixpath.normpath(subdir)
