@@ -369,8 +369,32 @@ def test_two_projects_have_two_dev_vms_side_by_side(dev: Dev) -> None:
     assert dev.status(cli)["running"] is False and dev.status()["running"] is True
 
 
-def test_stop_then_boot_starts_the_same_vm_again_and_fresh_makes_a_new_one(dev: Dev) -> None:
+def _console_says(dev: Dev, typed: bytes, expect: bytes) -> bytes:
+    """Attach with dev.shell --console, type a line, read until `expect`, detach with Ctrl-]."""
+    with subprocess.Popen(
+        [str(BIN / "lkctl"), "dev.shell", "--console"], cwd=dev.cli.cwd, env=dev.cli.env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    ) as console:  # fmt: skip
+        try:
+            assert console.stdin is not None and console.stdout is not None
+            console.stdin.write(b"\n" + typed + b"\n")
+            console.stdin.flush()
+            seen = _read_until(console.stdout.fileno(), expect, 120)
+            console.stdin.write(b"\x1d")
+            console.stdin.flush()
+            assert console.wait(30) == 0
+            return seen
+        finally:
+            if console.poll() is None:
+                console.kill()
+                console.wait()
+
+
+def test_the_console_works_with_ssh_down_and_stop_then_boot_brings_the_same_vm_back(dev: Dev) -> None:
     before = dev.status()
+    _console_says(dev, b"killall dropbear; echo ssh-$((1+1))-down", b"ssh-2-down")
+    assert dev.cli("dev.shell", "--", "true", check=False, timeout=120).returncode != 0  # SSH is really down
+    assert b"still-3" in _console_says(dev, b"echo still-$((1+2))", b"still-3")  # the console is not
     assert dev.cli("dev.stop").stderr.startswith(f"lkctl: dev VM {before['vm_name']} ")
     stopped = dev.status()
     assert (stopped["running"], stopped["exists"], stopped["vm_id"]) == (False, True, before["vm_id"])
