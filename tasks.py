@@ -11,7 +11,7 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from lkctl.settings import invoke_defaults
-from lkctl.tasks import image, template, vm
+from lkctl.tasks import dev, image, template, vm
 
 PY = shlex.quote(sys.executable)
 
@@ -47,4 +47,5 @@ ns = Collection(test, lint, bench)
 ns.add_collection(vm.ns)
 ns.add_collection(image.ns)
 ns.add_collection(template.ns)
+ns.add_collection(dev.ns)
 ns.configure(invoke_defaults())

@@ -19,6 +19,7 @@ from lkctl.runtime.libvirt.hosts import HostConfig, parse_hosts
 
 __all__ = [
     "BuildSettings",
+    "DevSettings",
     "LibvirtSettings",
     "Settings",
     "SourcesSettings",
@@ -87,6 +88,18 @@ class LibvirtSettings:
 
 
 @dataclass(frozen=True)
+class DevSettings:
+    """The project's dev VM (`dev.*`)."""
+
+    memory: int = 4096  # MB
+    cpus: int = 2
+    serve_port: int = 8000  # dev.serve's port, guest and host (127.0.0.1)
+    agent_command: str = "claude"  # what dev.claude runs in /app (a shell command line)
+    agent_auth: str = "anthropic,git"  # dev.claude's default --auth (gh and ssh only when asked)
+    console_shell: bool = True  # dev.boot starts a root shell on the serial console (dev.shell --console)
+
+
+@dataclass(frozen=True)
 class Settings:
     vm: VmSettings = field(default_factory=VmSettings)
     build: BuildSettings = field(default_factory=BuildSettings)
@@ -94,6 +107,7 @@ class Settings:
     templates: TemplatesSettings = field(default_factory=TemplatesSettings)
     libvirt: LibvirtSettings = field(default_factory=LibvirtSettings)
     hosts: tuple[HostConfig, ...] = ()  # lkctl.hosts: [{name, uri, memory, accel, known_hosts}] (env: LKCTL_HOSTS)
+    dev: DevSettings = field(default_factory=DevSettings)
 
 
 def invoke_defaults() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lkctl.runtime.host import Accel, HostCaps
 __all__ = [
     "BOOT_OVERLAY",
     "CONSOLE_LOG",
+    "CONSOLE_SOCKET",
     "DATA_DISK_SERIAL",
     "PIDFILE",
     "QMP_SOCKET",
@@ -49,6 +50,7 @@ __all__ = [
 PIDFILE = "qemu.pid"
 QMP_SOCKET = "qmp.sock"
 CONSOLE_LOG = "console.log"
+CONSOLE_SOCKET = "console.sock"  # the serial console, for one interactive client at a time; also logged
 BOOT_OVERLAY = "boot.qcow2"  # per-VM overlay over a disk image (or a kernel+squashfs root)
 UEFI_VARS = "efivars.fd"  # per-VM copy of the firmware's variable store
 VOLUMES_FILE = "volumes"  # tag → guest path list, handed to the guest as fw_cfg opt/lkctl/volumes
@@ -461,7 +463,8 @@ def qemu_argv(spec: VmSpec, host: HostCaps) -> list[str]:
         "-nodefaults", "-no-user-config", "-display", "none",
         "-pidfile", PIDFILE,
         "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
-        "-chardev", f"file,id=console0,path={CONSOLE_LOG}",
+        # a socket to attach to interactively (dev.shell --console) that also copies everything to the log
+        "-chardev", f"socket,id=console0,path={CONSOLE_SOCKET},server=on,wait=off,logfile={CONSOLE_LOG}",
         "-serial", "chardev:console0",
         *_firmware(spec, host),
         "-object", "rng-random,id=rng0,filename=/dev/urandom",

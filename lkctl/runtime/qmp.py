@@ -12,7 +12,7 @@ from typing import Any
 
 from lkctl.errors import VmError
 
-__all__ = ["qmp_command"]
+__all__ = ["hmp_command", "qmp_command"]
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
@@ -68,3 +68,11 @@ def qmp_command(path: Path, command: str, arguments: dict[str, Any] | None = Non
                 result = msg.get("return")
                 break
         return result
+
+
+def hmp_command(path: Path, line: str, *, timeout: float = 5.0) -> str:
+    """Run a human-monitor command (e.g. `hostfwd_add ...`, `info usernet`) and return its text output.
+
+    HMP reports most failures as text rather than as a QMP error; callers check what it printed."""
+    result = qmp_command(path, "human-monitor-command", {"command-line": line}, timeout=timeout)
+    return result if isinstance(result, str) else ""

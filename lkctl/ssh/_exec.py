@@ -78,22 +78,31 @@ def exec_command(
     env: Mapping[str, str] | None = None,
     workdir: str | None = None,
     timeout: float | None = None,
+    forward_agent: bool = False,
 ) -> int:
     """Run argv (or a shell `command`) on the guest and return its exit status unchanged.
 
     Output is copied byte for byte to `stdout`/`stderr` (default: this process's) as it arrives; `stdin`, when
     given, is streamed until EOF, otherwise the command sees EOF at once. A command killed by a signal gives
     128+N; a session that ends without any status gives 255, like OpenSSH. With `pty=True` the guest merges
-    stderr into stdout, and a terminal on `stdin` is put in raw mode for the duration.
+    stderr into stdout, and a terminal on `stdin` is put in raw mode for the duration. `forward_agent=True`
+    forwards the host's ssh-agent (SSH_AUTH_SOCK) to this one command; nothing else ever does.
     """
     line = remote_command(argv, command=command, env=env, workdir=workdir)
     out = stdout if stdout is not None else sys.stdout.buffer
     err = stderr if stderr is not None else sys.stderr.buffer
     deadline = None if timeout is None else time.monotonic() + timeout
     client = _connect(target, CONNECT_TIMEOUT if timeout is None else min(CONNECT_TIMEOUT, timeout))
+    agent = None
     try:
         with _translated_errors(target, CONNECT_TIMEOUT):
             channel = _session(client, CONNECT_TIMEOUT)
+            if forward_agent:
+                import paramiko.agent
+
+                if not os.environ.get("SSH_AUTH_SOCK"):
+                    raise SshError("cannot forward the ssh-agent: SSH_AUTH_SOCK is not set (start ssh-agent first)")
+                agent = paramiko.agent.AgentRequestHandler(channel)
             if pty:
                 fd = _tty_fd(out)
                 size = os.get_terminal_size(fd) if fd is not None else os.terminal_size((80, 24))
@@ -101,6 +110,8 @@ def exec_command(
             channel.exec_command(line)
         return _pump(channel, target, stdin, out, err, deadline, raw=pty and _tty_fd(stdin) is not None)
     finally:
+        if agent is not None:
+            agent.close()
         client.close()
 
 

@@ -61,7 +61,7 @@ HEAD_TCG = [
     "-nodefaults", "-no-user-config", "-display", "none",
     "-pidfile", "qemu.pid",
     "-qmp", "unix:qmp.sock,server=on,wait=off",
-    "-chardev", "file,id=console0,path=console.log",
+    "-chardev", "socket,id=console0,path=console.sock,server=on,wait=off,logfile=console.log",
     "-serial", "chardev:console0",
 ]  # fmt: skip
 RNG = ["-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"]

@@ -1,0 +1,104 @@
+"""Attaching a terminal to a VM's serial console (QEMU's console socket), without SSH.
+
+QEMU serves the console on `console.sock` in the VM's state dir and logs it to `console.log` at the same time,
+so `vm.logs` keeps working whether or not someone is attached. One client at a time; Ctrl-] detaches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import IO
+
+from lkctl.errors import VmError
+from lkctl.runtime import state
+from lkctl.runtime.qemu import CONSOLE_SOCKET
+from lkctl.runtime.state import VmRecord
+
+__all__ = ["DETACH_KEY", "attach_console"]
+
+DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console
+_QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script piped in) before detaching
+
+
+def _connect(record: VmRecord) -> socket.socket:
+    path = record.dir / CONSOLE_SOCKET
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dir_fd = None
+    target = os.fspath(path)
+    if len(target.encode()) > 100:  # sun_path holds 108 bytes: go through a short /proc/self/fd alias
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        target = f"/proc/self/fd/{dir_fd}/{path.name}"
+    try:
+        sock.connect(target)
+    except OSError as e:
+        sock.close()
+        raise VmError(
+            f"cannot attach to the console of VM {record.name} ({path}): {e.strerror or e}; "
+            "VMs started before lkctl had console sockets need a restart"
+        ) from None
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return sock
+
+
+@contextlib.contextmanager
+def _raw(stream: IO[bytes] | None) -> Iterator[bool]:
+    """Raw mode on a terminal (keys go to the guest as typed, Ctrl-C included); no-op otherwise."""
+    fd = stream.fileno() if stream is not None and hasattr(stream, "fileno") else -1
+    if fd < 0 or not os.isatty(fd):
+        yield False
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSANOW)
+    try:
+        yield True
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def attach_console(record: VmRecord, stdin: IO[bytes] | None, stdout: IO[bytes]) -> str:
+    """Copy stdin to the VM's serial console and the console to stdout until Ctrl-] (or the VM stops).
+
+    Returns why it ended: "detached" or "the VM stopped". Piped input that ends detaches once the console has
+    been quiet for a moment, so `printf 'cmd\\n' | ... --console` prints what the command answered."""
+    status = state.vm_status(record)
+    if status != "running":
+        raise VmError(f"VM {record.name} is not running (status: {status}); its console is gone")
+    sock = _connect(record)
+    in_fd = stdin.fileno() if stdin is not None else -1
+    eof_at: float | None = None if in_fd >= 0 else time.monotonic()
+    with contextlib.closing(sock), _raw(stdin):
+        while True:
+            watch = [sock] + ([in_fd] if eof_at is None else [])
+            ready, _, _ = select.select(watch, [], [], 0.2)
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return "the VM stopped"
+                stdout.write(data)
+                stdout.flush()
+                if eof_at is not None:
+                    eof_at = time.monotonic()
+            if in_fd in ready:
+                data = os.read(in_fd, 4096)
+                if not data:
+                    eof_at = time.monotonic()
+                    continue
+                head, key, _ = data.partition(DETACH_KEY)
+                if head:
+                    sock.sendall(head)
+                if key:
+                    return "detached"
+            if eof_at is not None and time.monotonic() - eof_at > _QUIET_AFTER_EOF:
+                return "detached"
+            if not ready and not state.is_our_process(record):
+                return "the VM stopped"

@@ -1,0 +1,127 @@
+"""`dev.serve`: the project's server in the dev VM, reachable from the host at http://127.0.0.1:PORT/.
+
+The forward is added to the running VM over QMP (no reboot) before the server starts and removed when it stops,
+whatever stops it (Ctrl-C, the server exiting, an error). The URL is announced only once it answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import io
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from lkctl.dev.detect import DetectedCommand, detect_serve_command
+from lkctl.dev.environment import app_path, guest_shell_argv, require_running
+from lkctl.dev.forward import add_forward, remove_forward
+from lkctl.dev.project import Project
+from lkctl.errors import ConfigError, VmError
+from lkctl.runtime.qemu import PortForward
+from lkctl.runtime.state import VmRecord
+
+__all__ = ["ServeOptions", "serve_command", "serve_dev"]
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    port: int = 8000  # guest port, and host port on 127.0.0.1
+    path: str = ""  # sub-directory of the project to serve from
+    command: str = ""  # override detection (a shell command line run in the guest)
+    ready_timeout: float = 300.0  # seconds to wait for the server's first answer before saying so
+
+
+def serve_command(project: Project, opts: ServeOptions) -> DetectedCommand:
+    """The server to run: `opts.command`, else what the project's files say (see detect_serve_command)."""
+    if not 1 <= opts.port <= 65535:
+        raise ConfigError(f"--port {opts.port}: not a port number (1-65535)")
+    directory = project.root / opts.path if opts.path else project.root
+    app_path(opts.path)  # refuses paths outside the project
+    if not directory.is_dir():
+        raise ConfigError(f"--path {opts.path}: {directory} is not a directory")
+    if opts.command:
+        return DetectedCommand(opts.command, "--command", {"PORT": str(opts.port)})
+    return detect_serve_command(directory, opts.port)
+
+
+def _answers(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("HEAD", "/")
+        conn.getresponse().read()
+        return True
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _forwarded(record: VmRecord, forward: PortForward) -> Iterator[None]:
+    add_forward(record, forward)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(VmError):  # a VM that died took its forwards with it
+            remove_forward(record, forward)
+
+
+def _stop_remote(record: VmRecord, pidfile: str) -> None:
+    """Stop the server's whole process group in the guest (its session ended with the SSH channel, but a server
+    that ignores SIGHUP, or children it spawned, must not outlive dev.serve)."""
+    from lkctl import ssh
+    from lkctl.runtime.vm import ssh_target
+
+    line = f'p=$(cat {pidfile} 2>/dev/null) && kill -TERM -- -"$p" 2>/dev/null; rm -f {pidfile}; true'
+    sink = io.BytesIO()
+    with contextlib.suppress(VmError):
+        ssh.exec_command(ssh_target(record), ["/bin/sh", "-c", line], stdout=sink, stderr=sink, timeout=20)
+
+
+def serve_dev(
+    project: Project,
+    opts: ServeOptions,
+    *,
+    stdout: IO[bytes],
+    stderr: IO[bytes],
+    say: Callable[[str], None] = lambda _: None,
+) -> int:
+    """Run the server in the dev VM until it exits or Ctrl-C; returns its exit status (130 after Ctrl-C)."""
+    from lkctl import ssh
+    from lkctl.runtime.vm import ssh_target
+
+    server = serve_command(project, opts)
+    record = require_running(project)
+    forward = PortForward(opts.port, opts.port)
+    url = f"http://127.0.0.1:{opts.port}/"
+    pidfile = f"/run/lkctl-serve-{opts.port}.pid"
+    # the login shell that runs the server records its pid (= its process group, on the pty) and becomes it
+    command = f"echo $$ > {pidfile} && exec {server.command}"
+    argv = guest_shell_argv(command, env=server.env, subdir=opts.path)
+    done = threading.Event()
+
+    def announce() -> None:
+        deadline = time.monotonic() + opts.ready_timeout
+        while not done.is_set() and time.monotonic() < deadline:
+            if _answers(opts.port):
+                say(f"serving {app_path(opts.path)} at {url} (Ctrl-C stops it)")
+                return
+            done.wait(0.5)
+        if not done.is_set():
+            say(f"{url} does not answer yet after {opts.ready_timeout:g}s; the server is still starting or stuck")
+
+    with _forwarded(record, forward):
+        say(f"starting {server.command!r} ({server.reason}); forwarding 127.0.0.1:{opts.port} to the VM")
+        watcher = threading.Thread(target=announce, daemon=True, name="lkctl-serve-ready")
+        watcher.start()
+        try:
+            # a pty: when the channel closes the server's session gets SIGHUP, like a closed terminal
+            return int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr, pty=True))
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            done.set()
+            _stop_remote(record, pidfile)

@@ -1,0 +1,1 @@
+<?php echo "served-by-php\n";
