@@ -38,8 +38,8 @@ def run_image(
     if opts.name:
         check_vm_name(opts.name)
         state.check_name_free(opts.name)  # checked again under the lock when the record is made
-    detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
     require_qemu(settings.vm.qemu)  # fail before a slow build, not after
+    detect_hypervisor(opts.hypervisor)  # an unknown or missing hypervisor fails here, before a build or a record
     say(f"resolving image {what!r}")
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
