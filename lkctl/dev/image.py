@@ -146,17 +146,16 @@ def local_dev_version() -> tuple[str, str]:
     return h.hexdigest()[:16], root_fp
 
 
-def _reusable_root(root_fp: str) -> Path | None:
-    """A root disk with this fingerprint in another version (only the kernel or init changed): link it, not rebuild."""
-    if not _versions().is_dir():
-        return None
-    for vdir in sorted(_versions().iterdir()):
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads((vdir / _MANIFEST).read_text())
-            disk = _root_disk(vdir)
-            if meta.get("root_fingerprint") == root_fp and disk is not None:
-                return disk
-    return None
+def _cached_root(root_fp: str) -> Path:
+    """Where a built root disk is kept in lkctl's cache, by fingerprint: a version that changes only the kernel or
+    init, a reinstall, or another lkctl home sharing the cache links it instead of building it again."""
+    return paths.cache_dir() / "dev" / f"root-{root_fp[:32]}.qcow2"
+
+
+def _prune_cached_roots(keep: Path) -> None:
+    for old in keep.parent.glob("root-*.qcow2"):
+        if old != keep:
+            old.unlink(missing_ok=True)  # installed versions hold their own link to it
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:
@@ -166,13 +165,17 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def _publish(version: str, source: str, fill: Any, extra: dict[str, Any]) -> DevImage:
+def _publish(version: str, source: str, fill: Any, extra: dict[str, Any], *, fresh: bool = False) -> DevImage:
     """Make version dir `version` with `fill(tmpdir)` plus the boot parts in a temp dir, rename it into place,
-    and make it current. Nothing half-made is ever at the final path."""
+    and make it current. Nothing half-made is ever at the final path, and a published dir is never changed (a
+    VM's overlay names its base by path): `fresh` makes a new dir beside an existing one."""
     versions = _versions()
     versions.mkdir(parents=True, exist_ok=True)
     name = _safe(f"{source}-{version}")
     final = versions / name
+    if fresh and final.exists():
+        name = f"{name}.{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S%f')}"
+        final = versions / name
     if _read_image(final) is None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.new-", dir=versions))
         try:
@@ -185,8 +188,8 @@ def _publish(version: str, source: str, fill: Any, extra: dict[str, Any]) -> Dev
             meta = {"name": DEV_IMAGE_NAME, "version": version, "source": source, **extra,
                     "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
             atomic_write(tmp / _MANIFEST, json.dumps(meta, indent=1) + "\n")
-            if final.exists():
-                shutil.rmtree(final)  # an incomplete leftover (its manifest or files are missing)
+            if final.exists():  # an incomplete leftover (its manifest or files are missing): set it aside
+                os.replace(final, Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=versions)) / "old")
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -205,7 +208,10 @@ def _prune(keep: Path) -> None:
 
     used = {r.image for r in state.all_records()}
     for vdir in _versions().iterdir():
-        if vdir == keep or vdir.name.startswith("."):
+        if vdir == keep:
+            continue
+        if vdir.name.startswith("."):  # leftovers of an interrupted install (installs hold the lock, so not one now)
+            shutil.rmtree(vdir, ignore_errors=True)
             continue
         if not any(u == str(vdir / DEV_IMAGE_NAME) or u.startswith(f"{vdir}/") for u in used):
             shutil.rmtree(vdir, ignore_errors=True)
@@ -219,20 +225,18 @@ def _build_local(force: bool) -> DevImage:
     current = installed_dev_image()
     if current is not None and not force and current.source == _LOCAL and current.version == version:
         return current
-    recipe = load_disk_recipe()
     disk_name = f"{DEV_IMAGE_NAME}{_ROOT_SUFFIXES['qcow2']}"
-    reuse = None if force else _reusable_root(root_fp)
+    cached = _cached_root(root_fp)
 
     def fill(tmp: Path) -> None:
-        if reuse is not None:
-            _link_or_copy(reuse, tmp / disk_name)
-        else:
-            build_root_disk(recipe, tmp / disk_name, root_fp, names=chosen_packages(recipe, installed_packages()))
+        with file_lock(cached.parent / ".build.lock"):
+            if force or not cached.is_file():
+                recipe = load_disk_recipe()
+                build_root_disk(recipe, cached, root_fp, names=chosen_packages(recipe, installed_packages()))
+                _prune_cached_roots(keep=cached)
+        _link_or_copy(cached, tmp / disk_name)
 
-    if force:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(_versions() / _safe(f"{_LOCAL}-{version}"))  # no VM uses it: --force means make it anew
-    return _publish(version, _LOCAL, fill, {"root_fingerprint": root_fp})
+    return _publish(version, _LOCAL, fill, {"root_fingerprint": root_fp}, fresh=force)
 
 
 def _settings(settings: Settings | None) -> Settings:
