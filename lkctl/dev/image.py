@@ -13,7 +13,6 @@ The root disk is pulled from the configured image sources (CDN, GitHub, OCI, as 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -326,4 +325,3 @@ def dev_image_update(*, check: bool = False, settings: Settings | None = None) -
     with file_lock(dev_image_dir() / ".lock"):
         new = _pull(current.source, settings, False, latest)
     return True, f"updated {DEV_IMAGE_NAME}: {current.version} -> {new.version} from {new.source}"
-

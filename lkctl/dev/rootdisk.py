@@ -37,6 +37,7 @@ __all__ = [
     "disk_fingerprint",
     "host_facts",
     "load_disk_recipe",
+    "owner_script",
     "parse_disk_recipe",
     "parse_size_text",
 ]
@@ -125,7 +126,7 @@ def parse_disk_recipe(text: str, where: str) -> DiskRecipe:
     try:
         modes = tuple((p, int(str(m), 8)) for p, m in _pairs(doc, "modes", where))
     except ValueError:
-        raise BuildError(f"{where}: `modes` values must be octal, e.g. \"0600\"") from None
+        raise BuildError(f'{where}: `modes` values must be octal, e.g. "0600"') from None
     return DiskRecipe(
         name=str(doc.get("name") or "lkctl-dev"),
         packages=_strings(pkgs, "names", pwhere),
@@ -321,7 +322,7 @@ def _settle(root: Path) -> tuple[int, int, list[str]]:
     return content, count, names
 
 
-def _chown_script(names: Sequence[str]) -> str:
+def owner_script(names: Sequence[str]) -> str:
     """debugfs commands giving every path to root (mke2fs -d keeps the builder's uid/gid). Pure."""
     lines = []
     for n in names:
@@ -345,7 +346,7 @@ def _mkfs(staging: Path, raw: Path, size: int, fingerprint: str, names: list[str
     )  # fmt: skip
     if os.geteuid() != 0 or os.getegid() != 0:
         script = raw.with_name("chown.debugfs")
-        script.write_text(_chown_script(names))
+        script.write_text(owner_script(names))
         run([find_program("debugfs"), "-w", "-f", str(script), str(raw)], env=env, what="debugfs (file owners)")
     fsck = run([find_program("e2fsck"), "-fn", str(raw)], check=False, env=env, what="e2fsck")
     if fsck.returncode != 0:
@@ -383,4 +384,3 @@ def build_root_disk(recipe: DiskRecipe, out: Path, fingerprint: str, *, names: l
     log.info("built %s: %d paths, %d MiB of files, %d MiB on disk, %.0f s", out, count, content >> 20,
              size_on_disk >> 20, seconds)  # fmt: skip
     return RootDisk(out, size_on_disk, content, count, seconds)
-

@@ -6,10 +6,10 @@ import pytest
 
 from lkctl.debpackages import InstalledPackage
 from lkctl.dev.rootdisk import (
-    _chown_script,
     chosen_packages,
     disk_fingerprint,
     load_disk_recipe,
+    owner_script,
     parse_disk_recipe,
     parse_size_text,
 )
@@ -130,7 +130,7 @@ def test_recipe_parses_into_typed_fields() -> None:
     ],
 )
 def test_a_bad_recipe_is_one_error_naming_what_is_wrong(text: str, needle: str) -> None:
-    with pytest.raises(BuildError, match="recipe.yml") as e:
+    with pytest.raises(BuildError, match=r"recipe\.yml") as e:
         parse_disk_recipe(text, "recipe.yml")
     assert needle in e.value.message
 
@@ -168,6 +168,6 @@ def test_sizes(text: str, size: int) -> None:
 
 
 def test_ownership_script_gives_every_path_to_root_and_skips_unquotable_names() -> None:
-    assert _chown_script(["/usr", "/a b", '/we"ird']) == (
+    assert owner_script(["/usr", "/a b", '/we"ird']) == (
         'sif "/usr" uid 0\nsif "/usr" gid 0\nsif "/a b" uid 0\nsif "/a b" gid 0\n'
     )
