@@ -171,3 +171,12 @@ def test_ownership_script_gives_every_path_to_root_and_skips_unquotable_names() 
     assert owner_script(["/usr", "/a b", '/we"ird']) == (
         'sif "/usr" uid 0\nsif "/usr" gid 0\nsif "/a b" uid 0\nsif "/a b" gid 0\n'
     )
+
+
+def test_hyperkit_refuses_a_root_disk_image_instead_of_booting_without_it() -> None:
+    from lkctl.errors import ConfigError
+    from lkctl.runtime.hyperkit import hyperkit_argv
+
+    mac = HostCaps(os="darwin", arch="x86_64", accel=Accel.HVF, qemu="")
+    with pytest.raises(ConfigError, match="runs under QEMU"):
+        hyperkit_argv(_spec(DEV), mac)
