@@ -178,5 +178,5 @@ def test_hyperkit_refuses_a_root_disk_image_instead_of_booting_without_it() -> N
     from lkctl.runtime.hyperkit import hyperkit_argv
 
     mac = HostCaps(os="darwin", arch="x86_64", accel=Accel.HVF, qemu="")
-    with pytest.raises(ConfigError, match="runs under QEMU"):
+    with pytest.raises(ConfigError, match="needs --hypervisor qemu"):
         hyperkit_argv(_spec(DEV), mac)
