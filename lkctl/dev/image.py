@@ -250,11 +250,13 @@ def _pull(source: str, settings: Settings, force: bool, version: str | None = No
 
     platform = Platform.host()
     errors = []
+    not_found = True
     with opened_sources(settings.sources, source) as sources:
         for src in sources:
             try:
                 dl = src.resolve(DEV_IMAGE_NAME, version, platform)
             except ImageError as e:
+                not_found = not_found and isinstance(e, SourceNotFound)
                 errors.append(f"{src.name}: {e.message}")
                 continue
             current = installed_dev_image()
@@ -271,26 +273,30 @@ def _pull(source: str, settings: Settings, force: bool, version: str | None = No
                 shutil.rmtree(staging, ignore_errors=True)
 
             return _publish(dl.version, src.name, fill, {"sha256": dl.sha256, "file": dl.file_name})
-    kind = SourceNotFound if errors else ImageError
+    kind = SourceNotFound if not_found else ImageError
     raise kind(f"cannot pull {DEV_IMAGE_NAME}: " + ("; ".join(errors) or "no image source to try"))
 
 
 def install_dev_image(*, source: str | None = None, force: bool = False, settings: Settings | None = None) -> DevImage:
     """Get the dev image: pulled from the image sources when `source` is given (a name or "auto") or one is
-    configured, otherwise built from this machine's packages (`source="local"` always builds). Idempotent: the
-    same version already installed is kept unless `force`."""
+    configured and has it, otherwise built from this machine's packages (`source="local"` always builds).
+    Idempotent: the same version already installed is kept unless `force`."""
     settings = _settings(settings)
     with file_lock(dev_image_dir() / ".lock"):
         if source == _LOCAL:
             return _build_local(force)
         if source is None:
-            from lkctl.sources import select_sources
+            from lkctl.sources import SourceNotFound, select_sources
 
             try:
                 select_sources(settings.sources, "auto")
             except ConfigError:
                 return _build_local(force)  # nothing configured: build it here
-            source = "auto"
+            try:
+                return _pull("auto", settings, force)
+            except SourceNotFound as e:  # the configured sources serve other images, not this one
+                log.info("%s; building it here", e.message)
+                return _build_local(force)
         return _pull(source, settings, force)
 
 
