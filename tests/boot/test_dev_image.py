@@ -43,8 +43,14 @@ def test_dev_image_boots_with_toolchains_app_volume_and_a_root_that_persists_per
         assert out[3].startswith("go version go1.") and out[4].startswith("Composer version 2.")
         assert out[5].split(".")[0].isdigit()  # npm's version
         # the root is the ext4 disk, with the project mounted inside it
-        mounts = cli("vm.exec", "dev1", "--", "sh", "-c", "df -T / | tail -n1; cat /app/hello.txt").stdout
-        assert mounts.split()[1] == "ext4" and mounts.endswith("from the host\n")
+        script = (
+            "df -T / | tail -n1; hostname; cat /etc/hostname; grep -c nameserver /etc/resolv.conf; cat /app/hello.txt"
+        )
+        root, hostname, etc_hostname, nameservers, hello = cli(
+            "vm.exec", "dev1", "--", "sh", "-c", script
+        ).stdout.split("\n")[:5]
+        assert root.split()[1] == "ext4" and hello == "from the host"
+        assert hostname == etc_hostname and int(nameservers) >= 1  # the VM's name and resolver inside the root
         cli("vm.exec", "dev1", "--", "sh", "-c", "echo kept > /root/marker && echo made > /app/made-in-guest")
         made = app / "made-in-guest"
         assert made.read_text() == "made\n" and made.stat().st_uid == os.getuid()  # the host user owns it
