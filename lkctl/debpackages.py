@@ -55,6 +55,7 @@ class InstalledPackage:
     architecture: str
     depends: tuple[tuple[str, ...], ...]  # each dependency: its alternatives, first choice first
     provides: tuple[str, ...]
+    version: str = ""
 
 
 def _names(field: str) -> tuple[tuple[str, ...], ...]:
@@ -89,6 +90,7 @@ def parse_status(text: str, native_arch: str) -> dict[str, InstalledPackage]:
             architecture=fields.get("Architecture", ""),
             depends=_names(fields.get("Pre-Depends", "")) + _names(fields.get("Depends", "")),
             provides=tuple(p[0] for p in _names(fields.get("Provides", ""))),
+            version=fields.get("Version", ""),
         )
         if name not in out or pkg.architecture in (native_arch, "all"):
             out[name] = pkg

@@ -40,6 +40,7 @@ TEST_PACKAGES = (
     "nginx", "docker-registry", "skopeo", "curl", "runc", "git", "make", "vim-tiny", "xorriso", "isolinux",
     "syslinux", "syslinux-common", "grub-efi-amd64-bin", "mtools", "ovmf", "dosfstools", "e2fsprogs", "zstd",
     "libvirt-daemon-system", "libvirt-clients", "libvirt-dev", "pkg-config", "gcc", "openssh-server", "dbus",
+    "python3-pip", "python3-pytest", "nodejs", "php-cli", "composer", "golang-go",
 )  # fmt: skip
 """What `./bootstrap test` adds: servers and tools the tests use, the `dev` template's userland, disk formats,
 libvirt and an sshd for the libvirt tests."""

@@ -121,6 +121,11 @@ def _kernel_initrd(prefix: Path, label: str) -> BootImage:
     if not initrd.is_file():
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
+    # a persistent root disk beside them (the dev image, see lkctl.dev.image): attached through a per-VM overlay
+    for suffix, fmt in (("-root.qcow2", "qcow2"), ("-root.img", "raw")):
+        if (root := Path(f"{prefix}{suffix}")).is_file():
+            return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                             rootdisk=root.resolve(), rootdisk_format=fmt)  # fmt: skip
     return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline)
 
 

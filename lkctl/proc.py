@@ -30,6 +30,8 @@ PACKAGES: dict[str, str] = {
     "dropbear": "dropbear-bin",
     "xorriso": "xorriso",
     "mke2fs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "debugfs": "e2fsprogs",
     "mcopy": "mtools",
     "skopeo": "skopeo",
 }

@@ -143,6 +143,8 @@ def _boot(spec: VmSpec) -> tuple[list[str], list[str], list[str]]:
     if fmt is ImageFormat.KERNEL_INITRD:
         if boot.kernel is None or boot.initrd is None:
             raise ConfigError(f"{boot.path}: a kernel+initrd image needs both a kernel and an initrd")
+        if boot.rootdisk is not None:  # it needs a per-VM qcow2 overlay, which hyperkit cannot open
+            raise ConfigError(f"{boot.path}: an image with a root disk (the dev image) needs --hypervisor qemu")
         kernel, initrd = _no_comma(boot.kernel, "kernel"), _no_comma(boot.initrd, "initrd")
         return [], [], ["-f", f"kexec,{kernel},{initrd},{_cmdline(spec)}"]
     if fmt is ImageFormat.KERNEL_SQUASHFS:

@@ -27,6 +27,7 @@ __all__ = [
     "DATA_DISK_SERIAL",
     "PIDFILE",
     "QMP_SOCKET",
+    "ROOT_DISK_SERIAL",
     "UEFI_VARS",
     "VOLUMES_FILE",
     "BootImage",
@@ -55,6 +56,7 @@ BOOT_OVERLAY = "boot.qcow2"  # per-VM overlay over a disk image (or a kernel+squ
 UEFI_VARS = "efivars.fd"  # per-VM copy of the firmware's variable store
 VOLUMES_FILE = "volumes"  # tag → guest path list, handed to the guest as fw_cfg opt/lkctl/volumes
 DATA_DISK_SERIAL = "lkctl-data"  # the guest finds the data disk as /dev/disk/by-id/virtio-lkctl-data
+ROOT_DISK_SERIAL = "lkctl-root"  # a kernel+initrd boot's persistent root disk (init mounts it on /sysroot)
 
 
 class ImageFormat(StrEnum):
@@ -97,12 +99,18 @@ class BootImage:
     cmdline: str = ""
     squashfs: Path | None = None  # kernel+squashfs: the root filesystem image
     uefi: bool = False
+    # kernel+initrd: a disk whose ext4 root init mounts and makes the userland (the dev image); it boots through
+    # the per-VM overlay, so the VM's writes persist across restarts and the base is never written
+    rootdisk: Path | None = None
+    rootdisk_format: str = "qcow2"
 
     @property
     def overlay_base(self) -> tuple[Path, str] | None:
         """The file (and its QEMU format) that boots through a per-VM overlay, or None for ISO/kernel+initrd."""
         if self.format.is_disk:
             return self.path, self.format.value
+        if self.format is ImageFormat.KERNEL_INITRD and self.rootdisk is not None:
+            return self.rootdisk, self.rootdisk_format
         if self.format is ImageFormat.KERNEL_SQUASHFS:
             if self.squashfs is None:
                 raise ConfigError(f"{self.path}: a kernel+squashfs image needs its squashfs file")
@@ -372,11 +380,17 @@ def _boot(spec: VmSpec, host: HostCaps) -> list[str]:
     if boot.format is ImageFormat.KERNEL_INITRD:
         if boot.kernel is None or boot.initrd is None:
             raise ConfigError(f"{boot.path}: a kernel+initrd image needs both a kernel and an initrd")
-        return [
+        argv = [
             "-kernel", _qemu_path_arg(boot.kernel),
             "-initrd", _qemu_path_arg(boot.initrd),
             "-append", _kernel_cmdline(spec, host),
         ]  # fmt: skip
+        if boot.rootdisk is not None:
+            argv += [
+                "-drive", f"file={BOOT_OVERLAY},format=qcow2,if=none,id=root0,discard=unmap",
+                "-device", f"virtio-blk-pci,drive=root0,serial={ROOT_DISK_SERIAL}",
+            ]  # fmt: skip
+        return argv
     if boot.format is ImageFormat.ISO:
         # -cdrom is an AHCI CD (/dev/sr0) on q35 and a read-only virtio disk (/dev/vda) on virt, as LinuxKit
         # expects (its iso-efi appends root=/dev/vda on aarch64); the medium is read-only either way.
