@@ -48,7 +48,7 @@ def test_dev_boot_golden_argv_boots_kernel_and_initrd_with_the_root_disk_through
         "-nodefaults", "-no-user-config", "-display", "none",
         "-pidfile", "qemu.pid",
         "-qmp", "unix:qmp.sock,server=on,wait=off",
-        "-chardev", "file,id=console0,path=console.log",
+        "-chardev", "socket,id=console0,path=console.sock,server=on,wait=off,logfile=console.log",
         "-serial", "chardev:console0",
         "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0",
         "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22",
