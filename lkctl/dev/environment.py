@@ -29,7 +29,7 @@ from lkctl.dev.detect import (
 )
 from lkctl.dev.image import installed_dev_image
 from lkctl.dev.project import GUEST_APP, Project
-from lkctl.errors import ConfigError, ImageError, VmError
+from lkctl.errors import ConfigError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
 from lkctl.settings import Settings
@@ -128,8 +128,11 @@ def boot_dev(
     from lkctl.runtime.vm import RunOptions
 
     image = installed_dev_image()
-    if image is None:
-        raise ImageError("no dev image is installed; get it with dev.install")
+    if image is None:  # first use: get it as dev.install would (pulled if a source has it, else built here)
+        from lkctl.dev.image import install_dev_image
+
+        say("no dev image installed yet: installing it first (dev.install; a local build takes a minute or two)")
+        image = install_dev_image(settings=settings)
     ready_timeout = opts.ready_timeout or settings.vm.ready_timeout
     record = find_dev_vm(project)
     if record is not None and opts.fresh:
