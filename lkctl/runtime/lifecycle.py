@@ -144,7 +144,7 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
         record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id, exit_reason="", argv=argv
     )
     state.save_record(record)
-    _wait_ready(record, ready_timeout)
+    record = _wait_ready(record, ready_timeout)
     return record
 
 
