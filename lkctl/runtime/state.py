@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -99,11 +101,16 @@ class VmRecord:
                 f"{where} has state format {version!r}, this lkctl reads format {STATE_VERSION}; "
                 f"use the lkctl that created it or remove {where.parent}"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = _record_fields()
         try:
             return cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as e:
             raise StateError(f"{where} is not a valid VM record ({e}); remove {where.parent}") from None
+
+
+@functools.cache
+def _record_fields() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(VmRecord))
 
 
 def vms_dir() -> Path:
@@ -146,7 +153,8 @@ def _adopt_pidfile(record: VmRecord) -> VmRecord:
 def load_record(vm_dir: Path) -> VmRecord | None:
     path = vm_dir / "vm.json"
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as f:  # not Path.read_text: `vm.ps` reads thousands of these
+            data = json.loads(f.read())
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -161,7 +169,9 @@ def all_records() -> list[VmRecord]:
     root = vms_dir()
     if not root.is_dir():
         return []
-    records = [r for d in root.iterdir() if d.is_dir() and (r := load_record(d)) is not None]
+    with os.scandir(root) as entries:
+        dirs = [root / e.name for e in entries if e.is_dir()]
+    records = [r for d in dirs if (r := load_record(d)) is not None]
     return sorted(records, key=lambda r: (r.created, r.id))
 
 
@@ -190,10 +200,10 @@ def process_identity(pid: int) -> ProcessIdentity | None:
     """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
     if pid <= 0:
         return None
-    stat_path = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
+    if _have_proc():
         try:
-            stat = stat_path.read_text()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
         except (FileNotFoundError, ProcessLookupError):
             return None
         # the command name (field 2) may contain spaces and parentheses: split after the last ')'
@@ -210,6 +220,11 @@ def process_identity(pid: int) -> ProcessIdentity | None:
     if not out or out.startswith("Z"):
         return None
     return ProcessIdentity(pid, out.split(None, 1)[1], "")
+
+
+@functools.cache
+def _have_proc() -> bool:
+    return os.path.exists("/proc/self/stat")
 
 
 def _cmdline(pid: int) -> str:
