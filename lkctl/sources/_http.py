@@ -245,6 +245,7 @@ class _Part:
     meta_path: Path
     offset: int = 0
     hasher: Any = field(default_factory=hashlib.sha256)
+    hashed: int = 0  # how many leading bytes of the .part `hasher` has seen (the rest is hashed while downloading)
     validator: str = ""
     url: str = ""
 
@@ -252,11 +253,20 @@ class _Part:
         for p in (self.path, self.meta_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-        self.offset, self.hasher, self.validator, self.url = 0, hashlib.sha256(), "", ""
+        self.offset, self.hasher, self.hashed, self.validator, self.url = 0, hashlib.sha256(), 0, "", ""
+
+    def catch_up(self) -> None:
+        """Hash what the hasher has not seen yet of the `.part` (when no download ran to do it alongside)."""
+        if self.hashed < self.offset:
+            with open(self.path, "rb") as f:
+                _hash_range(f, self.hashed, self.offset, self.hasher)
+            self.hashed = self.offset
 
     def load(self, expected: str | None) -> None:
-        """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it."""
-        self.offset, self.hasher = 0, hashlib.sha256()
+        """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it.
+
+        Its bytes are not hashed here: the download of the rest hashes them in parallel (see _BackgroundHash)."""
+        self.offset, self.hasher, self.hashed = 0, hashlib.sha256(), 0
         if not self.path.is_file():
             self.reset()
             return
@@ -269,7 +279,6 @@ class _Part:
             return
         self.validator, self.url = str(meta.get("validator", "")), str(meta.get("url", ""))
         self.offset = self.path.stat().st_size
-        hash_file(self.path, self.hasher)
 
     def save_meta(self, url: str, validator: str, expected: str | None, total: int | None) -> None:
         self.url, self.validator = url, validator
@@ -277,19 +286,39 @@ class _Part:
         atomic_write(self.meta_path, json.dumps(meta))
 
 
+def _hash_range(f: Any, start: int, end: int, hasher: Any) -> None:
+    f.seek(start)
+    left = end - start
+    while left > 0 and (chunk := f.read(min(CHUNK * 4, left))):
+        hasher.update(chunk)
+        left -= len(chunk)
+
+
 class _BackgroundHash:
     """Feed a hash from a second thread (hashlib releases the GIL): reading, writing and hashing overlap, which
-    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded."""
+    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded.
 
-    def __init__(self, hasher: Any) -> None:
+    A resumed download first hashes the kept bytes of the `.part` (`prefix`: path, start, end) in that thread
+    while the rest streams in, instead of hashing them before asking for the rest."""
+
+    def __init__(self, hasher: Any, prefix: tuple[Path, int, int] | None = None) -> None:
         self.hasher = hasher
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
+        self._prefix = prefix
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=256)
         self._batch: list[bytes] = []
         self._size = 0
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lkctl-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            if self._prefix is not None:
+                path, start, end = self._prefix
+                with open(path, "rb") as f:
+                    _hash_range(f, start, end, self.hasher)
+        except OSError as e:
+            self._error = e
         while (batch := self._queue.get()) is not None:
             for data in batch:
                 self.hasher.update(data)
@@ -307,6 +336,28 @@ class _BackgroundHash:
             self._batch, self._size = [], 0
         self._queue.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise DownloadError(f"cannot read the partial download: {self._error}")
+
+
+_WRITEBACK = 32 << 20
+
+
+class _EarlyWriteback:
+    """Start writing the file to disk every 32 MiB (POSIX_FADV_DONTNEED starts writeback of dirty pages on
+    Linux), so the final fsync does not wait for the whole file, and the page cache is not filled with it."""
+
+    def __init__(self, fd: int, start: int) -> None:
+        self.fd, self.done = fd, start
+        self.enabled = hasattr(os, "posix_fadvise")
+
+    def wrote_up_to(self, end: int) -> None:
+        if self.enabled and end - self.done >= _WRITEBACK:
+            try:
+                os.posix_fadvise(self.fd, self.done, end - self.done, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                self.enabled = False
+            self.done = end
 
 
 def _validator(r: httpx.Response) -> str:
@@ -366,19 +417,24 @@ def _stream_once(
         done = part.offset
         if progress:
             progress(done, total)
-        hasher = _BackgroundHash(part.hasher)
-        with open(part.path, mode) as f:
+        prefix = (part.path, part.hashed, part.offset) if mode == "ab" and part.hashed < part.offset else None
+        hasher = _BackgroundHash(part.hasher, prefix)
+        with open(part.path, mode, buffering=0) as f:
+            writeback = _EarlyWriteback(f.fileno(), done)
             try:
                 for chunk in r.iter_raw():  # as received: a chunker would lose its buffer on a drop
-                    f.write(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[f.write(view) :]
                     hasher.update(chunk)
                     done += len(chunk)
+                    writeback.wrote_up_to(done)
                     if progress:
                         progress(done, total)
             finally:
-                hasher.finish()  # the hash covers exactly the bytes written, whatever happened
-                f.flush()
                 part.offset = f.tell()
+                hasher.finish()  # the hash covers exactly the bytes written, whatever happened
+                part.hashed = part.offset
         if total is not None and done < total:
             raise _Retry(f"connection closed after {done} of {total} bytes")
         return total
@@ -417,6 +473,7 @@ def _download_one(
         except _Retry as e:
             err = e
         else:
+            part.catch_up()  # a 416 on a whole .part: nothing was downloaded to hash it alongside
             got = part.hasher.hexdigest()
             n = part.path.stat().st_size
             if (expected and got != expected) or (size is not None and n != size):
