@@ -58,7 +58,7 @@ PHASES = (
     ("kernel -> init", b"lkctl-init: starting"),
     ("init ready", MARKER),
     ("sshd listening", b"lkctl-init: sshd listening"),
-    ("first handshake", b"Pubkey auth succeeded"),
+    ("first handshake", None),  # the holder's log line once its one handshake succeeded
 )
 
 
@@ -87,6 +87,9 @@ class Watch:
                     console = (vm_dir / "console.log").read_bytes()
                 except OSError:
                     console = b""
+                log = vm_dir / "holder.log"
+                if "first handshake" not in self.seen and log.exists() and b"connected" in log.read_bytes():
+                    self.seen["first handshake"] = now
                 for name, marker in PHASES[1:]:
                     if name not in self.seen and marker is not None and marker in console:
                         self.seen[name] = now

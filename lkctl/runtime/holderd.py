@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         return 1
     started = time.monotonic()
+    print(f"connected to {record.name}'s sshd; serving {path}", file=sys.stderr, flush=True)
     out.write("ready\n")
     out.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
