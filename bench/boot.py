@@ -118,6 +118,10 @@ def via_lkctl(env: dict[str, str], n: int) -> tuple[float, dict[str, float]]:
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import precompile
+
+    precompile()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
