@@ -53,8 +53,9 @@ def run_image(
 def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
     """VMs as JSON-able rows with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[dict[str, Any]] = []
+    live = state.live_pids()  # one snapshot of /proc instead of one open per recorded VM
     for r in state.all_records():
-        status = state.vm_status(r)
+        status = state.vm_status(r, live)
         if r.auto_remove and status != "running":
             with state.vms_lock():
                 state.remove_record(r)

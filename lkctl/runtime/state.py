@@ -36,6 +36,7 @@ __all__ = [
     "all_records",
     "find_vm",
     "is_our_process",
+    "live_pids",
     "load_record",
     "new_vm_id",
     "process_identity",
@@ -103,7 +104,7 @@ class VmRecord:
             )
         known = _record_fields()
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**(data if data.keys() <= known else {k: v for k, v in data.items() if k in known}))
         except TypeError as e:
             raise StateError(f"{where} is not a valid VM record ({e}); remove {where.parent}") from None
 
@@ -259,9 +260,19 @@ def read_pidfile(vm_dir: Path) -> int:
         return 0
 
 
-def vm_status(record: VmRecord) -> str:
-    """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started)."""
-    if is_our_process(record):
+def live_pids() -> frozenset[int] | None:
+    """Every process id alive now, read once from /proc (None without /proc): lets `vm.ps` skip the per-VM
+    identity check of VMs whose QEMU is long gone."""
+    if not _have_proc():
+        return None
+    return frozenset(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def vm_status(record: VmRecord, live: frozenset[int] | None = None) -> str:
+    """`running`, `stopped`, `error` (lkctl saw it fail) or `created` (never started).
+
+    `live` (from live_pids) is a snapshot taken before: a pid missing from it is not running."""
+    if (live is None or record.pid in live) and is_our_process(record):
         return "running"
     if record.exit_reason:
         return "error"

@@ -80,6 +80,10 @@ def _now() -> str:
 def _port_free(ip: str, port: int, proto: str = "tcp") -> bool:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # as QEMU binds its forwards: a port whose last connection lingers in TIME_WAIT is free (the VM's
+            # connection holder keeps one open, and it ends in TIME_WAIT when QEMU goes); a listener is not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError as e:
