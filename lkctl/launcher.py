@@ -8,6 +8,7 @@ CLI, which gives the usual messages and connects over SSH itself.
 
 from __future__ import annotations
 
+import os
 import sys
 
 __all__ = ["fast_exec", "main"]
@@ -34,6 +35,8 @@ def fast_exec(args: list[str]) -> int | None:
     except LkError as e:  # after the command started: it cannot be retried over another connection
         print(f"lkctl: {e.message}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        return 141  # our stdout was closed (`| head`): end quietly, as a shell pipeline member killed by SIGPIPE
     except KeyboardInterrupt:
         print("lkctl: interrupted", file=sys.stderr)
         return 130
@@ -42,8 +45,8 @@ def fast_exec(args: list[str]) -> int | None:
 def main() -> None:
     code = fast_exec(sys.argv[1:])
     if code is not None:
-        sys.stdout.flush()
-        raise SystemExit(code)
+        sys.stderr.flush()
+        os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
     from lkctl.cli import program
 
     program.run()
