@@ -375,84 +375,12 @@ def _kill_helpers(record: VmRecord) -> None:
 
 
 def _wait_ready(record: VmRecord, timeout: float) -> VmRecord:
-    """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.holder).
+    """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.readiness).
 
-    The holder makes the one handshake when the guest prints that its sshd listens; meanwhile this process only
-    watches the console (a panic or init's fatal error fails at once) and QEMU. Returns the record with the
-    holder in its helpers, so stopping the VM stops the holder too.
-    """
-    import sys
+    Returns the record with the holder in its helpers, so stopping the VM stops the holder too."""
+    from lkctl.runtime.readiness import wait_for_holder
 
-    with open(record.dir / "holder.log", "ab") as log:
-        starter = subprocess.Popen(
-            [sys.executable, "-m", "lkctl.runtime.holderd", str(record.dir), str(timeout)],
-            cwd=record.dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )  # fmt: skip
-    assert starter.stdout is not None
-    lines = _HolderLines(starter.stdout.fileno())
-    holder: state.ProcessIdentity | None = None
-    try:
-        deadline = time.monotonic() + timeout + 10  # the holder enforces `timeout`; this is for a stuck holder
-        while True:
-            for marker in _PANIC_MARKERS:
-                if marker in _console_bytes(record):
-                    raise VmError(_diagnose(record, "the guest failed while booting"))
-            if not state.is_our_process(record):
-                raise VmError(_diagnose(record, "QEMU exited while the guest was booting"))
-            if time.monotonic() > deadline:
-                raise VmError(_diagnose(record, f"no SSH connection after {timeout:g} s"))
-            text = lines.next(0.05)
-            if text is None:
-                continue
-            if text.startswith("pid "):  # the daemonized holder's own pid: record it before anything else
-                holder = state.process_identity(int(text[4:]))
-                if holder is not None:
-                    live = [h for h in record.helpers if (i := state.process_identity(int(h[0]))) and i.start == h[1]]
-                    record = dataclasses.replace(record, helpers=[*live, [str(holder.pid), holder.start]])
-                    state.save_record(record)
-            elif text == "ready":
-                return record
-            else:
-                why = text.removeprefix("error: ") or _last_line(record.dir / "holder.log") or "it exited"
-                raise VmError(_diagnose(record, f"the connection holder failed: {why}"))
-    except BaseException:
-        if holder is not None and state.process_identity(holder.pid) == holder:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(holder.pid, signal.SIGTERM)
-        raise
-    finally:
-        starter.stdout.close()
-        if starter.poll() is None:
-            proc.shutdown_process(starter)
-        starter.wait()
-
-
-class _HolderLines:
-    """Lines the holder writes on its stdout pipe, read with a timeout; "" once the pipe is closed."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buffer = fd, b""
-
-    def next(self, wait: float) -> str | None:
-        import select
-
-        if b"\n" not in self.buffer and select.select([self.fd], [], [], wait)[0]:
-            chunk = os.read(self.fd, 4096)
-            if not chunk:
-                return ""
-            self.buffer += chunk
-        if b"\n" not in self.buffer:
-            return None
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line.decode(errors="replace").strip()
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
+    return wait_for_holder(record, timeout, panic_markers=_PANIC_MARKERS, diagnose=_diagnose)
 
 
 @contextlib.contextmanager
