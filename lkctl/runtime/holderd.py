@@ -36,7 +36,7 @@ _CHUNK = 256 * 1024
 
 
 def _handle(conn: socket.socket, sess: Session) -> None:
-    from lkctl.ssh import remote_command
+    from lkctl import ssh
 
     with contextlib.closing(conn):
         try:
@@ -47,7 +47,7 @@ def _handle(conn: socket.socket, sess: Session) -> None:
         if not isinstance(req, dict):
             return
         try:
-            line = remote_command(req.get("argv") or None, env=req.get("env") or None, workdir=req.get("workdir"))
+            line = ssh.remote_command(req.get("argv") or None, env=req.get("env") or None, workdir=req.get("workdir"))
             channel = sess.channel(line)
         except LkError as e:
             with contextlib.suppress(OSError):
@@ -56,7 +56,7 @@ def _handle(conn: socket.socket, sess: Session) -> None:
         try:
             _relay(conn, channel, bool(req.get("stdin")))
         finally:
-            channel.close()
+            sess.finish(channel)
 
 
 def _relay(conn: socket.socket, channel: paramiko.Channel, has_stdin: bool) -> None:

@@ -7,6 +7,7 @@ through a ControlMaster socket. A session is safe to share between threads (para
 
 from __future__ import annotations
 
+import os
 import select
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from lkctl.errors import SshError
-from lkctl.ssh._connect import CONNECT_TIMEOUT, SshTarget, _connect, _NotYet, _translated_errors
+from lkctl.ssh._connect import CONNECT_TIMEOUT, SshTarget, _connect, _NotYet
 from lkctl.ssh._exec import ByteSink, _pump, remote_command
 
 if TYPE_CHECKING:
@@ -25,36 +26,112 @@ _CHUNK = 256 * 1024
 
 
 class Session:
-    """An authenticated connection to one guest; `exec` and `run` open a channel per command."""
+    """Authenticated connections to one guest, kept: `exec` and `run` open a channel per command.
+
+    One command at a time per connection: dropbear 2022.83 drops a whole connection when channels on it open and
+    close concurrently (`Failed assertion ... !channel->sent_close`). So sequential commands share the first
+    connection (one handshake in all), and a command started while others run gets another kept connection.
+    """
+
+    _KEEP = 4  # idle connections kept for concurrent use
 
     def __init__(self, target: SshTarget, client: paramiko.SSHClient) -> None:
         self.target = target
-        self._client = client
+        self._idle: list[paramiko.SSHClient] = [client]
+        self._busy: dict[int, paramiko.SSHClient] = {}  # id(channel) -> its connection
         self._lock = threading.Lock()
 
     @property
     def alive(self) -> bool:
-        transport = self._client.get_transport()
-        return transport is not None and transport.is_active()
-
-    def _reconnect(self, timeout: float) -> None:
         with self._lock:
-            if self.alive:
+            return any(_active(c) for c in [*self._idle, *self._busy.values()])
+
+    def _acquire(self, timeout: float) -> paramiko.SSHClient:
+        with self._lock:
+            while self._idle:
+                client = self._idle.pop()
+                if _active(client):
+                    return client
+                client.close()
+        # all busy (or the link dropped): one more handshake. dropbear resets unauthenticated connections beyond
+        # 5 per address, so a burst of concurrent commands retries briefly
+        for attempt in range(6):
+            try:
+                return _connect(self.target, timeout)
+            except _NotYet:
+                if attempt == 5:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _release(self, client: paramiko.SSHClient) -> None:
+        with self._lock:
+            if _active(client) and len(self._idle) < self._KEEP:
+                self._idle.append(client)
                 return
-            self._client.close()
-            self._client = _connect(self.target, timeout)
+        client.close()
+
+    def _check_pin(self, transport: paramiko.Transport) -> None:
+        """The held connection's host key is still the one pinned in known_hosts (re-read for every command, so
+        a changed pin is honoured at once, as a new connection would)."""
+        import paramiko
+
+        try:
+            pins = paramiko.HostKeys(os.fspath(self.target.known_hosts))
+        except (OSError, paramiko.SSHException) as e:
+            raise SshError(f"cannot read the pinned host key of VM {self.target.label}: {e}") from None
+        host = self.target.host if self.target.port == 22 else f"[{self.target.host}]:{self.target.port}"
+        if not pins.check(host, transport.get_remote_server_key()):
+            raise SshError(
+                f"host key of {self.target.describe()} does not match the key lkctl pinned for it; refusing to "
+                "run the command"
+            )
 
     def channel(self, line: str, *, timeout: float = CONNECT_TIMEOUT) -> paramiko.Channel:
-        """A channel on which `line` (see remote_command) has been started; reconnects once if the link dropped."""
-        if not self.alive:
-            self._reconnect(timeout)
-        transport = self._client.get_transport()
-        if transport is None:
-            raise SshError(f"the SSH connection to {self.target.describe()} is closed")
-        with _translated_errors(self.target, timeout):
-            channel = transport.open_session(timeout=timeout)
-            channel.exec_command(line)
+        """A channel on which `line` (see remote_command) has been started, on a connection of its own until
+        `finish(channel)` gives the connection back."""
+        import paramiko
+
+        for attempt in range(2):
+            client = self._acquire(timeout)
+            try:
+                transport = client.get_transport()
+                if transport is None:
+                    raise SshError(f"the SSH connection to {self.target.describe()} is closed")
+                self._check_pin(transport)
+                try:
+                    channel = transport.open_session(timeout=timeout)
+                    channel.exec_command(line)
+                except (paramiko.ChannelException, paramiko.SSHException) as e:
+                    # dropbear now and then refuses a channel, or closes it instead of answering the exec
+                    # request, on a connection whose last channel just closed; the command did not start, so
+                    # try once more on a new connection
+                    client.close()
+                    if attempt == 0:
+                        continue
+                    raise SshError(f"{self.target.describe()} did not start the command: {e}") from None
+                break
+            except BaseException:
+                self._release(client)
+                raise
+        with self._lock:
+            self._busy[id(channel)] = client
         return channel
+
+    def finish(self, channel: paramiko.Channel, wait: float = 5.0) -> None:
+        """Close a command's channel (after the server closed it, when the command ended) and keep its connection.
+
+        Closing first while the server is closing too is what trips dropbear's assertion; a channel still
+        running (an error or a timeout cut it off) is closed at once."""
+        if channel.exit_status_ready():
+            deadline = time.monotonic() + wait
+            while not channel.closed and time.monotonic() < deadline:
+                time.sleep(0.001)
+        channel.close()
+        with self._lock:
+            client = self._busy.pop(id(channel), None)
+        if client is not None:
+            self._release(client)
 
     def exec(
         self,
@@ -82,7 +159,7 @@ class Session:
             out, err = _collect(channel, deadline, self.target)
             status = channel.recv_exit_status()
         finally:
-            channel.close()
+            self.finish(channel)
         return (255 if status < 0 else status), out, err
 
     def run(
@@ -104,16 +181,25 @@ class Session:
         try:
             return _pump(channel, self.target, stdin, stdout, stderr, deadline, raw=False)
         finally:
-            channel.close()
+            self.finish(channel)
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            clients = [*self._idle, *self._busy.values()]
+            self._idle, self._busy = [], {}
+        for c in clients:
+            c.close()
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _active(client: paramiko.SSHClient) -> bool:
+    transport = client.get_transport()
+    return transport is not None and transport.is_active()
 
 
 def _feed(channel: paramiko.Channel, data: bytes) -> None:
