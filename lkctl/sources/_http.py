@@ -266,7 +266,8 @@ class _Part:
     def load(self, expected: str | None) -> None:
         """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it.
 
-        Its bytes are not hashed here: the download of the rest hashes them in parallel (see _BackgroundHash)."""
+        Its bytes are hashed here, before the rest is asked for. Hashing them in the hash thread while the rest
+        streams in measured slower (bench/fetch.py: the two threads hand the GIL back and forth per chunk)."""
         self.offset, self.hasher, self.hashed = 0, hashlib.sha256(), 0
         if not self.path.is_file():
             self.reset()
@@ -280,6 +281,7 @@ class _Part:
             return
         self.validator, self.url = str(meta.get("validator", "")), str(meta.get("url", ""))
         self.offset = self.path.stat().st_size
+        self.catch_up()
 
     def save_meta(self, url: str, validator: str, expected: str | None, total: int | None) -> None:
         self.url, self.validator = url, validator
@@ -297,29 +299,17 @@ def _hash_range(f: Any, start: int, end: int, hasher: Any) -> None:
 
 class _BackgroundHash:
     """Feed a hash from a second thread (hashlib releases the GIL): reading, writing and hashing overlap, which
-    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded.
+    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded."""
 
-    A resumed download first hashes the kept bytes of the `.part` (`prefix`: path, start, end) in that thread
-    while the rest streams in, instead of hashing them before asking for the rest."""
-
-    def __init__(self, hasher: Any, prefix: tuple[Path, int, int] | None = None) -> None:
+    def __init__(self, hasher: Any) -> None:
         self.hasher = hasher
-        self._prefix = prefix
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=256)
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
         self._batch: list[bytes] = []
         self._size = 0
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lkctl-sha256", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            if self._prefix is not None:
-                path, start, end = self._prefix
-                with open(path, "rb") as f:
-                    _hash_range(f, start, end, self.hasher)
-        except OSError as e:
-            self._error = e
         while (batch := self._queue.get()) is not None:
             for data in batch:
                 self.hasher.update(data)
@@ -337,8 +327,6 @@ class _BackgroundHash:
             self._batch, self._size = [], 0
         self._queue.put(None)
         self._thread.join()
-        if self._error is not None:
-            raise DownloadError(f"cannot read the partial download: {self._error}")
 
 
 _RAW_READ = _READ_SIZE  # as httpcore reads; progress is reported per read
@@ -438,8 +426,8 @@ def _stream_once(
         done = part.offset
         if progress:
             progress(done, total)
-        prefix = (part.path, part.hashed, part.offset) if mode == "ab" and part.hashed < part.offset else None
-        hasher = _BackgroundHash(part.hasher, prefix)
+        part.catch_up()  # (a no-op unless an earlier attempt was cut off between writing and hashing)
+        hasher = _BackgroundHash(part.hasher)
         with open(part.path, mode, buffering=0) as f:
             try:
                 for chunk in _body(r, _read_timeout(client)):
