@@ -20,26 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import hashlib
-import json
 import os
-import queue
 import random
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from lkctl import __version__
 from lkctl.errors import ImageError
-from lkctl.fsutil import atomic_write, file_lock
+from lkctl.fsutil import file_lock
 from lkctl.sources import Fetched, ProgressFn
+from lkctl.sources._partial import BackgroundHash, Part, hash_file
 
 __all__ = [
     "ChecksumMismatch",
@@ -53,7 +49,6 @@ __all__ = [
     "request",
 ]
 
-CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -229,106 +224,6 @@ def request(
     return r
 
 
-def hash_file(path: Path, hasher: Any | None = None) -> Any:
-    """sha256 of a file's bytes (or feed them into `hasher`)."""
-    h = hasher if hasher is not None else hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h
-
-
-@dataclass
-class _Part:
-    """What is on disk for an unfinished download: `<final>.part` and its sidecar `<final>.part.json`."""
-
-    path: Path
-    meta_path: Path
-    offset: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
-    hashed: int = 0  # how many leading bytes of the .part `hasher` has seen (the rest is hashed while downloading)
-    validator: str = ""
-    url: str = ""
-
-    def reset(self) -> None:
-        for p in (self.path, self.meta_path):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        self.offset, self.hasher, self.hashed, self.validator, self.url = 0, hashlib.sha256(), 0, "", ""
-
-    def catch_up(self) -> None:
-        """Hash what the hasher has not seen yet of the `.part` (when no download ran to do it alongside)."""
-        if self.hashed < self.offset:
-            with open(self.path, "rb") as f:
-                _hash_range(f, self.hashed, self.offset, self.hasher)
-            self.hashed = self.offset
-
-    def load(self, expected: str | None) -> None:
-        """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it.
-
-        Its bytes are hashed here, before the rest is asked for. Hashing them in the hash thread while the rest
-        streams in measured slower (bench/fetch.py: the two threads hand the GIL back and forth per chunk)."""
-        self.offset, self.hasher, self.hashed = 0, hashlib.sha256(), 0
-        if not self.path.is_file():
-            self.reset()
-            return
-        try:
-            meta = json.loads(self.meta_path.read_text())
-        except (OSError, ValueError):
-            meta = {}
-        if not isinstance(meta, dict) or meta.get("sha256") != (expected or ""):
-            self.reset()
-            return
-        self.validator, self.url = str(meta.get("validator", "")), str(meta.get("url", ""))
-        self.offset = self.path.stat().st_size
-        self.catch_up()
-
-    def save_meta(self, url: str, validator: str, expected: str | None, total: int | None) -> None:
-        self.url, self.validator = url, validator
-        meta = {"url": url, "validator": validator, "sha256": expected or "", "total": total}
-        atomic_write(self.meta_path, json.dumps(meta))
-
-
-def _hash_range(f: Any, start: int, end: int, hasher: Any) -> None:
-    f.seek(start)
-    left = end - start
-    while left > 0 and (chunk := f.read(min(CHUNK * 4, left))):
-        hasher.update(chunk)
-        left -= len(chunk)
-
-
-class _BackgroundHash:
-    """Feed a hash from a second thread (hashlib releases the GIL): reading, writing and hashing overlap, which
-    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded."""
-
-    def __init__(self, hasher: Any) -> None:
-        self.hasher = hasher
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
-        self._batch: list[bytes] = []
-        self._size = 0
-        self._thread = threading.Thread(target=self._run, name="lkctl-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            for data in batch:
-                self.hasher.update(data)
-
-    def update(self, chunk: bytes) -> None:
-        self._batch.append(chunk)
-        self._size += len(chunk)
-        if self._size >= CHUNK:
-            self._queue.put(self._batch)
-            self._batch, self._size = [], 0
-
-    def finish(self) -> None:
-        if self._batch:
-            self._queue.put(self._batch)
-            self._batch, self._size = [], 0
-        self._queue.put(None)
-        self._thread.join()
-
-
 _RAW_READ = _READ_SIZE  # as httpcore reads; progress is reported per read
 
 
@@ -379,7 +274,7 @@ def _validator(r: httpx.Response) -> str:
 def _stream_once(
     client: httpx.Client,
     url: str,
-    part: _Part,
+    part: Part,
     *,
     expected: str | None,
     size: int | None,
@@ -427,7 +322,7 @@ def _stream_once(
         if progress:
             progress(done, total)
         part.catch_up()  # (a no-op unless an earlier attempt was cut off between writing and hashing)
-        hasher = _BackgroundHash(part.hasher)
+        hasher = BackgroundHash(part.hasher)
         with open(part.path, mode, buffering=0) as f:
             try:
                 for chunk in _body(r, _read_timeout(client)):
@@ -471,7 +366,7 @@ def _download_one(
     progress: ProgressFn | None,
     retry: RetryPolicy,
 ) -> Fetched:
-    part = _Part(dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json"))
+    part = Part(dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".part.json"))
     part.load(expected)
     resumed_from = part.offset
     restarted = False
