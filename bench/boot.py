@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,18 +53,75 @@ def lkctl(*args: str, env: dict[str, str]) -> str:
     return subprocess.run([str(BIN / "lkctl"), *args], env=env, check=True, capture_output=True, text=True).stdout
 
 
-def via_lkctl(env: dict[str, str], n: int) -> float:
-    """(b): `lkctl vm.run -d` + the first `lkctl vm.exec true`, as a user types them."""
+PHASES = (
+    ("qemu started", None),
+    ("kernel -> init", b"lkctl-init: starting"),
+    ("init ready", MARKER),
+    ("sshd listening", b"lkctl-init: sshd listening"),
+    ("first handshake", None),  # the holder's log line once its one handshake succeeded
+)
+
+
+class Watch:
+    """Timestamps (since `start`) of the new VM's pidfile and console markers, polled every 5 ms in a thread."""
+
+    def __init__(self, vms: Path, start: float) -> None:
+        self.vms, self.start = vms, start
+        self.seen: dict[str, float] = {}
+        self.before = set(vms.iterdir()) if vms.is_dir() else set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        vm_dir = None
+        while not self.stop.is_set():
+            now = time.monotonic() - self.start
+            if vm_dir is None and self.vms.is_dir():
+                fresh = set(self.vms.iterdir()) - self.before
+                vm_dir = next((d for d in fresh if d.is_dir()), None)
+            if vm_dir is not None:
+                if "qemu started" not in self.seen and (vm_dir / "qemu.pid").exists():
+                    self.seen["qemu started"] = now
+                try:
+                    console = (vm_dir / "console.log").read_bytes()
+                except OSError:
+                    console = b""
+                log = vm_dir / "holder.log"
+                if "first handshake" not in self.seen and log.exists() and b"connected" in log.read_bytes():
+                    self.seen["first handshake"] = now
+                for name, marker in PHASES[1:]:
+                    if name not in self.seen and marker is not None and marker in console:
+                        self.seen[name] = now
+            time.sleep(0.005)
+
+    def done(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        return self.seen
+
+
+def via_lkctl(env: dict[str, str], n: int) -> tuple[float, dict[str, float]]:
+    """(b): `lkctl vm.run -d` + the first `lkctl vm.exec true`, as a user types them; with a phase breakdown."""
     name = f"bench{n}"
     start = time.monotonic()
+    watch = Watch(Path(env["LKCTL_HOME"]) / "state" / "vms", start)
     lkctl("vm.run", "--image=minimal", "-d", "--name", name, env=env)
+    returned = time.monotonic() - start
     lkctl("vm.exec", name, "--", "true", env=env)
     elapsed = time.monotonic() - start
+    phases = watch.done()
+    phases["vm.run returned"] = returned
+    phases["first exec returned"] = elapsed
     lkctl("vm.rm", "--force", name, env=env)
-    return elapsed
+    return elapsed, phases
 
 
 def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import precompile
+
+    precompile()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -84,10 +142,14 @@ def main() -> None:
 
         vmlinux = pvh_kernel(boot.kernel) or boot.kernel
         a, a2, b = [], [], []
+        phases: dict[str, list[float]] = {}
         for i in range(args.rounds):
             a.append(raw_qemu(boot.kernel, boot.initrd, cmdline, accel, keys.client_pub.parent))
             a2.append(raw_qemu(vmlinux, boot.initrd, cmdline, accel, keys.client_pub.parent))
-            b.append(via_lkctl(env, i))
+            took, marks = via_lkctl(env, i)
+            b.append(took)
+            for k, v in marks.items():
+                phases.setdefault(k, []).append(v)
             print(
                 f"round {i + 1}: raw qemu (bzImage) {a[-1]:.2f}s, raw qemu (PVH vmlinux) {a2[-1]:.2f}s, "
                 f"lkctl run -d + first exec {b[-1]:.2f}s"
@@ -97,7 +159,12 @@ def main() -> None:
         print(f"(a)  raw QEMU, bzImage, boot to '{MARKER.decode()}': median {ma:.2f}s")
         print(f"(a') raw QEMU, PVH vmlinux, boot to '{MARKER.decode()}': median {ma2:.2f}s")
         print(f"(b)  lkctl vm.run -d until first vm.exec true returns: median {mb:.2f}s")
-        print(f"ratio b/a = {mb / ma:.2f}   ratio b/a' = {mb / ma2:.2f}")
+        print("(b) phases, median seconds since `lkctl vm.run` started (console markers seen by polling every 5 ms):")
+        order = [p for p, _ in PHASES] + ["vm.run returned", "first exec returned"]
+        for k in order:
+            if phases.get(k):
+                print(f"     {k:22} {statistics.median(phases[k]):6.2f}s  (n={len(phases[k])})")
+        print(f"ratio b/a = {mb / ma:.2f}   ratio b/a' = {mb / ma2:.2f}  (target b/a' <= 1.3; machine shared)")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ The answer is cached per host boot and per QEMU binary, so the probe costs once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,7 @@ _SECTOR_TIMEOUT = 3.0
 _KERNEL_TIMEOUT = 8.0
 
 
+@functools.cache  # read once per process: `vm.ps` asks for every recorded VM
 def boot_id() -> str:
     """This host boot's id (Linux), "" elsewhere: what makes a pid + start time unique across reboots."""
     try:

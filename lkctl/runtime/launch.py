@@ -161,10 +161,11 @@ def plan_image(
 def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
     """VMs as JSON-able rows with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[dict[str, Any]] = []
+    live = state.live_pids()  # one snapshot of /proc instead of one open per recorded VM
     for r in state.all_records():
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
-        status = state.vm_status(r)
+        status = state.vm_status(r, live)
         if r.auto_remove and status not in ("running", "unknown") and not state.being_created(r):
             with state.vms_lock():
                 current = state.load_record(r.dir)  # re-read under the lock: it may have started meanwhile

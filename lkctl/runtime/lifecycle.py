@@ -180,7 +180,7 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
     )
     state.save_record(record)
     if record.ssh_port:  # a VM with --network none has no SSH to wait for
-        _wait_ready(record, ready_timeout)
+        record = _wait_ready(record, ready_timeout)
     return record
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ __all__ = [
     "helper_entry",
     "is_our_helper",
     "is_our_process",
+    "live_pids",
     "load_record",
     "new_vm_id",
     "process_identity",
@@ -116,11 +119,16 @@ class VmRecord:
                 f"{where} has state format {version!r}, this lkctl reads format {STATE_VERSION}; "
                 f"use the lkctl that created it or remove {where.parent}"
             )
-        known = {f.name for f in dataclasses.fields(cls)} - {"problem"}
+        known = _record_fields()
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            return cls(**(data if data.keys() <= known else {k: v for k, v in data.items() if k in known}))
         except TypeError as e:
             raise StateError(f"{where} is not a valid VM record ({e}); remove {where.parent}") from None
+
+
+@functools.cache
+def _record_fields() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(VmRecord)) - {"problem"}
 
 
 def vms_dir() -> Path:
@@ -183,7 +191,8 @@ def _adopt_pidfile(record: VmRecord) -> VmRecord:
 def load_record(vm_dir: Path) -> VmRecord | None:
     path = vm_dir / "vm.json"
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as f:  # not Path.read_text: `vm.ps` reads thousands of these
+            data = json.loads(f.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -207,7 +216,9 @@ def all_records() -> list[VmRecord]:
     root = vms_dir()
     if not root.is_dir():
         return []
-    records = [r for d in root.iterdir() if d.is_dir() and (r := _load_or_unknown(d)) is not None]
+    with os.scandir(root) as entries:
+        dirs = [root / e.name for e in entries if e.is_dir()]
+    records = [r for d in dirs if (r := _load_or_unknown(d)) is not None]
     return sorted(records, key=lambda r: (r.created, r.id))
 
 
@@ -241,10 +252,10 @@ def process_identity(pid: int) -> ProcessIdentity | None:
     """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
     if pid <= 0:
         return None
-    stat_path = Path(f"/proc/{pid}/stat")
-    if Path("/proc/self/stat").exists():
+    if _have_proc():
         try:
-            stat = stat_path.read_text()
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
         except (FileNotFoundError, ProcessLookupError):
             return None
         # the command name (field 2) may contain spaces and parentheses: split after the last ')'
@@ -261,6 +272,11 @@ def process_identity(pid: int) -> ProcessIdentity | None:
     if not out or out.startswith("Z"):
         return None
     return ProcessIdentity(pid, out.split(None, 1)[1], "")
+
+
+@functools.cache
+def _have_proc() -> bool:
+    return os.path.exists("/proc/self/stat")
 
 
 def _cmdline(pid: int) -> str:
@@ -336,16 +352,26 @@ def being_created(record: VmRecord) -> bool:
     return ident is not None and ident.start == record.creator[1]
 
 
-def vm_status(record: VmRecord) -> str:
+def live_pids() -> frozenset[int] | None:
+    """Every process id alive now, read once from /proc (None without /proc): lets `vm.ps` skip the per-VM
+    identity check of VMs whose QEMU is long gone."""
+    if not _have_proc():
+        return None
+    return frozenset(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def vm_status(record: VmRecord, live: frozenset[int] | None = None) -> str:
     """`running`, `stopped`, `error` (lkctl saw it fail), `created` (not started, or being started) or `unknown`
-    (the record cannot be read, or its libvirt host does not answer)."""
+    (the record cannot be read, or its libvirt host does not answer).
+
+    `live` (from live_pids) is a snapshot taken before: a pid missing from it is not running."""
     if record.problem:
         return "unknown"
     if record.libvirt:  # libvirt knows; a host that does not answer gives `unknown`
         from lkctl.runtime.libvirt.vms import domain_status
 
         return domain_status(record)
-    if is_our_process(record):
+    if (live is None or record.pid in live) and is_our_process(record):
         return "running"
     if record.exit_reason:
         return "error"

@@ -90,6 +90,10 @@ def _now() -> str:
 def _port_free(ip: str, port: int, proto: str = "tcp") -> bool:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind) as s:
+        if kind == socket.SOCK_STREAM:
+            # as QEMU binds its forwards: a port whose last connection lingers in TIME_WAIT is free (the VM's
+            # connection holder keeps one open, and it ends in TIME_WAIT when QEMU goes); a listener is not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError as e:
@@ -438,26 +442,18 @@ def _kill_helpers(record: VmRecord) -> None:
                 os.kill(int(entry[0]), signal.SIGTERM)
 
 
-def _wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None] | None = None) -> None:
-    from lkctl import ssh
-    from lkctl.errors import SshError
+def _wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None] | None = None) -> VmRecord:
+    """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.readiness);
+    `on_wait` gets the console so far while waiting (progress for people).
 
-    def check_console() -> None:
-        console = _console_bytes(record)
-        for marker in _PANIC_MARKERS:
-            if marker in console:
-                raise VmError(_diagnose(record, "the guest failed while booting"))
+    Returns the record with the holder in its helpers, so stopping the VM stops the holder too."""
+    from lkctl.runtime.readiness import wait_for_holder
+
+    def tick() -> None:
         if on_wait is not None:
-            on_wait(console)
+            on_wait(_console_bytes(record))
 
-    try:
-        ssh.wait_ready(
-            ssh_target(record), timeout=timeout, alive=lambda: state.is_our_process(record), on_tick=check_console
-        )
-    except SshError as e:
-        if not state.is_our_process(record):
-            raise VmError(_diagnose(record, "QEMU exited while the guest was booting")) from None
-        raise VmError(_diagnose(record, str(e))) from None
+    return wait_for_holder(record, timeout, panic_markers=_PANIC_MARKERS, diagnose=_diagnose, on_tick=tick)
 
 
 @contextlib.contextmanager
@@ -521,7 +517,7 @@ def run_vm(
                 on_started(record)
             if opts.detach:
                 if opts.wait_ssh:
-                    _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout, on_wait)
+                    record = _wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout, on_wait)
                 return record, 0
             assert child is not None
             code = _foreground(record, child, console, settings)

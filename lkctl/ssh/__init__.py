@@ -14,11 +14,13 @@ from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_conn
 from lkctl.ssh._copy import copy_from, copy_to
 from lkctl.ssh._exec import ByteSink, SshSession, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
+from lkctl.ssh._session import Session, session, session_when_listening
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "ByteSink",
     "JumpHost",
+    "Session",
     "SshSession",
     "SshTarget",
     "VmKeys",
@@ -29,6 +31,8 @@ __all__ = [
     "generate_keys",
     "known_hosts_line",
     "remote_command",
+    "session",
+    "session_when_listening",
     "wait_ready",
     "write_known_hosts",
 ]

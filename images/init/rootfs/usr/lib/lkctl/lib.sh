@@ -39,9 +39,19 @@ write_resolv() {
 }
 
 # jload PREFIX FILE: eval FILE's JSON as PREFIX_* variables (see json.awk). Returns 1 if it is not valid JSON.
+# A bundle's config (under /containers, fixed at build time) is parsed once: the assignments are kept beside it
+# in FILE.PREFIX.sh, because `container run` and `container exec` both load it and awk is slow under TCG.
 jload() {
+    case "$2" in /containers/*)
+        if [ -f "$2.$1.sh" ]; then
+            . "$2.$1.sh"
+            return 0
+        fi ;;
+    esac
     _j=$(awk -v prefix="$1" -f "$LKCTL_LIB/json.awk" "$2") || { error "cannot parse $2"; return 1; }
     eval "$_j"
+    case "$2" in /containers/*) { printf '%s\n' "$_j" >"$2.$1.sh.tmp" && mv -f "$2.$1.sh.tmp" "$2.$1.sh"; } 2>/dev/null ;; esac
+    return 0
 }
 
 # jget VAR NAME: VAR=value of the flattened JSON variable NAME ("" if unset).

@@ -1,0 +1,137 @@
+"""Start-up and scale-of-state benchmark, each pair interleaved in one run:
+
+- import cost: `python -c "import invoke"` vs `python -c "import invoke, lkctl.tasks"` (lkctl's own cost on top
+  of invoke's; target <= 20 ms), plus what `-X importtime` attributes to lkctl's modules;
+- `lkctl vm.ps --all` with 1,000 recorded (stopped) VMs vs with none (target <= 1.15x);
+- an unchanged `lkctl image.build minimal` (everything cached) vs `lkctl --version` (target <= 1.5x).
+
+Usage: python bench/startup.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+LKCTL = str(BIN / "lkctl")
+
+
+CPU: dict[str, float] = {}  # median CPU seconds (user + system) of the same runs, by side
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one run. On a shared machine the CPU time is the steadier of the two."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def interleaved(sides: dict[str, tuple[list[str], dict[str, str]]], rounds: int) -> dict[str, float]:
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+    for argv, env in sides.values():
+        timed(argv, env)  # warm-up
+    for _ in range(rounds):
+        for name, (argv, env) in sides.items():
+            times[name].append(timed(argv, env))
+    CPU.update({k: statistics.median(c for _, c in v) for k, v in times.items()})
+    return {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+
+
+def line(label: str, wall: float, name: str) -> str:
+    return f"  {label:38} {wall * 1000:7.1f} ms wall, {CPU[name] * 1000:7.1f} ms CPU"
+
+
+def lkctl_import_ms() -> float:
+    """Self time of lkctl's own modules in `import invoke, lkctl.tasks`, as -X importtime reports it."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import invoke, lkctl.tasks"], capture_output=True, text=True
+    ).stderr
+    total = 0
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[2].strip().startswith("lkctl"):
+            total += int(parts[0].split(":")[1])
+    return total / 1000
+
+
+def recorded_vms(home: Path, n: int) -> None:
+    """`n` stopped VMs as `vm.run` leaves them (a full argv, a dead pid), written with lkctl's own state code."""
+    os.environ["LKCTL_HOME"] = str(home)
+    from lkctl.runtime import state
+
+    argv = ["qemu-system-x86_64", "-name", "lkctl-00000000", "-machine", "q35,accel=tcg", *(["-device", "x"] * 20)]
+    for i in range(n):
+        vm_id = f"{i:08x}"
+        state.save_record(
+            state.VmRecord(
+                id=vm_id, name=f"vm{i}", image="minimal", image_format="kernel+initrd",
+                created=f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.000+00:00", memory=1024, cpus=1,
+                ssh_port=20000 + i, argv=argv, accel="tcg", pid=4_000_000 + i, pid_start="1234",
+                boot_id="00000000-0000-0000-0000-000000000000", image_digest="sha256:" + "0" * 64,
+            )
+        )  # fmt: skip
+    assert len(state.all_records()) == n
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import precompile
+
+    precompile()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="lkbench-") as tmp:
+        empty, full = Path(tmp) / "empty", Path(tmp) / "full"
+        recorded_vms(full, 1000)
+        env0 = dict(os.environ, LKCTL_HOME=str(empty))
+        env1 = dict(os.environ, LKCTL_HOME=str(full))
+        imports = interleaved(
+            {"invoke": ([py, "-c", "import invoke"], env0), "lkctl": ([py, "-c", "import invoke, lkctl.tasks"], env0)},
+            args.rounds,
+        )
+        ps = interleaved(
+            {"none": ([LKCTL, "vm.ps", "--all"], env0), "1000": ([LKCTL, "vm.ps", "--all"], env1)}, args.rounds
+        )
+        build_env = dict(os.environ, LKCTL_HOME=str(empty))
+        subprocess.run([LKCTL, "image.build", "minimal"], env=build_env, check=True, capture_output=True)  # untimed
+        build = interleaved(
+            {"version": ([LKCTL, "--version"], build_env), "build": ([LKCTL, "image.build", "minimal"], build_env)},
+            args.rounds,
+        )
+    own = lkctl_import_ms()
+    print(f"start-up, medians of {args.rounds} interleaved rounds (machine shared with other work):")
+    print(line("import invoke", imports["invoke"], "invoke"))
+    print(line("import invoke, lkctl.tasks", imports["lkctl"], "lkctl"))
+    print(f"  lkctl's own import cost: {(imports['lkctl'] - imports['invoke']) * 1000:.1f} ms wall, "
+          f"{(CPU['lkctl'] - CPU['invoke']) * 1000:.1f} ms CPU; -X importtime self time of lkctl.* {own:.1f} ms "
+          "(target <= 20 ms)")  # fmt: skip
+    print(line("vm.ps --all, no VM", ps["none"], "none"))
+    print(line("vm.ps --all, 1,000 recorded VMs", ps["1000"], "1000"))
+    print(
+        f"ratio vm.ps 1,000 VMs / none            = {ps['1000'] / ps['none']:.2f} wall, "
+        f"{CPU['1000'] / CPU['none']:.2f} CPU  (target <= 1.15)"
+    )
+    print(line("lkctl --version", build["version"], "version"))
+    print(line("lkctl image.build minimal (unchanged)", build["build"], "build"))
+    print(
+        f"ratio unchanged image.build / --version = {build['build'] / build['version']:.2f} wall, "
+        f"{CPU['build'] / CPU['version']:.2f} CPU  (target <= 1.5)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The `lkctl` executable's entry point: a lean path for `lkctl vm.exec VM -- CMD...`, else the invoke Program.
+
+`vm.exec` through a running VM's connection holder needs neither invoke nor paramiko, and importing them is most
+of the command's cost; so the plain form `vm.exec VM -- CMD...` (no options) is answered here when the VM is
+running and its holder answers. Every other case, and every error before the command started, goes to the full
+CLI, which gives the usual messages and connects over SSH itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__all__ = ["fast_exec", "main"]
+
+
+def fast_exec(args: list[str]) -> int | None:
+    """The exit status of `vm.exec VM -- CMD...` run through the VM's holder; None to use the full CLI instead."""
+    if len(args) < 4 or args[0] != "vm.exec" or args[2] != "--" or args[1].startswith("-"):
+        return None
+    from lkctl.errors import LkError
+    from lkctl.runtime import holder, state
+
+    try:
+        record = state.find_vm(args[1])
+    except LkError:
+        return None  # the full CLI says it in its own words
+    if not state.is_our_process(record):
+        return None
+    try:
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
+        return holder.exec_via_holder(record, args[3:], stdin_fd=stdin)
+    except holder.HolderUnavailable:
+        return None
+    except LkError as e:  # after the command started: it cannot be retried over another connection
+        print(f"lkctl: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        return 141  # our stdout was closed (`| head`): end quietly, as a shell pipeline member killed by SIGPIPE
+    except KeyboardInterrupt:
+        print("lkctl: interrupted", file=sys.stderr)
+        return 130
+
+
+def main() -> None:
+    code = fast_exec(sys.argv[1:])
+    if code is not None:
+        sys.stderr.flush()
+        os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
+    from lkctl.cli import program
+
+    program.run()
