@@ -355,7 +355,7 @@ def build(
 ) -> BuildResult:
     """Build a template or LinuxKit YAML files as `image.build` does (cached by content); `formats` like
     `["iso-efi", "qcow2-bios"]` (default kernel+initrd), other options as `lkctl.build.build_image`'s."""
-    from lkctl.build import build_source
+    from lkctl.images import build_source
 
     if formats and list(formats) != ["kernel+initrd"]:
         options["formats"] = list(formats)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lkctl import paths
 from lkctl.errors import ImageError, LkError, StateError
@@ -50,6 +50,7 @@ __all__ = [
     "ResolvedImage",
     "StagedKeys",
     "adopt_private_build",
+    "build_source",
     "build_spec_files",
     "build_template",
     "built_images",
@@ -94,7 +95,10 @@ def store() -> Store:
 
 
 def installed_dir() -> Path:
-    return paths.data_dir() / "images"
+    """Where installed images live (`lkctl.installed` owns it)."""
+    from lkctl.installed import installed_root
+
+    return installed_root()
 
 
 def _ensure_base(ref: str) -> None:
@@ -452,3 +456,48 @@ def built_images(root: Path | None = None) -> list[ImageInfo]:
         info = ImageInfo(str(manifest.parent / name), "built", f"{label}: {', '.join(formats)}", size, created)
         found.append((mtime, info))
     return [info for _, info in sorted(found, key=lambda t: -t[0])]
+
+
+def build_source(
+    source: str,
+    files: Sequence[Path] = (),
+    *,
+    variables: Mapping[str, str] | None = None,
+    name: str = "",
+    out_dir: Path | None = None,
+    **options: Any,
+) -> BuildResult:
+    """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
+    a.yml b.yml`); `options` are `build_image`'s (formats, size, arch, pull, ...).
+
+    With no options this is exactly what `--image` builds (same cache directory, so a later
+    `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
+    lkctl's base images are made or refreshed first, as `--image` does."""
+    from lkctl.baseimages import ensure_base_image, is_base_image
+    from lkctl.build import build_image, check_request
+    from lkctl.build.spec import load_spec, parse_spec
+
+    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
+    paths_in = [] if template is not None and not files else [Path(source), *files]
+    for p in paths_in:
+        if not p.is_file():
+            raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
+    if not options:
+        if paths_in:
+            return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
+        assert template is not None
+        return build_template(template, dict(variables or {}), out_dir=out_dir)
+    if template is not None and not paths_in:
+        spec = parse_spec(render_template(template, dict(variables or {})), str(template.path))
+        name = name or template.name
+    else:
+        spec = load_spec(paths_in)
+        name = name or paths_in[-1].stem
+    check_request(list(options.get("formats", ["kernel+initrd"])), name, str(options.get("pull", "missing")))
+    oci_store = store()
+    for ref in spec.image_refs():
+        if is_base_image(ref):
+            ensure_base_image(ref, oci_store)  # a no-op unless the host's packages changed
+    return build_image(
+        spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=oci_store, **options
+    )

@@ -111,9 +111,10 @@ class UpdateCheck:
 
 
 def installed_root() -> Path:
-    from lkctl.images import installed_dir
+    """Where installed (pulled) images live: one directory per name."""
+    from lkctl import paths
 
-    return installed_dir()
+    return paths.data_dir() / "images"
 
 
 @contextlib.contextmanager

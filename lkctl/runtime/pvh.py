@@ -60,7 +60,7 @@ def pvh_kernel(kernel: Path) -> Path | None:
         return vmlinux
     if refused.exists():
         return None
-    from lkctl.build._kernel import decompress_kernel
+    from lkctl.build import decompress_kernel
 
     try:
         elf = decompress_kernel(data)

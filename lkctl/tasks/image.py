@@ -52,8 +52,8 @@ def build(
     decompress_kernel: bool = False,
 ) -> None:
     """Build a LinuxKit image (any common format) from a template or YAML files."""
-    from lkctl.build import build_source
     from lkctl.flags import parse_arch, parse_size
+    from lkctl.images import build_source
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
     options: dict[str, object] = {}

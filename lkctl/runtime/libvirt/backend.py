@@ -29,6 +29,8 @@ from lkctl.runtime.libvirt.domain import METADATA_NS, QEMU_NS, LibvirtHostCaps, 
 if TYPE_CHECKING:
     import libvirt
 
+    from lkctl.runtime.state import VmRecord
+
 __all__ = [
     "HostUnreachable",
     "connection",
@@ -36,6 +38,7 @@ __all__ = [
     "create_volume",
     "delete_vm_volumes",
     "domain_state",
+    "domain_status",
     "ensure_pool",
     "error_text",
     "libvirt_module",
@@ -429,3 +432,18 @@ def _kvm_listed(conn: libvirt.virConnect) -> str:
     except lv.libvirtError:
         return "qemu"
     return "kvm"
+
+
+def domain_status(record: VmRecord) -> str:
+    """libvirt's word on the VM: running, stopped, error, missing (domain gone) or unknown (host unreachable)."""
+    try:
+        with connection(record.libvirt["uri"], record.libvirt.get("known_hosts", "")) as conn:
+            dom = lookup_domain(conn, record.libvirt["domain"])
+            if dom is None:
+                return "missing"
+            status = domain_state(dom)
+    except HostUnreachable:
+        return "unknown"
+    if status == "stopped" and record.exit_reason:
+        return "error"
+    return status
