@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lkctl.errors import VmError
+from lkctl.errors import ExecFailed, VmError
 
 if TYPE_CHECKING:
     from lkctl.build import BuildResult
@@ -49,18 +49,6 @@ class ExecResult:
     def text(self) -> str:
         """stdout decoded as UTF-8 (undecodable bytes replaced)."""
         return self.stdout.decode(errors="replace")
-
-
-class ExecFailed(VmError):
-    """`exec(..., check=True)` of a command that exited non-zero; `.result` holds its output."""
-
-    def __init__(self, argv: Sequence[str], result: ExecResult) -> None:
-        tail = result.stderr.decode(errors="replace").strip().splitlines()
-        super().__init__(
-            f"{' '.join(argv)!r} exited {result.exit_code}" + (f": {tail[-1]}" if tail else ""),
-            exit_code=result.exit_code or 1,
-        )
-        self.result = result
 
 
 def _input_stream(data: bytes | str | None) -> io.BytesIO | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from lkctl.errors import ConfigError, ImageError
+from lkctl.errors import ConfigError, SourceNotFound
 
 if TYPE_CHECKING:
     from lkctl.settings import SourcesSettings
@@ -50,10 +50,6 @@ _ARCH_ALIASES = {
     "s390x": ("s390x",),
 }
 _MACHINE_TO_ARCH = {alias: arch for arch, aliases in _ARCH_ALIASES.items() for alias in aliases}
-
-
-class SourceNotFound(ImageError):
-    """This source does not have the image (or that version, or that platform): `auto` moves on."""
 
 
 @dataclass(frozen=True)

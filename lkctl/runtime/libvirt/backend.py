@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from lkctl import paths
-from lkctl.errors import ConfigError, VmError
+from lkctl.errors import ConfigError, HostUnreachable, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime.libvirt.domain import METADATA_NS, QEMU_NS, LibvirtHostCaps, metadata_from_xml
 
@@ -52,10 +52,6 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-
-
-class HostUnreachable(VmError):
-    """libvirtd on a host did not answer (down, refused, SSH failed)."""
 
 
 def libvirt_module() -> Any:
