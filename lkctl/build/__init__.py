@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl import CallableBuildPackage
+from lkctl.arch import oci_arch
 from lkctl.build._assemble import assemble, file_source_path
 from lkctl.build._bookkeeping import build_paths, created_output_dir, open_state, prune_builds, reclaim_leftovers
 from lkctl.build._entry import Entry, EntryKind
@@ -69,7 +69,6 @@ log = logging.getLogger("lkctl.build")
 BUILDER_VERSION = "2"
 FORMATS = tuple(_FORMATS)
 PULL_POLICIES = ("missing", "always", "never")
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}
 _STAMP_VERSION = 2
 
 Puller = Callable[[str, str], None]  # (reference, architecture): put that image into the store
@@ -94,8 +93,7 @@ class BuildResult:
 
 def host_arch() -> str:
     """The OCI architecture name of this machine (amd64, arm64, ...)."""
-    machine = platform.machine().lower()
-    return _ARCHES.get(machine, machine)
+    return oci_arch()
 
 
 def _missing_message(ref: str, store: Store) -> str:

@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from lkctl import paths
+from lkctl.arch import machine_arch
 from lkctl.errors import ConfigError
 from lkctl.fsutil import atomic_write
 from lkctl.proc import find_program
@@ -56,8 +57,8 @@ class HostCaps:
 
 
 def guest_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    """The kernel/QEMU name (x86_64, aarch64) of the guests this host runs natively."""
+    return machine_arch()
 
 
 def qemu_binary_name(arch: str) -> str:

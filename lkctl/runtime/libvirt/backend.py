@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from lkctl import paths
+from lkctl.arch import machine_arch
 from lkctl.errors import ConfigError, HostUnreachable, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime.libvirt.domain import METADATA_NS, QEMU_NS, LibvirtHostCaps, metadata_from_xml
@@ -398,7 +399,7 @@ def _kvm_works(conn: libvirt.virConnect, pool: libvirt.virStoragePool) -> bool:
 def probe(conn: libvirt.virConnect, uri: str, pool: libvirt.virStoragePool, accel: str = "auto") -> LibvirtHostCaps:
     """What this host offers: arch, free memory, and the domain type guests really run under (probed once)."""
     arch = str(conn.getInfo()[0])
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    arch = machine_arch(arch)
     if accel == "tcg":
         domain_type = "qemu"
     elif accel == "kvm" or arch != "x86_64":
