@@ -13,6 +13,7 @@ prints or exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -343,11 +344,18 @@ def build(
 ) -> BuildResult:
     """Build a template or LinuxKit YAML files as `image.build` does (cached by content); `formats` like
     `["iso-efi", "qcow2-bios"]` (default kernel+initrd), other options as `lkctl.build.build_image`'s."""
+    from lkctl.build import BuildOptions
+    from lkctl.errors import ConfigError
     from lkctl.images import build_source
 
-    if formats and list(formats) != ["kernel+initrd"]:
-        options["formats"] = list(formats)
+    if formats:
+        options["formats"] = tuple(formats)
+    try:
+        built_with = BuildOptions(**options)
+    except TypeError:
+        known = ", ".join(f.name for f in dataclasses.fields(BuildOptions))
+        raise ConfigError(f"unknown build option in {sorted(options)}; known: {known}") from None
     return build_source(
         source, [Path(f) for f in files], variables=variables, name=name,
-        out_dir=Path(out) if out is not None else None, **options,
+        out_dir=Path(out) if out is not None else None, options=built_with,
     )  # fmt: skip

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lkctl import paths
 from lkctl.errors import ImageError, LkError, StateError
@@ -41,7 +41,7 @@ from lkctl.templates import (
 )
 
 if TYPE_CHECKING:
-    from lkctl.build import BuildResult
+    from lkctl.build import BuildOptions, BuildResult
     from lkctl.build.spec import Spec
 
 __all__ = [
@@ -119,25 +119,30 @@ def _refresh_bases(spec: Spec) -> None:
 
 
 def _kernel_initrd(prefix: Path, label: str) -> BootImage:
+    """A kernel+initrd image found on disk by its LinuxKit prefix (a build's result has it typed: boot_image())."""
     kernel = Path(f"{prefix}-kernel")
     initrd = Path(f"{prefix}-initrd.img")
     cmdline_file = Path(f"{prefix}-cmdline")
     if not initrd.is_file():
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
-    # a persistent root disk beside them (the dev image, see lkctl.dev.image): attached through a per-VM overlay
+    return _with_rootdisk(BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline))
+
+
+def _with_rootdisk(boot: BootImage) -> BootImage:
+    """`boot` with the persistent root disk beside its kernel (the dev image, see lkctl.dev.image), if there is
+    one: it is attached through a per-VM overlay."""
     for suffix, fmt in (("-root.qcow2", "qcow2"), ("-root.img", "raw")):
-        if (root := Path(f"{prefix}{suffix}")).is_file():
-            return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                             rootdisk=root.resolve(), rootdisk_format=fmt)  # fmt: skip
-    return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline)
+        if (root := Path(f"{boot.path}{suffix}")).is_file():
+            return dataclasses.replace(boot, rootdisk=root.resolve(), rootdisk_format=fmt)
+    return boot
 
 
 def _from_path(text: str) -> ResolvedImage | None:
     path = Path(text).expanduser()
     if path.suffix in (".yml", ".yaml") and path.is_file():
         result = build_spec_files([path], name=path.stem)
-        return ResolvedImage(_kernel_initrd(_prefix(result), str(path)), str(path), built=not result.cached)
+        return ResolvedImage(_with_rootdisk(result.boot_image()), str(path), built=not result.cached)
     if Path(f"{path}-kernel").is_file():
         return ResolvedImage(_kernel_initrd(path, text), str(path))
     if path.is_file():
@@ -151,10 +156,6 @@ def _from_path(text: str) -> ResolvedImage | None:
     if "/" in text or text.startswith("."):
         raise ImageError(f"image file {text} does not exist")
     return None
-
-
-def _prefix(result: BuildResult) -> Path:
-    return Path(str(result.kernel)[: -len("-kernel")])
 
 
 def _installed(name: str) -> ResolvedImage | None:
@@ -293,7 +294,7 @@ def _from_template(template: Template, variables: Mapping[str, str] | TemplateIn
     result = _build_rendered(template, text, out_dir)
     if private is None:
         _prune_renders(out_dir.parent, out_dir)
-    boot = _kernel_initrd(_prefix(result), template.name)
+    boot = _with_rootdisk(result.boot_image())
     return ResolvedImage(boot, template.name, built=not result.cached, memory=meta.memory, cpus=meta.cpus)
 
 
@@ -465,16 +466,16 @@ def build_source(
     variables: Mapping[str, str] | None = None,
     name: str = "",
     out_dir: Path | None = None,
-    **options: Any,
+    options: BuildOptions | None = None,
 ) -> BuildResult:
     """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
-    a.yml b.yml`); `options` are `build_image`'s (formats, size, arch, pull, ...).
+    a.yml b.yml`) with `options` (formats, size, arch, pull, ...).
 
-    With no options this is exactly what `--image` builds (same cache directory, so a later
+    With default options this is exactly what `--image` builds (same cache directory, so a later
     `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
     lkctl's base images are made or refreshed first, as `--image` does."""
     from lkctl.baseimages import ensure_base_image, is_base_image
-    from lkctl.build import build_image, check_request
+    from lkctl.build import BuildOptions, build_image, check_request
     from lkctl.build.spec import load_spec, parse_spec
 
     template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
@@ -482,7 +483,7 @@ def build_source(
     for p in paths_in:
         if not p.is_file():
             raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
-    if not options:
+    if options is None or options == BuildOptions():
         if paths_in:
             return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
         assert template is not None
@@ -493,11 +494,13 @@ def build_source(
     else:
         spec = load_spec(paths_in)
         name = name or paths_in[-1].stem
-    check_request(list(options.get("formats", ["kernel+initrd"])), name, str(options.get("pull", "missing")))
+    check_request(list(options.formats), name, options.pull)
     oci_store = store()
     for ref in spec.image_refs():
         if is_base_image(ref):
             ensure_base_image(ref, oci_store)  # a no-op unless the host's packages changed
     return build_image(
-        spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=oci_store, **options
-    )
+        spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=oci_store,
+        formats=options.formats, arch=options.arch, level=options.level, threads=options.threads, size=options.size,
+        decompress_kernel=options.decompress_kernel, pull=options.pull,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lkctl import CallableBuildPackage
 from lkctl.arch import oci_arch
@@ -39,10 +39,14 @@ from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
 
+if TYPE_CHECKING:
+    from lkctl.runtime.qemu import BootImage
+
 __all__ = [
     "BUILDER_VERSION",
     "FORMATS",
     "PULL_POLICIES",
+    "BuildOptions",
     "BuildResult",
     "Entry",
     "EntryKind",
@@ -89,6 +93,39 @@ class BuildResult:
     outputs: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
     assembled: str = "none"
     built: tuple[str, ...] = ()  # formats written by this call
+
+    @property
+    def prefix(self) -> Path:
+        """The LinuxKit prefix of the kernel+initrd files (`<prefix>-kernel`, `<prefix>-initrd.img`)."""
+        return self.kernel.with_name(self.kernel.name.removesuffix("-kernel"))
+
+    def boot_image(self) -> BootImage:
+        """What a VM boots from this build's kernel+initrd (the hand-off from the build stage to the runtime)."""
+        from lkctl.runtime.qemu import BootImage, ImageFormat
+
+        return BootImage(
+            ImageFormat.KERNEL_INITRD,
+            self.prefix,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            cmdline=self.cmdline_text.strip(),
+        )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build, beyond what (the spec) and where (name, output directory): `build_image`'s knobs.
+
+    `size` is bytes or text such as "2G" (raw/qcow2/vmdk disks); `arch` an OCI or kernel name (default: this
+    host); `pull` one of PULL_POLICIES. The defaults are what `--image` builds."""
+
+    formats: tuple[str, ...] = ("kernel+initrd",)
+    arch: str | None = None
+    level: int = DEFAULT_LEVEL
+    threads: int | None = None
+    size: int | str | None = None
+    decompress_kernel: bool = False
+    pull: str = "missing"
 
 
 def host_arch() -> str:
