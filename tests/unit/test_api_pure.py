@@ -95,7 +95,10 @@ def test_ps_filters_are_anded_across_keys_and_ored_within_one() -> None:
         {"id": "bb22", "name": "web-2", "image": "dev", "status": "stopped"},
         {"id": "cc33", "name": "db", "image": "minimal", "status": "running"},
     ]
-    pick = lambda *f: [r["id"] for r in filter_rows(rows, parse_filters(list(f)))]  # noqa: E731
+
+    def pick(*f: str) -> list[str]:
+        return [r["id"] for r in filter_rows(rows, parse_filters(list(f)))]
+
     assert pick("name=web") == ["aa11", "bb22"]
     assert pick("name=web,status=running") == ["aa11"]
     assert pick("status=running", "status=stopped") == ["aa11", "bb22", "cc33"]
@@ -186,11 +189,13 @@ def test_lkctl_complete_prints_vm_and_template_names() -> None:
 
 
 def test_lkctl_build_stays_callable_after_the_build_package_is_imported(tmp_path: Path) -> None:
+    import importlib
+
     import lkctl
-    import lkctl.build
     from lkctl.errors import ImageError
 
-    assert callable(lkctl.build) and lkctl.build.BuildResult is not None  # the package, callable
+    package = importlib.import_module("lkctl.build")
+    assert callable(package) and package.BuildResult is not None  # the package, callable
     with pytest.raises(ImageError, match="neither a template nor"):
         lkctl.build(str(tmp_path / "nothing.yml"))
 

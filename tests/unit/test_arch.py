@@ -24,9 +24,7 @@ from lkctl.sources import Platform
         ("riscv64", "riscv64", "riscv64", "riscv64"),
     ],
 )
-def test_each_spelling_gives_oci_kernel_and_debian_names(
-    spelling: str, oci: str, machine: str, debian: str
-) -> None:
+def test_each_spelling_gives_oci_kernel_and_debian_names(spelling: str, oci: str, machine: str, debian: str) -> None:
     assert (oci_arch(spelling), machine_arch(spelling), debian_arch(spelling)) == (oci, machine, debian)
 
 
