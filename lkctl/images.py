@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -62,6 +63,8 @@ __all__ = [
     "staged_vm_keys",
     "store",
 ]
+
+log = logging.getLogger("lkctl.images")
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,10 @@ def _installed(name: str) -> ResolvedImage | None:
     from lkctl.installed import MANIFEST_NAME, read_installed
 
     pulled = None
-    with contextlib.suppress(ImageError, StateError):
+    try:
         pulled = read_installed(name)
+    except (ImageError, StateError) as e:
+        log.debug("installed image %s: %s; looking at every file in %s", name, e, d)
     candidates = [d / f for f in pulled.files] if pulled else sorted(d.iterdir())
     for f in candidates:
         fmt = detect_format(f) if f.is_file() and f.name != MANIFEST_NAME else None
@@ -396,7 +401,8 @@ def list_images() -> list[ImageInfo]:
                 detail, size, created = "", None, ""
                 try:
                     pulled = read_installed(d.name)
-                except (ImageError, StateError):
+                except (ImageError, StateError) as e:
+                    log.debug("installed image %s: %s", d.name, e)
                     detail = "(unreadable manifest)"
                 else:
                     if pulled is not None:
@@ -421,7 +427,8 @@ def _oci_size_created(st: Store, digest: str) -> tuple[int | None, str]:
         size = sum(int(layer.get("size", 0)) for layer in doc.get("layers", []))
         config = st.read_json(doc["config"]["digest"]) if "config" in doc else {}
         return size, str(config.get("created", ""))
-    except (OSError, ValueError, KeyError, TypeError, LkError):
+    except (OSError, ValueError, KeyError, TypeError, LkError) as e:
+        log.debug("image %s in the OCI store: size and date unknown (%s: %s)", digest, type(e).__name__, e)
         return None, ""
 
 
@@ -443,7 +450,8 @@ def built_images(root: Path | None = None) -> list[ImageInfo]:
         try:
             doc = json.loads(manifest.read_text())
             mtime = manifest.stat().st_mtime
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            log.debug("build manifest %s: unreadable, not listed (%s)", manifest, e)
             continue
         formats = sorted(doc.get("formats", {})) if isinstance(doc, dict) else []
         size = 0
