@@ -206,3 +206,13 @@ def test_guest_files_an_explicit_hostname_overrides_the_image_the_default_does_n
     assert (tmp_path / "env").read_text() == "A=1\n" and (tmp_path / "env").stat().st_mode & 0o777 == 0o600
     assert guest_files(False, {"A": "1"}) == (("vm-hostname", Path("vm-hostname")), ("env", Path("env")))
     assert guest_files(True, {}) == (("hostname", Path("hostname")),)
+
+
+def test_lkctl_build_refuses_an_unknown_option_in_one_line_before_building(tmp_path: Path) -> None:
+    import lkctl
+    from lkctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown build option in \['colour'\]; known: formats, arch") as e:
+        lkctl.build(str(tmp_path / "nothing.yml"), colour="blue")
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())
