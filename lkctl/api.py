@@ -13,6 +13,7 @@ prints or exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lkctl.errors import VmError
+from lkctl.errors import ExecFailed, VmError
 
 if TYPE_CHECKING:
     from lkctl.build import BuildResult
@@ -49,18 +50,6 @@ class ExecResult:
     def text(self) -> str:
         """stdout decoded as UTF-8 (undecodable bytes replaced)."""
         return self.stdout.decode(errors="replace")
-
-
-class ExecFailed(VmError):
-    """`exec(..., check=True)` of a command that exited non-zero; `.result` holds its output."""
-
-    def __init__(self, argv: Sequence[str], result: ExecResult) -> None:
-        tail = result.stderr.decode(errors="replace").strip().splitlines()
-        super().__init__(
-            f"{' '.join(argv)!r} exited {result.exit_code}" + (f": {tail[-1]}" if tail else ""),
-            exit_code=result.exit_code or 1,
-        )
-        self.result = result
 
 
 def _input_stream(data: bytes | str | None) -> io.BytesIO | None:
@@ -355,11 +344,18 @@ def build(
 ) -> BuildResult:
     """Build a template or LinuxKit YAML files as `image.build` does (cached by content); `formats` like
     `["iso-efi", "qcow2-bios"]` (default kernel+initrd), other options as `lkctl.build.build_image`'s."""
-    from lkctl.build import build_source
+    from lkctl.build import BuildOptions
+    from lkctl.errors import ConfigError
+    from lkctl.images import build_source
 
-    if formats and list(formats) != ["kernel+initrd"]:
-        options["formats"] = list(formats)
+    if formats:
+        options["formats"] = tuple(formats)
+    try:
+        built_with = BuildOptions(**options)
+    except TypeError:
+        known = ", ".join(f.name for f in dataclasses.fields(BuildOptions))
+        raise ConfigError(f"unknown build option in {sorted(options)}; known: {known}") from None
     return build_source(
         source, [Path(f) for f in files], variables=variables, name=name,
-        out_dir=Path(out) if out is not None else None, **options,
+        out_dir=Path(out) if out is not None else None, options=built_with,
     )  # fmt: skip

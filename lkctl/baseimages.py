@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import tarfile
@@ -29,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lkctl import paths
+from lkctl.arch import host_machine
 from lkctl.errors import BuildError, ImageError
 from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Store
@@ -320,7 +320,7 @@ def _kernel_version(wanted: str) -> str:
     if running in have:
         return running
     if not have:
-        package = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(platform.machine(), "linux-image")
+        package = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(host_machine(), "linux-image")
         raise ProgramMissing(
             f"no kernel with modules found in {_BOOT}; install one with: sudo apt-get install {package}"
         )
@@ -567,7 +567,9 @@ def _build(store: Store, recipe: _Recipe, rhash: str, params: dict[str, str]) ->
 
 
 def _oci_arch() -> str:
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    from lkctl.arch import oci_arch
+
+    return oci_arch()
 
 
 def _ensure(store: Store, name: str, force: bool) -> bool:

@@ -145,10 +145,9 @@ def installed_packages(dpkg_dir: Path = DPKG_DIR) -> dict[str, InstalledPackage]
 
 
 def _native_arch() -> str:
-    import platform
+    from lkctl.arch import debian_arch
 
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}.get(machine, machine)
+    return debian_arch()
 
 
 def package_files(pkg: InstalledPackage, dpkg_dir: Path = DPKG_DIR) -> tuple[Path, list[str]]:

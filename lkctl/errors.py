@@ -1,12 +1,29 @@
-"""Errors lkctl raises. Each carries the exit code the CLI uses; the message is one line for the user."""
+"""Errors lkctl raises, in one hierarchy. Each carries the exit code the CLI uses; its message is one line.
+
+Modules that raised these first re-export them (`lkctl.sources.SourceNotFound`, `lkctl.oci.registry.RegistryError`,
+`lkctl.api.ExecFailed`...). Still defined elsewhere, until another branch's files change: `ssh._untar.StreamRefused`
+and `sources._http.DownloadError`/`ChecksumMismatch`/`HttpError` (issue 13, item 6)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lkctl.api import ExecResult
 
 __all__ = [
     "BuildError",
     "ConfigError",
+    "ExecFailed",
+    "HostUnreachable",
     "ImageError",
     "LkError",
+    "ProgramMissing",
+    "RegistryAuthError",
+    "RegistryError",
+    "RegistryNotFound",
+    "SourceNotFound",
     "SpecError",
     "SshError",
     "StateError",
@@ -64,3 +81,41 @@ class VmNotFound(VmError):
 
 class SshError(VmError):
     """The SSH connection to a guest failed (refused, timed out, host key mismatch)."""
+
+
+class ProgramMissing(LkError):
+    """A required external program is not installed."""
+
+    exit_code = 127
+
+
+class SourceNotFound(ImageError):
+    """This source does not have the image (or that version, or that platform): `auto` moves on."""
+
+
+class RegistryError(ImageError):
+    """The registry refused or failed a request."""
+
+
+class RegistryNotFound(RegistryError):
+    """No such repository, tag, digest or platform."""
+
+
+class RegistryAuthError(RegistryError):
+    """Credentials missing or rejected (401/403)."""
+
+
+class HostUnreachable(VmError):
+    """libvirtd on a host did not answer (down, refused, SSH failed)."""
+
+
+class ExecFailed(VmError):
+    """`exec(..., check=True)` of a command that exited non-zero; `.result` holds its output."""
+
+    def __init__(self, argv: Sequence[str], result: ExecResult) -> None:
+        tail = result.stderr.decode(errors="replace").strip().splitlines()
+        super().__init__(
+            f"{' '.join(argv)!r} exited {result.exit_code}" + (f": {tail[-1]}" if tail else ""),
+            exit_code=result.exit_code or 1,
+        )
+        self.result = result

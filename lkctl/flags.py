@@ -10,6 +10,7 @@ import math
 import os
 import re
 
+from lkctl.arch import BUILD_ARCHES, machine_arch
 from lkctl.errors import ConfigError
 
 __all__ = [
@@ -28,8 +29,8 @@ _MIB = 1 << 20
 _UNITS = {"K": 1 << 10, "M": _MIB, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 
-# OCI architecture names lkctl builds and boots, with the kernel's spellings as aliases
-ARCHES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64", "riscv64": "riscv64"}
+# OCI architecture names lkctl builds and boots, with the kernel's spellings as aliases (from lkctl.arch)
+ARCHES = {n: a for a in BUILD_ARCHES for n in (a, machine_arch(a))}
 MAX_CPUS = 255  # QEMU's q35/virt limit for a plain configuration
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -41,7 +42,7 @@ from lkctl.templates import (
 )
 
 if TYPE_CHECKING:
-    from lkctl.build import BuildResult
+    from lkctl.build import BuildOptions, BuildResult
     from lkctl.build.spec import Spec
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "ResolvedImage",
     "StagedKeys",
     "adopt_private_build",
+    "build_source",
     "build_spec_files",
     "build_template",
     "built_images",
@@ -61,6 +63,8 @@ __all__ = [
     "staged_vm_keys",
     "store",
 ]
+
+log = logging.getLogger("lkctl.images")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,10 @@ def store() -> Store:
 
 
 def installed_dir() -> Path:
-    return paths.data_dir() / "images"
+    """Where installed images live (`lkctl.installed` owns it)."""
+    from lkctl.installed import installed_root
+
+    return installed_root()
 
 
 def _ensure_base(ref: str) -> None:
@@ -115,25 +122,30 @@ def _refresh_bases(spec: Spec) -> None:
 
 
 def _kernel_initrd(prefix: Path, label: str) -> BootImage:
+    """A kernel+initrd image found on disk by its LinuxKit prefix (a build's result has it typed: boot_image())."""
     kernel = Path(f"{prefix}-kernel")
     initrd = Path(f"{prefix}-initrd.img")
     cmdline_file = Path(f"{prefix}-cmdline")
     if not initrd.is_file():
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
-    # a persistent root disk beside them (the dev image, see lkctl.dev.image): attached through a per-VM overlay
+    return _with_rootdisk(BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline))
+
+
+def _with_rootdisk(boot: BootImage) -> BootImage:
+    """`boot` with the persistent root disk beside its kernel (the dev image, see lkctl.dev.image), if there is
+    one: it is attached through a per-VM overlay."""
     for suffix, fmt in (("-root.qcow2", "qcow2"), ("-root.img", "raw")):
-        if (root := Path(f"{prefix}{suffix}")).is_file():
-            return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                             rootdisk=root.resolve(), rootdisk_format=fmt)  # fmt: skip
-    return BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline)
+        if (root := Path(f"{boot.path}{suffix}")).is_file():
+            return dataclasses.replace(boot, rootdisk=root.resolve(), rootdisk_format=fmt)
+    return boot
 
 
 def _from_path(text: str) -> ResolvedImage | None:
     path = Path(text).expanduser()
     if path.suffix in (".yml", ".yaml") and path.is_file():
         result = build_spec_files([path], name=path.stem)
-        return ResolvedImage(_kernel_initrd(_prefix(result), str(path)), str(path), built=not result.cached)
+        return ResolvedImage(_with_rootdisk(result.boot_image()), str(path), built=not result.cached)
     if Path(f"{path}-kernel").is_file():
         return ResolvedImage(_kernel_initrd(path, text), str(path))
     if path.is_file():
@@ -149,10 +161,6 @@ def _from_path(text: str) -> ResolvedImage | None:
     return None
 
 
-def _prefix(result: BuildResult) -> Path:
-    return Path(str(result.kernel)[: -len("-kernel")])
-
-
 def _installed(name: str) -> ResolvedImage | None:
     if not name or name.startswith(".") or "/" in name:
         return None  # .downloads, .locks and temp dirs are lkctl's bookkeeping, not images
@@ -164,8 +172,10 @@ def _installed(name: str) -> ResolvedImage | None:
     from lkctl.installed import MANIFEST_NAME, read_installed
 
     pulled = None
-    with contextlib.suppress(ImageError, StateError):
+    try:
         pulled = read_installed(name)
+    except (ImageError, StateError) as e:
+        log.debug("installed image %s: %s; looking at every file in %s", name, e, d)
     candidates = [d / f for f in pulled.files] if pulled else sorted(d.iterdir())
     for f in candidates:
         fmt = detect_format(f) if f.is_file() and f.name != MANIFEST_NAME else None
@@ -289,7 +299,7 @@ def _from_template(template: Template, variables: Mapping[str, str] | TemplateIn
     result = _build_rendered(template, text, out_dir)
     if private is None:
         _prune_renders(out_dir.parent, out_dir)
-    boot = _kernel_initrd(_prefix(result), template.name)
+    boot = _with_rootdisk(result.boot_image())
     return ResolvedImage(boot, template.name, built=not result.cached, memory=meta.memory, cpus=meta.cpus)
 
 
@@ -391,7 +401,8 @@ def list_images() -> list[ImageInfo]:
                 detail, size, created = "", None, ""
                 try:
                     pulled = read_installed(d.name)
-                except (ImageError, StateError):
+                except (ImageError, StateError) as e:
+                    log.debug("installed image %s: %s", d.name, e)
                     detail = "(unreadable manifest)"
                 else:
                     if pulled is not None:
@@ -416,7 +427,8 @@ def _oci_size_created(st: Store, digest: str) -> tuple[int | None, str]:
         size = sum(int(layer.get("size", 0)) for layer in doc.get("layers", []))
         config = st.read_json(doc["config"]["digest"]) if "config" in doc else {}
         return size, str(config.get("created", ""))
-    except (OSError, ValueError, KeyError, TypeError, LkError):
+    except (OSError, ValueError, KeyError, TypeError, LkError) as e:
+        log.debug("image %s in the OCI store: size and date unknown (%s: %s)", digest, type(e).__name__, e)
         return None, ""
 
 
@@ -438,7 +450,8 @@ def built_images(root: Path | None = None) -> list[ImageInfo]:
         try:
             doc = json.loads(manifest.read_text())
             mtime = manifest.stat().st_mtime
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            log.debug("build manifest %s: unreadable, not listed (%s)", manifest, e)
             continue
         formats = sorted(doc.get("formats", {})) if isinstance(doc, dict) else []
         size = 0
@@ -452,3 +465,50 @@ def built_images(root: Path | None = None) -> list[ImageInfo]:
         info = ImageInfo(str(manifest.parent / name), "built", f"{label}: {', '.join(formats)}", size, created)
         found.append((mtime, info))
     return [info for _, info in sorted(found, key=lambda t: -t[0])]
+
+
+def build_source(
+    source: str,
+    files: Sequence[Path] = (),
+    *,
+    variables: Mapping[str, str] | None = None,
+    name: str = "",
+    out_dir: Path | None = None,
+    options: BuildOptions | None = None,
+) -> BuildResult:
+    """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
+    a.yml b.yml`) with `options` (formats, size, arch, pull, ...).
+
+    With default options this is exactly what `--image` builds (same cache directory, so a later
+    `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
+    lkctl's base images are made or refreshed first, as `--image` does."""
+    from lkctl.baseimages import ensure_base_image, is_base_image
+    from lkctl.build import BuildOptions, build_image, check_request
+    from lkctl.build.spec import load_spec, parse_spec
+
+    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
+    paths_in = [] if template is not None and not files else [Path(source), *files]
+    for p in paths_in:
+        if not p.is_file():
+            raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
+    if options is None or options == BuildOptions():
+        if paths_in:
+            return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
+        assert template is not None
+        return build_template(template, dict(variables or {}), out_dir=out_dir)
+    if template is not None and not paths_in:
+        spec = parse_spec(render_template(template, dict(variables or {})), str(template.path))
+        name = name or template.name
+    else:
+        spec = load_spec(paths_in)
+        name = name or paths_in[-1].stem
+    check_request(list(options.formats), name, options.pull)
+    oci_store = store()
+    for ref in spec.image_refs():
+        if is_base_image(ref):
+            ensure_base_image(ref, oci_store)  # a no-op unless the host's packages changed
+    return build_image(
+        spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=oci_store,
+        formats=options.formats, arch=options.arch, level=options.level, threads=options.threads, size=options.size,
+        decompress_kernel=options.decompress_kernel, pull=options.pull,
+    )  # fmt: skip

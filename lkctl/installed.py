@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 
 ProgressFactory = Callable[[Download], ProgressFn | None]  # called once per download with what is being fetched
+log = logging.getLogger("lkctl.installed")
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,10 @@ class UpdateCheck:
 
 
 def installed_root() -> Path:
-    from lkctl.images import installed_dir
+    """Where installed (pulled) images live: one directory per name."""
+    from lkctl import paths
 
-    return installed_dir()
+    return paths.data_dir() / "images"
 
 
 @contextlib.contextmanager
@@ -145,9 +148,13 @@ def list_installed() -> list[InstalledImage]:
     if root.is_dir():
         for d in sorted(root.iterdir()):
             if d.is_dir() and not d.name.startswith("."):
-                with contextlib.suppress(StateError):
-                    if (img := read_installed(d.name)) is not None:
-                        out.append(img)
+                try:
+                    img = read_installed(d.name)
+                except StateError as e:
+                    log.debug("installed image %s: not listed: %s", d.name, e)
+                    continue
+                if img is not None:
+                    out.append(img)
     return out
 
 
@@ -208,7 +215,8 @@ def _install(
 def _already(dl: Download) -> InstalledImage | None:
     try:
         current = read_installed(dl.image)
-    except StateError:
+    except StateError as e:
+        log.debug("installed image %s: %s; installing again", dl.image, e)
         return None
     if current is None or current.version != dl.version or current.source != dl.source:
         return None

@@ -24,7 +24,7 @@ def _start_hash(start: str) -> str:
 
 
 def _tag(pid: int) -> str:
-    from lkctl.runtime.state import process_identity
+    from lkctl.runtime.host import process_identity
 
     ident = process_identity(pid)
     return f"p{pid}s{_start_hash(ident.start if ident else '')}."
@@ -43,7 +43,7 @@ def owner_alive(name: str, prefix: str) -> bool | None:
     m = _TAG.match(name, len(prefix))
     if m is None:
         return None
-    from lkctl.runtime.state import process_identity
+    from lkctl.runtime.host import process_identity
 
     ident = process_identity(int(m.group(1)))
     return ident is not None and _start_hash(ident.start) == m.group(2)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from lkctl.errors import LkError
+from lkctl.errors import LkError, ProgramMissing
 
 __all__ = ["ProgramMissing", "find_program", "minimal_env", "run", "shutdown_process"]
 
@@ -35,12 +35,6 @@ PACKAGES: dict[str, str] = {
     "mcopy": "mtools",
     "skopeo": "skopeo",
 }
-
-
-class ProgramMissing(LkError):
-    """A required external program is not installed."""
-
-    exit_code = 127
 
 
 def find_program(name: str) -> str:

@@ -13,22 +13,24 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lkctl import CallableBuildPackage
+from lkctl.arch import oci_arch
 from lkctl.build._assemble import assemble, file_source_path
 from lkctl.build._bookkeeping import build_paths, created_output_dir, open_state, prune_builds, reclaim_leftovers
 from lkctl.build._entry import Entry, EntryKind
+from lkctl.build._kernel import decompress_kernel
 from lkctl.build._output import FORMATS as _FORMATS
 from lkctl.build._output import write_format
 from lkctl.build._parts import PartsRequest, make_parts
+from lkctl.build._tar import TarWriter
 from lkctl.build.initrd import DEFAULT_LEVEL
 from lkctl.build.spec import Spec, load_spec, merge_specs, parse_spec
 from lkctl.errors import BuildError, ConfigError, ImageError
@@ -37,19 +39,25 @@ from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
 
+if TYPE_CHECKING:
+    from lkctl.runtime.qemu import BootImage
+
 __all__ = [
     "BUILDER_VERSION",
     "FORMATS",
     "PULL_POLICIES",
+    "BuildOptions",
     "BuildResult",
     "Entry",
     "EntryKind",
     "Spec",
+    "TarWriter",
     "assemble",
     "build_image",
     "build_key",
     "build_paths",
-    "build_source",
+    "check_request",
+    "decompress_kernel",
     "host_arch",
     "load_spec",
     "merge_specs",
@@ -65,7 +73,6 @@ log = logging.getLogger("lkctl.build")
 BUILDER_VERSION = "2"
 FORMATS = tuple(_FORMATS)
 PULL_POLICIES = ("missing", "always", "never")
-_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}
 _STAMP_VERSION = 2
 
 Puller = Callable[[str, str], None]  # (reference, architecture): put that image into the store
@@ -87,11 +94,43 @@ class BuildResult:
     assembled: str = "none"
     built: tuple[str, ...] = ()  # formats written by this call
 
+    @property
+    def prefix(self) -> Path:
+        """The LinuxKit prefix of the kernel+initrd files (`<prefix>-kernel`, `<prefix>-initrd.img`)."""
+        return self.kernel.with_name(self.kernel.name.removesuffix("-kernel"))
+
+    def boot_image(self) -> BootImage:
+        """What a VM boots from this build's kernel+initrd (the hand-off from the build stage to the runtime)."""
+        from lkctl.runtime.qemu import BootImage, ImageFormat
+
+        return BootImage(
+            ImageFormat.KERNEL_INITRD,
+            self.prefix,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            cmdline=self.cmdline_text.strip(),
+        )
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build, beyond what (the spec) and where (name, output directory): `build_image`'s knobs.
+
+    `size` is bytes or text such as "2G" (raw/qcow2/vmdk disks); `arch` an OCI or kernel name (default: this
+    host); `pull` one of PULL_POLICIES. The defaults are what `--image` builds."""
+
+    formats: tuple[str, ...] = ("kernel+initrd",)
+    arch: str | None = None
+    level: int = DEFAULT_LEVEL
+    threads: int | None = None
+    size: int | str | None = None
+    decompress_kernel: bool = False
+    pull: str = "missing"
+
 
 def host_arch() -> str:
     """The OCI architecture name of this machine (amd64, arm64, ...)."""
-    machine = platform.machine().lower()
-    return _ARCHES.get(machine, machine)
+    return oci_arch()
 
 
 def _missing_message(ref: str, store: Store) -> str:
@@ -224,7 +263,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _check_request(formats: Sequence[str], name: str, pull: str) -> None:
+def check_request(formats: Sequence[str], name: str, pull: str) -> None:
     """Refuse a bad request before anything is pulled, made or written."""
     unknown = [f for f in formats if f not in _FORMATS]
     if unknown or not formats:
@@ -260,7 +299,7 @@ def build_image(
     has, the call returns at once with cached=True. Outputs appear only when every format has succeeded.
     """
     formats = list(dict.fromkeys(formats))
-    _check_request(formats, name, pull)
+    check_request(formats, name, pull)
     needs_kernel = [f for f in formats if _FORMATS[f].kind == "initrd"]
     if needs_kernel and not spec.kernel.image:
         raise BuildError(f"format {needs_kernel[0]} needs a kernel: set kernel.image in the YAML")
@@ -325,57 +364,5 @@ def build_image(
     return replace(result, assembled=assembled, built=tuple(todo))
 
 
-def build_source(
-    source: str,
-    files: Sequence[Path] = (),
-    *,
-    variables: Mapping[str, str] | None = None,
-    name: str = "",
-    out_dir: Path | None = None,
-    **options: Any,
-) -> BuildResult:
-    """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
-    a.yml b.yml`); `options` are `build_image`'s (formats, size, arch, pull, ...).
-
-    With no options this is exactly what `--image` builds (`lkctl.images`: same cache directory, so a later
-    `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
-    lkctl's base images are made or refreshed first, as `--image` does."""
-    from lkctl import images, paths
-    from lkctl.baseimages import ensure_base_image, is_base_image
-    from lkctl.templates import find_template, render_template
-
-    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
-    paths_in = [] if template is not None and not files else [Path(source), *files]
-    for p in paths_in:
-        if not p.is_file():
-            raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
-    if not options:
-        if paths_in:
-            return images.build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
-        assert template is not None
-        return images.build_template(template, dict(variables or {}), out_dir=out_dir)
-    if template is not None and not paths_in:
-        spec = parse_spec(render_template(template, dict(variables or {})), str(template.path))
-        name = name or template.name
-    else:
-        spec = load_spec(paths_in)
-        name = name or paths_in[-1].stem
-    _check_request(list(options.get("formats", ["kernel+initrd"])), name, str(options.get("pull", "missing")))
-    store = images.store()
-    for ref in spec.image_refs():
-        if is_base_image(ref):
-            ensure_base_image(ref, store)  # a no-op unless the host's packages changed
-    return build_image(spec, name=name, out_dir=out_dir or paths.cache_dir() / "builds" / name, store=store, **options)
-
-
-class _CallableModule(types.ModuleType):
-    """`lkctl.build(...)` is the facade's build (`lkctl.api.build`), yet `lkctl.build` is also this package: importing
-    it makes the package the attribute `lkctl.build`, whatever lkctl/__init__ says. So the package is callable."""
-
-    def __call__(self, source: str, **kwargs: Any) -> BuildResult:
-        from lkctl.api import build
-
-        return build(source, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# `lkctl.build(...)` is the facade's build; see lkctl.CallableBuildPackage.
+sys.modules[__name__].__class__ = CallableBuildPackage

@@ -386,7 +386,7 @@ def export_image(
     recorded = str(parse_reference(name or ref))
     with _output(out) as f:
         if fmt == "filesystem":
-            from lkctl.build._tar import TarWriter
+            from lkctl.build import TarWriter
             from lkctl.build.rootfs import ensure_parents, flatten
 
             writer = TarWriter(f)

@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
-from lkctl.errors import ImageError
+from lkctl.errors import RegistryAuthError, RegistryError, RegistryNotFound
 from lkctl.oci.layout import DOCKER_INDEX, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST, Descriptor
 from lkctl.oci.reference import Reference, parse_reference
 from lkctl.sources import Fetched, Platform, ProgressFn
@@ -49,18 +49,6 @@ __all__ = [
 MANIFEST_ACCEPT = ", ".join((MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKER_INDEX))
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 _CHUNK = 1 << 20
-
-
-class RegistryError(ImageError):
-    """The registry refused or failed a request."""
-
-
-class RegistryNotFound(RegistryError):
-    """No such repository, tag, digest or platform."""
-
-
-class RegistryAuthError(RegistryError):
-    """Credentials missing or rejected (401/403)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from lkctl import paths
+from lkctl.arch import machine_arch
 from lkctl.errors import ConfigError
 from lkctl.fsutil import atomic_write
 from lkctl.proc import find_program
@@ -29,10 +30,12 @@ from lkctl.proc import find_program
 __all__ = [
     "Accel",
     "HostCaps",
+    "ProcessIdentity",
     "boot_id",
     "guest_arch",
     "probe_accel",
     "probe_host",
+    "process_identity",
     "qemu_binary_name",
     "require_qemu",
 ]
@@ -55,8 +58,8 @@ class HostCaps:
 
 
 def guest_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    """The kernel/QEMU name (x86_64, aarch64) of the guests this host runs natively."""
+    return machine_arch()
 
 
 def qemu_binary_name(arch: str) -> str:
@@ -184,3 +187,43 @@ def probe_host(
         except ValueError:
             raise ConfigError(f"unknown accelerator {accel!r}: use auto, kvm, hvf or tcg") from None
     return HostCaps(os=platform.system().lower(), arch=arch, accel=chosen, qemu=binary)
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """What identifies one process across PID reuse."""
+
+    pid: int
+    start: str  # start time (clock ticks since boot on Linux, `ps lstart` elsewhere)
+    boot_id: str
+
+
+def process_identity(pid: int) -> ProcessIdentity | None:
+    """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
+    if pid <= 0:
+        return None
+    if _have_proc():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError):
+            return None
+        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            return None
+        return ProcessIdentity(pid, fields[19], boot_id())
+    try:  # macOS and other systems without /proc
+        out = subprocess.run(
+            ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return None
+    if not out or out.startswith("Z"):
+        return None
+    return ProcessIdentity(pid, out.split(None, 1)[1], "")
+
+
+@functools.cache
+def _have_proc() -> bool:
+    return os.path.exists("/proc/self/stat")

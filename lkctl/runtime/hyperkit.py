@@ -30,6 +30,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from lkctl import proc
+from lkctl.arch import machine_arch
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import HostCaps
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, ImageFormat, Network, VmSpec, qemu_argv
@@ -276,7 +277,7 @@ def _qemu_hint(host_os: str) -> str:
 
 def detect_hypervisor(requested: str = "auto", arch: str = "") -> Hypervisor:
     """`choose_hypervisor` for this host: what is installed decides."""
-    machine = arch or {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
+    machine = arch or machine_arch()
     return choose_hypervisor(
         requested,
         platform.system().lower(),
@@ -298,7 +299,7 @@ def require_hypervisor(requested: str = "auto", qemu: str = "") -> Hypervisor:
         try:
             require_qemu(qemu)
         except LkError:
-            intel_mac = platform.system() == "Darwin" and platform.machine().lower() in ("x86_64", "amd64")
+            intel_mac = platform.system() == "Darwin" and machine_arch() == "x86_64"
             if requested == "auto" and intel_mac and shutil.which("hyperkit"):
                 return Hypervisor.HYPERKIT
             raise  # QEMU's own message says what to install

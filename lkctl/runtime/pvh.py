@@ -10,6 +10,7 @@ entry note keeps booting as a bzImage.
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from lkctl.errors import BuildError
 from lkctl.fsutil import atomic_write
 
 __all__ = ["has_pvh_entry", "pvh_kernel"]
+
+log = logging.getLogger("lkctl.runtime.pvh")
 
 _PT_NOTE = 4
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -60,13 +63,15 @@ def pvh_kernel(kernel: Path) -> Path | None:
         return vmlinux
     if refused.exists():
         return None
-    from lkctl.build._kernel import decompress_kernel
+    from lkctl.build import decompress_kernel
 
     try:
         elf = decompress_kernel(data)
-    except BuildError:
+    except BuildError as e:
+        log.debug("kernel %s: not decompressed for a PVH boot (%s); QEMU boots it as it is", kernel, e)
         elf = b""
     if not has_pvh_entry(elf):
+        log.debug("kernel %s: no PVH entry point; QEMU boots it as it is (remembered in %s)", kernel, refused)
         atomic_write(refused, b"")
         return None
     atomic_write(vmlinux, elf, mode=0o644)

@@ -27,7 +27,7 @@ from typing import Any
 from lkctl import paths
 from lkctl.errors import ConfigError, StateError, VmNotFound
 from lkctl.fsutil import atomic_write, file_lock, private_dir
-from lkctl.runtime.host import boot_id
+from lkctl.runtime.host import ProcessIdentity, process_identity
 
 __all__ = [
     "STATE_VERSION",
@@ -54,15 +54,6 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ProcessIdentity:
-    """What identifies one process across PID reuse."""
-
-    pid: int
-    start: str  # start time (clock ticks since boot on Linux, `ps lstart` elsewhere)
-    boot_id: str
 
 
 @dataclass(frozen=True)
@@ -248,32 +239,6 @@ def find_vm(target: str, *, unknown: bool = False) -> VmRecord:
     raise VmNotFound(f"{target!r} is ambiguous: it matches {listing}; give more characters")
 
 
-def process_identity(pid: int) -> ProcessIdentity | None:
-    """Identity of the live process `pid`, or None if there is none (zombies count as dead)."""
-    if pid <= 0:
-        return None
-    if _have_proc():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] in ("Z", "X"):
-            return None
-        return ProcessIdentity(pid, fields[19], boot_id())
-    try:  # macOS and other systems without /proc
-        out = subprocess.run(
-            ["ps", "-o", "stat=,lstart=", "-p", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        return None
-    if not out or out.startswith("Z"):
-        return None
-    return ProcessIdentity(pid, out.split(None, 1)[1], "")
-
-
 @functools.cache
 def _have_proc() -> bool:
     return os.path.exists("/proc/self/stat")
@@ -368,7 +333,7 @@ def vm_status(record: VmRecord, live: frozenset[int] | None = None) -> str:
     if record.problem:
         return "unknown"
     if record.libvirt:  # libvirt knows; a host that does not answer gives `unknown`
-        from lkctl.runtime.libvirt.vms import domain_status
+        from lkctl.runtime.libvirt.backend import domain_status
 
         return domain_status(record)
     if (live is None or record.pid in live) and is_our_process(record):

@@ -10,14 +10,14 @@ walks in order. Importing this package is cheap: httpx loads only when a source 
 from __future__ import annotations
 
 import contextlib
-import platform as _platform
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from lkctl.errors import ConfigError, ImageError
+from lkctl.arch import arch_names, oci_arch
+from lkctl.errors import ConfigError, SourceNotFound
 
 if TYPE_CHECKING:
     from lkctl.settings import SourcesSettings
@@ -43,18 +43,6 @@ SOURCE_NAMES = ("cdn", "github", "oci")
 
 ProgressFn = Callable[[int, int | None], None]  # (bytes done, total bytes or None when unknown)
 
-_ARCH_ALIASES = {
-    "amd64": ("amd64", "x86_64", "x64"),
-    "arm64": ("arm64", "aarch64"),
-    "riscv64": ("riscv64",),
-    "s390x": ("s390x",),
-}
-_MACHINE_TO_ARCH = {alias: arch for arch, aliases in _ARCH_ALIASES.items() for alias in aliases}
-
-
-class SourceNotFound(ImageError):
-    """This source does not have the image (or that version, or that platform): `auto` moves on."""
-
 
 @dataclass(frozen=True)
 class Platform:
@@ -65,20 +53,20 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        machine = _platform.machine().lower()
-        return cls("linux", _MACHINE_TO_ARCH.get(machine, machine))
+        return cls("linux", oci_arch())
 
     @classmethod
     def parse(cls, text: str) -> Platform:
         os_, sep, arch = text.partition("/")
         if not sep or not os_ or not arch:
             raise ConfigError(f"platform {text!r}: expected OS/ARCH such as linux/amd64")
-        return cls(os_, _MACHINE_TO_ARCH.get(arch, arch))
+        return cls(os_, oci_arch(arch))
 
     @property
     def arch_aliases(self) -> tuple[str, ...]:
         """Names this architecture goes by in file names (amd64 is also x86_64)."""
-        return _ARCH_ALIASES.get(self.arch, (self.arch,))
+        names = arch_names(self.arch)
+        return tuple(dict.fromkeys((names.oci, names.machine, *names.aliases))) if names else (self.arch,)
 
     def __str__(self) -> str:
         return f"{self.os}/{self.arch}"

@@ -52,32 +52,29 @@ def build(
     decompress_kernel: bool = False,
 ) -> None:
     """Build a LinuxKit image (any common format) from a template or YAML files."""
-    from lkctl.build import build_source
+    from lkctl.build import BuildOptions
     from lkctl.flags import parse_arch, parse_size
+    from lkctl.images import build_source
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
-    options: dict[str, object] = {}
-    if formats != ["kernel+initrd"]:
-        options["formats"] = formats
-    if size:
-        options["size"] = parse_size(size, what="--size")
-    if arch:
-        options["arch"] = parse_arch(arch)
-    if pull != "missing":
-        options["pull"] = pull
-    if decompress_kernel:
-        options["decompress_kernel"] = True
+    options = BuildOptions(
+        formats=tuple(formats),
+        size=parse_size(size, what="--size") if size else None,
+        arch=parse_arch(arch) if arch else None,
+        pull=pull,
+        decompress_kernel=decompress_kernel,
+    )
     extra = [Path(f) for f in file or []]
     out_dir = Path(out) if out else None
     from lkctl.progress import Ticker
 
     with Ticker(f"building {source}"):
-        result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, **options)
+        result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, options=options)
     files = [p for f in formats for p in result.outputs[f]]
     state = "unchanged, from cache" if result.cached else f"built {', '.join(result.built)}"
     print(f"lkctl: {state}: {', '.join(str(p) for p in files)}", file=sys.stderr)
     if formats == ["kernel+initrd"]:
-        print(Path(str(result.kernel)[: -len("-kernel")]))  # the prefix `vm.run --image` takes
+        print(result.prefix)  # the prefix `vm.run --image` takes
     else:
         print("\n".join(str(p) for p in files))
 

@@ -147,7 +147,7 @@ def built(shared_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Built
 def boots(built: Built, request: pytest.FixtureRequest) -> Iterator[dict[str, Future[Boot]]]:
     """Start the boots of every format this session will check, two at a time, as soon as the image exists."""
     result, work = built.result, built.work
-    mine = [item for item in request.session.items if item.module is request.module]
+    mine = [item for item in request.session.items if getattr(item, "module", None) is request.module]
     specs = [getattr(item, "callspec", None) for item in mine]
     wanted = [c.params["fmt"] for c in specs if c is not None and "fmt" in c.params]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="boot") as pool:

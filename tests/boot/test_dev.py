@@ -44,7 +44,7 @@ class Dev:
 
     def vm_dir(self) -> Path:
         (row,) = [r for r in self.ps() if r["name"] == self.status()["vm_name"]]
-        return self.home / "state" / "vms" / row["id"]
+        return self.home / "state" / "vms" / str(row["id"])
 
     def status(self, cli: Cli | None = None) -> dict[str, object]:
         result: dict[str, object] = json.loads((cli or self.cli)("dev.status", "--json").stdout)
@@ -53,6 +53,12 @@ class Dev:
     def ps(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = json.loads(self.cli("vm.ps", "--all", "--json").stdout)
         return rows
+
+
+def _forwards(dev: Dev) -> list[str]:
+    forwards = dev.status()["forwards"]
+    assert isinstance(forwards, list)
+    return [str(f) for f in forwards]
 
 
 def _git_project(path: Path, sample: str) -> Path:
@@ -234,14 +240,14 @@ def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev
             # the URL answers the moment it is printed, with the project's file
             with urllib.request.urlopen(url + "index.html", timeout=30) as page:
                 assert b"served-by-dev-serve" in page.read()
-            assert f"127.0.0.1:{port}->{port}/tcp" in dev.status()["forwards"]
+            assert f"127.0.0.1:{port}->{port}/tcp" in _forwards(dev)
             serve.send_signal(signal.SIGINT)
             assert serve.wait(60) == 130
         finally:
             if serve.poll() is None:
                 serve.kill()
                 serve.wait()
-    assert f"127.0.0.1:{port}->{port}/tcp" not in dev.status()["forwards"]
+    assert f"127.0.0.1:{port}->{port}/tcp" not in _forwards(dev)
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=5)
     left = dev.cli("dev.shell", "--", "sh", "-c", "ps -o args | grep '[h]ttp.server' || true").stdout

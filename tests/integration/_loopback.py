@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,9 @@ def nginx(root: Path, work: Path, *, slow_rate: str = "512k") -> Iterator[Nginx]
         stop(proc)
 
 
-def publish_cdn(root: Path, image: str, version: str, files: dict[str, bytes], *, sums: dict[str, str] | None = None):
+def publish_cdn(
+    root: Path, image: str, version: str, files: dict[str, bytes], *, sums: dict[str, str] | None = None
+) -> None:
     """Lay out `<root>/<image>/<version>/` with files + SHA256SUMS (overridable) and update index.json."""
     vdir = root / image / version
     vdir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +240,7 @@ class Reg:
 
 
 @contextlib.contextmanager
-def docker_registry(work: Path, auth: dict[str, object] | None = None) -> Iterator[Reg]:
+def docker_registry(work: Path, auth: Mapping[str, object] | None = None) -> Iterator[Reg]:
     binary = require("docker-registry", "docker-registry")
     port = free_port()
     config: dict[str, object] = {

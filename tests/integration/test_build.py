@@ -141,6 +141,15 @@ def test_build_lays_out_kernel_init_bundles_and_files(store: Store, home: Path, 
     )
     assert result.kernel.read_bytes() == KERNEL
     assert result.cmdline.read_text() == result.cmdline_text == "console=ttyS0 quiet"
+    # the typed hand-off to the runtime: no path surgery, no re-reading the cmdline file
+    boot = result.boot_image()
+    assert (boot.format.value, boot.path, boot.kernel, boot.initrd) == (
+        "kernel+initrd",
+        out / "vm",
+        result.kernel,
+        result.initrd,
+    )
+    assert boot.cmdline == "console=ttyS0 quiet" and result.prefix == out / "vm"
 
     root = tmp_path / "root"
     names = _extract(result.initrd, root)

@@ -19,7 +19,7 @@ from lkctl.tasks._adapter import RESERVED_SHORT_FLAGS
 
 pytestmark = pytest.mark.integration
 
-CONTEXTS = {c.name: c for c in ns.to_contexts()}
+CONTEXTS = {c.name: c for c in ns.to_contexts() if c.name is not None}
 TASKS = sorted(CONTEXTS)
 LKCTL = Path(sys.executable).with_name("lkctl")
 
@@ -48,7 +48,7 @@ def test_every_task_prints_its_usage_for_help(capsys: pytest.CaptureFixture[str]
     usage = out.splitlines()[0]
     assert usage.startswith(f"Usage: lkctl {task}")
     for p in CONTEXTS[task].positional_args:
-        assert p.name.upper().replace("-", "_") in usage.split()
+        assert p.name is not None and p.name.upper().replace("-", "_") in usage.split()
     assert "Options:" in out
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def names(home: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Reg:
+def registry(tmp_path: Path) -> Iterator[Reg]:
     with docker_registry(tmp_path / "registry") as reg:
-        yield reg  # type: ignore[misc]
+        yield reg
 
 
 def test_import_export_push_pull_build_rm_through_the_cli(registry: Reg, tmp_path: Path) -> None:

@@ -10,14 +10,14 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
 from lkctl.build import build_image, parse_spec
-from lkctl.build.testing import add_image, add_index, directory, file, opaque, whiteout
+from lkctl.build.testing import Member, add_image, add_index, directory, file, opaque, whiteout
 from lkctl.errors import BuildError, ImageError
 from lkctl.oci.layout import Store
 from lkctl.oci.pull import pull_image, push_image
@@ -25,6 +25,8 @@ from lkctl.oci.registry import Registry, RegistryAuthError, RegistryNotFound
 from lkctl.sources import Platform
 from lkctl.sources._http import RetryPolicy
 from tests.integration._loopback import Reg, Request, docker_registry, require, route_server
+
+__all__ = ["Reg", "docker_registry", "skopeo"]
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +57,7 @@ def stores(tmp_path: Path) -> tuple[Store, Store]:
     return Store(tmp_path / "src-store").ensure(), Store(tmp_path / "dst-store").ensure()
 
 
-def layers_with_whiteouts() -> list[list[object]]:
+def layers_with_whiteouts() -> list[list[Member]]:
     return [
         [directory("etc"), file("etc/keep", b"keep"), file("etc/gone", b"x"), directory("var/cache"),
          file("var/cache/old", b"old")],
@@ -88,7 +90,9 @@ def test_an_image_pushed_with_lkctl_pulls_back_byte_for_byte(registry: Reg, tmp_
 
 def test_a_skopeo_pushed_index_pulls_only_the_asked_platform_and_its_attestation(registry: Reg, tmp_path: Path) -> None:
     src, dst = stores(tmp_path)
-    per_arch = {arch: [[file("etc/arch", arch.encode())]] for arch in ("amd64", "arm64")}
+    per_arch: dict[str, Sequence[Sequence[Member]]] = {
+        arch: [[file("etc/arch", arch.encode())]] for arch in ("amd64", "arm64")
+    }
     index = add_index(src, "lkctl.test/multi:1", per_arch, attestations=True)
     ref = f"{registry.host}/lkctl/multi:1"
     skopeo(

@@ -92,7 +92,7 @@ def policy(waits: list[float], attempts: int = 4) -> RetryPolicy:
 
 
 def test_connection_dropped_mid_body_is_resumed_from_where_it_stopped(tmp_path: Path) -> None:
-    faults, waits = Faults(["drop"]), []
+    faults, waits = Faults(["drop"]), list[float]()
     with faulty_server(faults) as url:
         got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
     assert got.path.read_bytes() == DATA
@@ -102,7 +102,7 @@ def test_connection_dropped_mid_body_is_resumed_from_where_it_stopped(tmp_path: 
 
 
 def test_503_and_429_are_retried_honouring_retry_after(tmp_path: Path) -> None:
-    faults, waits = Faults(["503", "429"]), []
+    faults, waits = Faults(["503", "429"]), list[float]()
     with faulty_server(faults) as url:
         got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
     assert got.size == len(DATA)
@@ -110,7 +110,7 @@ def test_503_and_429_are_retried_honouring_retry_after(tmp_path: Path) -> None:
 
 
 def test_server_ignoring_range_restarts_the_file_and_still_verifies(tmp_path: Path) -> None:
-    faults, waits = Faults(["drop", "ignore-range"]), []
+    faults, waits = Faults(["drop", "ignore-range"]), list[float]()
     with faulty_server(faults) as url:
         got = download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits))
     assert got.path.read_bytes() == DATA  # the 200 replaced the half file instead of being appended to it
@@ -128,7 +128,7 @@ def test_part_that_is_already_complete_is_verified_without_downloading_again(tmp
 
 
 def test_retries_are_bounded_and_the_error_says_so(tmp_path: Path) -> None:
-    faults, waits = Faults(["503"] * 10), []
+    faults, waits = Faults(["503"] * 10), list[float]()
     with faulty_server(faults) as url:
         with pytest.raises(DownloadError, match="gave up after 3 attempts"):
             download([url], tmp_path / "file.img", sha256=SHA, retry=policy(waits, attempts=3))
@@ -139,11 +139,16 @@ def test_retry_after_longer_than_the_backoff_cap_fails_fast(tmp_path: Path) -> N
     faults = Faults(["503"])
     with faulty_server(faults) as url:
         with pytest.raises(DownloadError, match="retry in 2s"):
-            download([url], tmp_path / "f", sha256=SHA, retry=RetryPolicy(attempts=3, max_delay=1, sleep=[].append))
+            download(
+                [url],
+                tmp_path / "f",
+                sha256=SHA,
+                retry=RetryPolicy(attempts=3, max_delay=1, sleep=list[float]().append),
+            )
 
 
 def test_small_requests_retry_and_report_the_final_status(tmp_path: Path) -> None:
-    faults, waits = Faults(["503"]), []
+    faults, waits = Faults(["503"]), list[float]()
     with faulty_server(faults) as url, http_client() as client:
         assert request(client, "GET", url, retry=policy(waits)).content == DATA
         faults.script = ["503"] * 5

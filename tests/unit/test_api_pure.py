@@ -95,7 +95,10 @@ def test_ps_filters_are_anded_across_keys_and_ored_within_one() -> None:
         {"id": "bb22", "name": "web-2", "image": "dev", "status": "stopped"},
         {"id": "cc33", "name": "db", "image": "minimal", "status": "running"},
     ]
-    pick = lambda *f: [r["id"] for r in filter_rows(rows, parse_filters(list(f)))]  # noqa: E731
+
+    def pick(*f: str) -> list[str]:
+        return [r["id"] for r in filter_rows(rows, parse_filters(list(f)))]
+
     assert pick("name=web") == ["aa11", "bb22"]
     assert pick("name=web,status=running") == ["aa11"]
     assert pick("status=running", "status=stopped") == ["aa11", "bb22", "cc33"]
@@ -186,11 +189,13 @@ def test_lkctl_complete_prints_vm_and_template_names() -> None:
 
 
 def test_lkctl_build_stays_callable_after_the_build_package_is_imported(tmp_path: Path) -> None:
+    import importlib
+
     import lkctl
-    import lkctl.build
     from lkctl.errors import ImageError
 
-    assert callable(lkctl.build) and lkctl.build.BuildResult is not None  # the package, callable
+    package = importlib.import_module("lkctl.build")
+    assert callable(package) and package.BuildResult is not None  # the package, callable
     with pytest.raises(ImageError, match="neither a template nor"):
         lkctl.build(str(tmp_path / "nothing.yml"))
 
@@ -201,3 +206,13 @@ def test_guest_files_an_explicit_hostname_overrides_the_image_the_default_does_n
     assert (tmp_path / "env").read_text() == "A=1\n" and (tmp_path / "env").stat().st_mode & 0o777 == 0o600
     assert guest_files(False, {"A": "1"}) == (("vm-hostname", Path("vm-hostname")), ("env", Path("env")))
     assert guest_files(True, {}) == (("hostname", Path("hostname")),)
+
+
+def test_lkctl_build_refuses_an_unknown_option_in_one_line_before_building(tmp_path: Path) -> None:
+    import lkctl
+    from lkctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown build option in \['colour'\]; known: formats, arch") as e:
+        lkctl.build(str(tmp_path / "nothing.yml"), colour="blue")
+    assert "\n" not in str(e.value)
+    assert not any(tmp_path.iterdir())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import uuid
 import zlib
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_mbr_has_boot_code_signature_and_one_active_lba_partition() -> None:
         mbr(32 * MIB, part, part_type=0x0E, signature=0, boot_code=b"x" * 441)
 
 
-def _header(data: bytes) -> dict[str, object]:
+def _header(data: bytes | bytearray) -> dict[str, Any]:
     fields = struct.unpack_from("<8sIIIIQQQQ16sQIII", data)
     keys = ["sig", "rev", "size", "crc", "res", "current", "backup", "first", "last", "guid", "entries", "n", "esize",
             "ecrc"]  # fmt: skip
@@ -62,14 +63,14 @@ def test_gpt_headers_and_entries_are_consistent_and_checksummed() -> None:
         raw = bytearray(image[here * SECTOR : here * SECTOR + 92])
         raw[16:20] = bytes(4)
         assert zlib.crc32(raw) == h["crc"]
-        entries = image[int(h["entries"]) * SECTOR :][: 128 * 128]  # type: ignore[call-overload]
+        entries = image[int(h["entries"]) * SECTOR :][: 128 * 128]
         assert zlib.crc32(entries) == h["ecrc"]
-        assert uuid.UUID(bytes_le=bytes(h["guid"])) == disk_guid  # type: ignore[arg-type]
+        assert uuid.UUID(bytes_le=bytes(h["guid"])) == disk_guid
     entry = image[2 * SECTOR : 2 * SECTOR + 128]
     assert uuid.UUID(bytes_le=bytes(entry[:16])) == ESP_TYPE
     assert uuid.UUID(bytes_le=bytes(entry[16:32])) == part_guid
     first, last = struct.unpack_from("<QQ", entry, 32)
-    assert (first, last) == (2048, 2048 + part.sectors - 1) and last <= primary["last"]  # type: ignore[operator]
+    assert (first, last) == (2048, 2048 + part.sectors - 1) and last <= primary["last"]
     assert entry[56:76].decode("utf-16-le") == "EFI System"
 
 

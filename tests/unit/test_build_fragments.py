@@ -76,8 +76,8 @@ def test_a_second_build_reuses_the_compressed_images_and_writes_the_same_bytes(s
     assert second.kernel.read_bytes() == first.kernel.read_bytes()
 
     # the same as a build that read every layer again
-    for d in fragments(store).iterdir():
-        (d / "meta.json").unlink()  # an unreadable fragment is a miss, not an error
+    for frag in fragments(store).iterdir():
+        (frag / "meta.json").unlink()  # an unreadable fragment is a miss, not an error
     cold = build(store, tmp_path / "c", SPEC.replace("console=ttyS0", "console=ttyS0 quiet"))
     assert cold.initrd.read_bytes() == second.initrd.read_bytes()
 

@@ -52,7 +52,8 @@ def store(tmp_path: Path) -> Store:
 def cpio_names(initrd: bytes) -> list[str]:
     """Names in a newc archive (parsed here, so the test does not trust the writer's own reader)."""
     data = gzip.decompress(initrd)
-    names, off = [], 0
+    names: list[str] = []
+    off = 0
     while True:
         assert data[off : off + 6] == b"070701", off
         size, namesize = int(data[off + 54 : off + 62], 16), int(data[off + 94 : off + 102], 16)

@@ -14,7 +14,7 @@ from lkctl.errors import ConfigError
 from lkctl.tasks import ns
 
 REPO = Path(__file__).resolve().parents[2]
-CONTEXTS = {c.name: c for c in ns.to_contexts()}
+CONTEXTS = {c.name: c for c in ns.to_contexts() if c.name is not None}
 
 
 def test_did_you_mean_finds_typos_and_bare_names() -> None:

@@ -57,7 +57,7 @@ def _untouched(host: Path) -> None:
     assert sorted(p.name for p in host.iterdir()) == [".bashrc", "x"]  # no dest, no temp dir left
 
 
-HOSTILE = {
+HOSTILE: dict[str, list[tuple[str, str, str | bytes]]] = {
     "dotdot_through_a_subdir": [("dir", "./d", ""), ("dir", "./d/f", ""), ("file", "./d/f/../../.bashrc", "pwn")],
     "parent": [("dir", "./d", ""), ("file", "../x", "pwn")],
     "absolute": [("dir", "./d", ""), ("file", "/tmp/lkctl-cp-absolute", "pwn")],

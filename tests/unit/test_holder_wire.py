@@ -14,8 +14,12 @@ def test_frames_round_trip_byte_exact_including_empty_and_large_payloads() -> No
     a, b = socket.socketpair()
     big = os.urandom(700_000)
     with a, b:
-        sender = threading.Thread(target=lambda: [holder.send_frame(a, k, p) for k, p in
-                                                  ((b"O", b"\0\xff"), (b"E", b""), (b"X", big))])  # fmt: skip
+
+        def send() -> None:
+            for kind, payload in ((b"O", b"\0\xff"), (b"E", b""), (b"X", big)):
+                holder.send_frame(a, kind, payload)
+
+        sender = threading.Thread(target=send)
         sender.start()
         got = [holder.read_frame(b) for _ in range(3)]
         sender.join()

@@ -18,13 +18,13 @@ from lkctl.build.initrd import CpioWriter, GzipStream, InitrdWriter
 from lkctl.errors import BuildError
 
 
-def _file(path: str, data: bytes, mode: int = 0o644, **kw: int) -> Entry:
-    return Entry(path, EntryKind.FILE, mode, size=len(data), data=io.BytesIO(data), **kw)
+def _file(path: str, data: bytes, mode: int = 0o644, *, uid: int = 0, gid: int = 0) -> Entry:
+    return Entry(path, EntryKind.FILE, mode, uid=uid, gid=gid, size=len(data), data=io.BytesIO(data))
 
 
 def _parse_newc(raw: bytes) -> list[dict[str, object]]:
     """A strict newc reader: every header at a 4-byte boundary, data padded to 4, ends at TRAILER!!!."""
-    out = []
+    out: list[dict[str, object]] = []
     pos = 0
     while True:
         assert pos % 4 == 0

@@ -25,6 +25,7 @@ def _label(**fields: Any) -> dict[str, Any]:
 
 def _mount(oci: dict[str, Any], dest: str) -> dict[str, Any]:
     (m,) = [m for m in oci["mounts"] if m["destination"] == dest]
+    assert isinstance(m, dict)
     return m
 
 

@@ -22,12 +22,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from lkctl import paths
-from lkctl.errors import ConfigError, VmError
+from lkctl.arch import machine_arch
+from lkctl.errors import ConfigError, HostUnreachable, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime.libvirt.domain import METADATA_NS, QEMU_NS, LibvirtHostCaps, metadata_from_xml
 
 if TYPE_CHECKING:
     import libvirt
+
+    from lkctl.runtime.state import VmRecord
 
 __all__ = [
     "HostUnreachable",
@@ -36,6 +39,7 @@ __all__ = [
     "create_volume",
     "delete_vm_volumes",
     "domain_state",
+    "domain_status",
     "ensure_pool",
     "error_text",
     "libvirt_module",
@@ -49,10 +53,6 @@ __all__ = [
 ]
 
 _CHUNK = 1 << 20
-
-
-class HostUnreachable(VmError):
-    """libvirtd on a host did not answer (down, refused, SSH failed)."""
 
 
 def libvirt_module() -> Any:
@@ -399,7 +399,7 @@ def _kvm_works(conn: libvirt.virConnect, pool: libvirt.virStoragePool) -> bool:
 def probe(conn: libvirt.virConnect, uri: str, pool: libvirt.virStoragePool, accel: str = "auto") -> LibvirtHostCaps:
     """What this host offers: arch, free memory, and the domain type guests really run under (probed once)."""
     arch = str(conn.getInfo()[0])
-    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
+    arch = machine_arch(arch)
     if accel == "tcg":
         domain_type = "qemu"
     elif accel == "kvm" or arch != "x86_64":
@@ -429,3 +429,18 @@ def _kvm_listed(conn: libvirt.virConnect) -> str:
     except lv.libvirtError:
         return "qemu"
     return "kvm"
+
+
+def domain_status(record: VmRecord) -> str:
+    """libvirt's word on the VM: running, stopped, error, missing (domain gone) or unknown (host unreachable)."""
+    try:
+        with connection(record.libvirt["uri"], record.libvirt.get("known_hosts", "")) as conn:
+            dom = lookup_domain(conn, record.libvirt["domain"])
+            if dom is None:
+                return "missing"
+            status = domain_state(dom)
+    except HostUnreachable:
+        return "unknown"
+    if status == "stopped" and record.exit_reason:
+        return "error"
+    return status

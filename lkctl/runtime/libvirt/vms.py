@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lkctl.errors import ConfigError, SshError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.libvirt import backend
+from lkctl.runtime.libvirt.backend import domain_status
 from lkctl.runtime.libvirt.domain import DomainFiles, FwCfgEntry, LibvirtHostCaps, domain_name, domain_xml
 from lkctl.runtime.libvirt.hosts import HostConfig, is_local_uri, jump_host
 from lkctl.runtime.qemu import BootImage, ImageFormat, VmSpec
@@ -64,21 +65,6 @@ def _pool(conn: libvirt.virConnect, record: VmRecord) -> libvirt.virStoragePool:
         return conn.storagePoolLookupByName(record.libvirt.get("pool", "lkctl"))
     except lv.libvirtError as e:
         raise VmError(f"storage pool of VM {record.name} is gone: {backend.error_text(e)}") from None
-
-
-def domain_status(record: VmRecord) -> str:
-    """libvirt's word on the VM: running, stopped, error, missing (domain gone) or unknown (host unreachable)."""
-    try:
-        with _conn(record) as conn:
-            dom = backend.lookup_domain(conn, record.libvirt["domain"])
-            if dom is None:
-                return "missing"
-            status = backend.domain_state(dom)
-    except backend.HostUnreachable:
-        return "unknown"
-    if status == "stopped" and record.exit_reason:
-        return "error"
-    return status
 
 
 def ssh_target_libvirt(record: VmRecord) -> SshTarget:

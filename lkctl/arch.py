@@ -1,0 +1,65 @@
+"""Architecture names: the one table of what OCI, the kernel (and QEMU) and Debian call each architecture.
+
+OCI and LinuxKit say `amd64`/`arm64`, the kernel, QEMU and libvirt say `x86_64`/`aarch64`, Debian says `amd64`/
+`arm64` but `armhf`/`i386` for the 32-bit ones. Every translation between them, and every question "what is this
+host?", goes through here.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+__all__ = ["BUILD_ARCHES", "ArchNames", "arch_names", "debian_arch", "host_machine", "machine_arch", "oci_arch"]
+
+
+@dataclass(frozen=True)
+class ArchNames:
+    """One architecture's names."""
+
+    oci: str  # OCI/LinuxKit/Go: amd64, arm64
+    machine: str  # kernel (`uname -m`), QEMU, libvirt: x86_64, aarch64
+    debian: str  # dpkg: amd64, arm64, armhf
+    aliases: tuple[str, ...] = ()  # other spellings seen in the wild (release file names)
+
+
+_TABLE = (
+    ArchNames("amd64", "x86_64", "amd64", ("x64",)),
+    ArchNames("arm64", "aarch64", "arm64"),
+    ArchNames("riscv64", "riscv64", "riscv64"),
+    ArchNames("s390x", "s390x", "s390x"),
+    ArchNames("arm", "armv7l", "armhf"),
+    ArchNames("386", "i686", "i386"),
+)
+_BY_NAME = {n: a for a in _TABLE for n in (a.oci, a.machine, *a.aliases)}
+
+# The architectures lkctl builds and boots images for (OCI names).
+BUILD_ARCHES = ("amd64", "arm64", "riscv64")
+
+
+def host_machine() -> str:
+    """This machine's architecture as the kernel names it, lower-cased (`uname -m`)."""
+    return platform.machine().lower()
+
+
+def arch_names(name: str | None = None) -> ArchNames | None:
+    """The names of the architecture spelled `name` in any convention (default: this host), or None if unknown."""
+    return _BY_NAME.get((host_machine() if name is None else name).strip().lower())
+
+
+def oci_arch(name: str | None = None) -> str:
+    """The OCI name (amd64, arm64...) of `name` (default: this host); an unknown name comes back unchanged."""
+    names = arch_names(name)
+    return names.oci if names else (host_machine() if name is None else name)
+
+
+def machine_arch(name: str | None = None) -> str:
+    """The kernel/QEMU name (x86_64, aarch64...) of `name` (default: this host); unknown names come back unchanged."""
+    names = arch_names(name)
+    return names.machine if names else (host_machine() if name is None else name)
+
+
+def debian_arch(name: str | None = None) -> str:
+    """The Debian name (amd64, arm64, armhf...) of `name` (default: this host); unknown names come back unchanged."""
+    names = arch_names(name)
+    return names.debian if names else (host_machine() if name is None else name)
