@@ -39,6 +39,7 @@ DEMO_PACKAGES = (
 TEST_PACKAGES = (
     "nginx", "docker-registry", "skopeo", "curl", "runc", "git", "make", "vim-tiny", "xorriso", "isolinux",
     "syslinux", "syslinux-common", "grub-efi-amd64-bin", "mtools", "ovmf", "dosfstools", "e2fsprogs", "zstd",
+    "qemu-system-arm", "qemu-efi-aarch64",
     "libvirt-daemon-system", "libvirt-clients", "libvirt-dev", "pkg-config", "gcc", "openssh-server", "dbus",
     "python3-pip", "python3-pytest", "nodejs", "php-cli", "composer", "golang-go",
 )  # fmt: skip

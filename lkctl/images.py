@@ -432,38 +432,49 @@ def _oci_size_created(st: Store, digest: str) -> tuple[int | None, str]:
         return None, ""
 
 
-_BUILD_MANIFEST = ".lkctl-build.json"
-
-
 def built_images(root: Path | None = None) -> list[ImageInfo]:
     """Build outputs under the cache's `builds/` (what `vm.run --image` and `image.build` made), newest first.
 
-    Each build directory holds `.<name>.lkctl-build.json` beside its outputs; the name shown is the path prefix
-    `vm.run --image` takes for kernel+initrd (else the directory).
+    A build's stamp (`NAME.json`: its formats and output files) lives in lkctl's cache under `build-state/`, with
+    `out-dir` naming the directory it was built into (lkctl.build keeps no bookkeeping in output dirs); the name
+    shown is the path prefix `vm.run --image` takes for kernel+initrd. `root`: list builds into this tree instead.
     """
     from datetime import UTC, datetime
 
-    root = paths.cache_dir() / "builds" if root is None else root
+    root = (paths.cache_dir() / "builds" if root is None else root).resolve()
+    states = paths.cache_dir() / "build-state"
     found: list[tuple[float, ImageInfo]] = []
-    for manifest in root.glob(f"**/.*{_BUILD_MANIFEST}") if root.is_dir() else []:
-        name = manifest.name[1 : -len(_BUILD_MANIFEST)]
+    for marker in states.glob("*/out-dir") if states.is_dir() else []:
         try:
-            doc = json.loads(manifest.read_text())
-            mtime = manifest.stat().st_mtime
-        except (OSError, ValueError) as e:
-            log.debug("build manifest %s: unreadable, not listed (%s)", manifest, e)
+            out_dir = Path(marker.read_text().strip())
+        except OSError as e:
+            log.debug("build state %s: unreadable, not listed (%s)", marker.parent, e)
             continue
-        formats = sorted(doc.get("formats", {})) if isinstance(doc, dict) else []
-        size = 0
-        for fmt in formats:
-            for fname in doc["formats"][fmt].get("outputs", {}):
-                with contextlib.suppress(OSError):
-                    size += (manifest.parent / fname).stat().st_size
-        rel = manifest.parent.relative_to(root)
-        label = f"{rel.parts[0].removeprefix('template-')} (template)" if rel.parts[0].startswith("template-") else name
-        created = datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
-        info = ImageInfo(str(manifest.parent / name), "built", f"{label}: {', '.join(formats)}", size, created)
-        found.append((mtime, info))
+        if not out_dir.is_relative_to(root) or not out_dir.is_dir():
+            continue
+        for stamp in marker.parent.glob("*.json"):
+            name = stamp.name[: -len(".json")]
+            try:
+                doc = json.loads(stamp.read_text())
+                mtime = stamp.stat().st_mtime
+            except (OSError, ValueError) as e:
+                log.debug("build stamp %s: unreadable, not listed (%s)", stamp, e)
+                continue
+            formats = sorted(doc.get("formats", {})) if isinstance(doc, dict) else []
+            size, present = 0, False
+            for fmt in formats:
+                for fname in doc["formats"][fmt].get("outputs", {}):
+                    with contextlib.suppress(OSError):
+                        size += (out_dir / fname).stat().st_size
+                        present = True
+            if not present:  # its outputs were removed (image.prune, by hand): nothing to boot
+                continue
+            rel = out_dir.relative_to(root)
+            top = rel.parts[0] if rel.parts else ""
+            label = f"{top.removeprefix('template-')} (template)" if top.startswith("template-") else name
+            created = datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
+            info = ImageInfo(str(out_dir / name), "built", f"{label}: {', '.join(formats)}", size, created)
+            found.append((mtime, info))
     return [info for _, info in sorted(found, key=lambda t: -t[0])]
 
 

@@ -175,10 +175,12 @@ def test_a_taken_name_and_a_busy_port_are_refused_before_anything_is_built_or_bo
 
 def test_dry_run_prints_the_qemu_argv_and_starts_nothing(vm: Session) -> None:
     before = sorted(p.name for p in (vm.home / "state" / "vms").iterdir())
-    done = vm("vm.run", "--image=minimal", "--dry-run", "--name", "dry", "--port", "18080:80")
+    done = vm(
+        "vm.run", "--image=minimal", "--dry-run", "--name", "dry", "--port", "18081:80"
+    )  # 18080: test_end_to_end's VM may hold it
     assert done.returncode == 0, done.stderr
     argv = done.stdout.strip().split()
-    assert argv[0].endswith("qemu-system-x86_64") and "hostfwd=tcp:127.0.0.1:18080-:80" in done.stdout
+    assert argv[0].endswith("qemu-system-x86_64") and "hostfwd=tcp:127.0.0.1:18081-:80" in done.stdout
     assert "dry run, nothing started. Would create VM dry" in done.stderr
     assert sorted(p.name for p in (vm.home / "state" / "vms").iterdir()) == before
     assert "dry" not in vm("vm.ps", "--all").stdout

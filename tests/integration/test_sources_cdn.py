@@ -238,7 +238,8 @@ def test_image_tasks_pull_ls_update_rm_through_the_cli(
     assert pulled.stdout.strip() == str(lkctl_home / "data/images/core-dev")
 
     listed = json.loads(lkctl("image.ls", "--json", env=env).stdout)
-    assert {"name": "core-dev", "kind": "installed", "detail": "1.9.0 from cdn, 1.00 MiB"} in listed
+    row = next(r for r in listed if r["name"] == "core-dev")
+    assert (row["kind"], row["detail"], row["size"]) == ("installed", "1.9.0 from cdn, 1.00 MiB", 1 << 20)
 
     publish_cdn(server.root, "core-dev", "1.10.0", {FILE: image_bytes(1, seed=3)})
     check = lkctl("image.update", "--check", env=env)
