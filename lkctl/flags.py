@@ -59,12 +59,13 @@ def _host_memory() -> int:
         return 0
 
 
-def parse_memory(text: str | int) -> int:
-    """`--memory`: MiB from `1G`, `512M` or a plain number of MB; more than this machine has is refused."""
+def parse_memory(text: str | int, *, local: bool = True) -> int:
+    """`--memory`: MiB from `1G`, `512M` or a plain number of MB; more than this machine has is refused for a `local`
+    VM (one run through libvirt is checked against its host's memory when it is placed)."""
     size = parse_size(str(text), what="--memory")
     if size % _MIB:
         raise ConfigError(f"--memory {text!r}: give whole megabytes, e.g. 512M or 1G")
-    host = _host_memory()
+    host = _host_memory() if local else 0
     if host and size > host:
         raise ConfigError(f"--memory {text!r}: more than this machine's {host // _MIB}M of memory")
     return size // _MIB

@@ -237,11 +237,15 @@ def read_console(
     if tail is not None and tail < 0:
         raise ConfigError(f"--tail {tail}: give a number of lines, 0 or more")
     boot = _qemu_started(record)
-    path = record.dir / CONSOLE_LOG
-    try:
-        existing = path.read_bytes()
-    except FileNotFoundError:
-        existing = b""
+    if record.libvirt:  # the console file is on the VM's libvirt host, read through libvirt
+        from lkctl.runtime.libvirt.vms import console_chunks
+
+        existing = b"".join(console_chunks(record))
+    else:
+        try:
+            existing = (record.dir / CONSOLE_LOG).read_bytes()
+        except FileNotFoundError:
+            existing = b""
     lines = list(stamp_lines(_split_lines([existing]), boot))
     if existing and not existing.endswith(b"\n") and lines:
         lines.pop()  # a partial last line: printed whole when following, after it completes

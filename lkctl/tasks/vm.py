@@ -119,9 +119,10 @@ def run(
     settings = settings_from(c)
     # flag > environment > config files > the template's `# lkctl:` sizing > defaults
     sources = size_sources(c, memory=memory, cpus=cpus)
+    local = not (connect or host)  # through libvirt the VM's host, not this machine, limits --memory
     opts = RunOptions(
         name=check_vm_name(name) if name else "",
-        memory=parse_memory(memory) if memory else (settings.vm.memory if sources["memory"] else 0),
+        memory=parse_memory(memory, local=local) if memory else (settings.vm.memory if sources["memory"] else 0),
         cpus=parse_count(cpus, what="--cpus") if cpus else (settings.vm.cpus if sources["cpus"] else 0),
         ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
         ports=tuple(parse_port(p) for p in port or []),
