@@ -241,11 +241,10 @@ def read_console(
         from lkctl.runtime.libvirt.vms import console_chunks
 
         existing = b"".join(console_chunks(record))
-    else:
-        try:
-            existing = (record.dir / CONSOLE_LOG).read_bytes()
-        except FileNotFoundError:
-            existing = b""
+    else:  # console.log, or hyperkit's console ring
+        from lkctl.runtime.hyperkit import read_console as read_console_file
+
+        existing = read_console_file(record.dir)
     lines = list(stamp_lines(_split_lines([existing]), boot))
     if existing and not existing.endswith(b"\n") and lines:
         lines.pop()  # a partial last line: printed whole when following, after it completes
