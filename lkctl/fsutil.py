@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write", "file_lock", "private_dir"]
+__all__ = ["atomic_output", "atomic_write", "file_lock", "private_dir", "unix_address"]
 
 
 def private_dir(path: Path) -> Path:
@@ -58,3 +58,18 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
     """Replace `path` with `data` atomically (temp file + fsync + rename)."""
     with atomic_output(path, mode) as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def unix_address(path: Path) -> Iterator[str]:
+    """`path` as an AF_UNIX address for bind/connect. Such addresses hold ~107 bytes, and a state dir can be
+    deeper than that (a long $HOME, LKCTL_HOME in a test): then the socket is reached through a descriptor of its
+    directory, `/proc/self/fd/N/NAME`, which Linux resolves like the real path."""
+    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
+        yield os.fspath(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)

@@ -21,10 +21,11 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lkctl.errors import SshError
+from lkctl.fsutil import unix_address
 from lkctl.runtime.state import VmRecord, process_identity
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "request_json",
     "send_frame",
     "socket_path",
-    "unix_address",
 ]
 
 HOLDER_SOCKET = "holder.sock"
@@ -49,21 +49,6 @@ class HolderUnavailable(Exception):
 
 def socket_path(vm_dir: Path) -> Path:
     return vm_dir / HOLDER_SOCKET
-
-
-@contextlib.contextmanager
-def unix_address(path: Path) -> Iterator[str]:
-    """`path` as an AF_UNIX address for bind/connect. Such addresses hold ~107 bytes, and a state dir can be
-    deeper than that (a long $HOME, LKCTL_HOME in a test): then the socket is reached through an O_PATH descriptor
-    of its directory, `/proc/self/fd/N/NAME`, which Linux resolves like the real path."""
-    if len(os.fsencode(path)) < 100 or not os.path.isdir("/proc/self/fd"):
-        yield os.fspath(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lkctl.errors import LkError, SshError
+from lkctl.fsutil import unix_address
 from lkctl.runtime import state
-from lkctl.runtime.holder import read_frame, send_frame, socket_path, unix_address
+from lkctl.runtime.holder import read_frame, send_frame, socket_path
 from lkctl.runtime.state import VmRecord
 
 if TYPE_CHECKING:

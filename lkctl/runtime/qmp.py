@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from lkctl.errors import VmError
+from lkctl.fsutil import unix_address
 
 __all__ = ["hmp_command", "qmp_command"]
 
@@ -18,20 +18,12 @@ __all__ = ["hmp_command", "qmp_command"]
 def _connect(path: Path, timeout: float) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
-    target = os.fspath(path)
-    dir_fd = None
-    if len(target.encode()) > 100:
-        # sun_path is limited to 108 bytes: reach a deep socket through a short /proc/self/fd/N alias
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        target = f"/proc/self/fd/{dir_fd}/{path.name}"
     try:
-        sock.connect(target)
+        with unix_address(path) as address:
+            sock.connect(address)
     except OSError as e:
         sock.close()
         raise VmError(f"cannot reach QEMU's control socket {path}: {e.strerror or e}") from None
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
     return sock
 
 

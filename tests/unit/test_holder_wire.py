@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lkctl.fsutil import unix_address
 from lkctl.runtime import holder
 from lkctl.runtime.state import VmRecord, process_identity, save_record
 
@@ -44,7 +45,7 @@ def _record(tmp_path: Path, helpers: list[list[str]]) -> VmRecord:
 def test_a_socket_not_served_by_the_recorded_holder_is_not_used(tmp_path: Path) -> None:
     record = _record(tmp_path, helpers=[["1", "0"]])  # some other process is recorded as the holder
     with socket.socket(socket.AF_UNIX) as stranger:
-        with holder.unix_address(holder.socket_path(record.dir)) as address:
+        with unix_address(holder.socket_path(record.dir)) as address:
             stranger.bind(address)
         stranger.listen(1)
         with pytest.raises(holder.HolderUnavailable, match="not served by VM w's recorded holder"):
@@ -56,7 +57,7 @@ def test_the_recorded_holder_is_recognised_by_pid_and_start_time(tmp_path: Path)
     assert me is not None
     record = _record(tmp_path, helpers=[[str(me.pid), me.start]])
     with socket.socket(socket.AF_UNIX) as server:
-        with holder.unix_address(holder.socket_path(record.dir)) as address:
+        with unix_address(holder.socket_path(record.dir)) as address:
             server.bind(address)
         server.listen(1)
 
