@@ -2,7 +2,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +75,11 @@ def test_a_reused_pid_is_never_taken_for_our_vm() -> None:
     # a live process whose command line carries our id, but which started at another time: a reused PID
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "lkctl-aaaa1111"])
     try:
+        # under load the child's /proc/PID/cmdline can read empty for a moment after Popen returns: wait for it
+        deadline = time.monotonic() + 10
+        while b"lkctl-aaaa1111" not in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the child never showed its command line"
+            time.sleep(0.05)
         ident = state.process_identity(child.pid)
         assert ident is not None
         ours = rec("aaaa1111", "web", pid=child.pid, pid_start=ident.start, boot_id=ident.boot_id)
