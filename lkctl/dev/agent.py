@@ -11,6 +11,7 @@ The default is `lkctl.dev.agent_auth` (anthropic,git): tokens and keys that reac
 from __future__ import annotations
 
 import os
+import posixpath
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from typing import IO
 
 from lkctl.dev.environment import BootOptions, boot_dev, find_dev_vm, guest_shell_argv
 from lkctl.dev.project import GUEST_APP, Project
-from lkctl.errors import ConfigError, ImageError
+from lkctl.errors import ConfigError, ImageError, VmError
 from lkctl.runtime import state
 from lkctl.settings import Settings
 
@@ -30,10 +31,12 @@ AUTH_KINDS = ("anthropic", "git", "gh", "ssh")
 GUEST_GH_CONFIG = "/root/.config/gh"
 
 # dropbear makes the forwarded agent's socket in its own service's /tmp; commands run chrooted into the VM root,
-# where that directory is seen under the service's rootfs (/containers/services/<svc>/rootfs)
+# where that directory is seen under the service's rootfs (/containers/services/<svc>/rootfs), or into the dev
+# image's root disk (/sysroot), which reaches the VM root through init's /proc/1/root
 _AGENT_SOCKET_FIX = (
     'if [ -n "${SSH_AUTH_SOCK:-}" ] && [ ! -S "$SSH_AUTH_SOCK" ]; then '
-    'for r in /containers/services/*/rootfs; do [ -S "$r$SSH_AUTH_SOCK" ] && '
+    "for r in /containers/services/*/rootfs /proc/1/root/containers/services/*/rootfs; do "
+    '[ -S "$r$SSH_AUTH_SOCK" ] && '
     'SSH_AUTH_SOCK="$r$SSH_AUTH_SOCK" && break; '
     "done; export SSH_AUTH_SOCK; fi"
 )
@@ -172,6 +175,12 @@ def run_agent(
         raise _agent_missing(settings)
     creds = collect_credentials(kinds, project.root)
     if creds.gh_config is not None:
+        # the copy follows `docker cp` rules: the parent must exist (a fresh root has no ~/.config), and a copy
+        # already there would get this one nested inside it, so the host's config replaces it
+        dest, parent = shlex.quote(GUEST_GH_CONFIG), shlex.quote(posixpath.dirname(GUEST_GH_CONFIG))
+        prepare = ["/bin/sh", "-c", f"rm -rf {dest} && {{ [ -d {parent} ] || mkdir -p -m 700 {parent}; }}"]
+        if ssh.exec_command(target, prepare, stdout=quiet, stderr=quiet, timeout=60) != 0:
+            raise VmError(f"cannot create {posixpath.dirname(GUEST_GH_CONFIG)} in the dev VM for the gh config")
         ssh.copy_to(target, creds.gh_config, GUEST_GH_CONFIG)
         fix = f"chmod 700 {GUEST_GH_CONFIG} && find {GUEST_GH_CONFIG} -type f -exec chmod 600 {{}} +"
         ssh.exec_command(target, ["/bin/sh", "-c", fix], stdout=quiet, stderr=quiet, timeout=60)

@@ -51,12 +51,25 @@ __all__ = [
 
 # A root shell on the serial console, respawned when it exits, started once per boot: what `dev.shell --console`
 # attaches to (it keeps working when SSH does not). It only reaches the host through the VM's console socket,
-# which lives in the VM's 0700 state directory.
-_CONSOLE_SHELL = (
-    '[ -s /run/lkctl-console.pid ] && kill -0 "$(cat /run/lkctl-console.pid)" 2>/dev/null || '
-    "setsid sh -c 'echo $$ > /run/lkctl-console.pid; "
-    "while :; do setsid -c sh -l <>/dev/ttyS0 >&0 2>&1; sleep 1; done' </dev/null >/dev/null 2>&1 &"
+# which lives in the VM's 0700 state directory. SSH commands run chrooted (into the dev image's /sysroot), where
+# there may be no setsid: the loop runs in the VM's own root (init's, /proc/1/root) with its busybox, and the
+# shell it starts is chrooted into /sysroot when the VM has a root disk there, as SSH shells are.
+_CONSOLE_LOOP = (
+    "echo $$ > /run/lkctl-console.pid; bb=/bin/busybox; "
+    "while :; do "
+    "if [ -x /sysroot/bin/sh ]; then s=/bin/sh; [ -x /sysroot/bin/bash ] && s=/bin/bash; "
+    "$bb setsid -c $bb chroot /sysroot $s -l <>/dev/ttyS0 >&0 2>&1; "
+    "else $bb setsid -c $bb sh -l <>/dev/ttyS0 >&0 2>&1; fi; "
+    "sleep 1; done"
 )
+_CONSOLE_SHELL = (
+    '[ -s /run/lkctl-console.pid ] && kill -0 "$(cat /run/lkctl-console.pid)" 2>/dev/null && exit 0; '
+    "for c in /usr/sbin/chroot /sbin/chroot /usr/bin/chroot /bin/chroot; do [ -x $c ] && break; done; "
+    f"$c /proc/1/root /bin/busybox setsid /bin/busybox sh -c {shlex.quote(_CONSOLE_LOOP)} </dev/null >/dev/null 2>&1 &"
+)
+# What every dev VM's services, `vm.exec` and shells see (fw_cfg /run/config/env): the dev user is root, which
+# Composer refuses without this; the image has Go but no C compiler, so cgo is off (`go test` needs none).
+DEV_ENV = (("COMPOSER_ALLOW_SUPERUSER", "1"), ("CGO_ENABLED", "0"))
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,7 @@ def boot_dev(
             ready_timeout=ready_timeout,
             volumes=(Volume(project.root, GUEST_APP),),
             hypervisor=settings.vm.hypervisor,
+            env=DEV_ENV,
         )
         record, _ = run_image(image.image, run, settings, say=say)
         how = "booted"
