@@ -34,7 +34,7 @@ def fast_exec(args: list[str]) -> int | None:
         return None
     except LkError as e:  # after the command started: it cannot be retried over another connection
         print(f"lkctl: {e.message}", file=sys.stderr)
-        return e.exit_code
+        return 125  # lkctl's own failure, told apart from the command's status as the full vm.exec does
     except BrokenPipeError:
         return 141  # our stdout was closed (`| head`): end quietly, as a shell pipeline member killed by SIGPIPE
     except KeyboardInterrupt:
