@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from lkctl.errors import ExecFailed, VmError
 
 if TYPE_CHECKING:
+    from lkctl import ssh
     from lkctl.build import BuildResult
     from lkctl.runtime.qemu import PortForward, Volume
     from lkctl.runtime.state import VmRecord
     from lkctl.settings import Settings
-    from lkctl.ssh import SshSession
 
 __all__ = ["ExecFailed", "ExecResult", "Session", "Vm", "build", "get", "ps", "run"]
 
@@ -52,17 +52,9 @@ class ExecResult:
         return self.stdout.decode(errors="replace")
 
 
-def _input_stream(data: bytes | str | None) -> io.BytesIO | None:
-    if data is None:
-        return None
-    return io.BytesIO(data.encode() if isinstance(data, str) else data)
-
-
-class Session:
-    """One SSH connection to a VM for many `exec`s (from `Vm.session()`)."""
-
-    def __init__(self, ssh: SshSession) -> None:
-        self._ssh = ssh
+class _Commands:
+    """`exec` for whatever can run a command in the guest: a `Vm` (one connection per command, or its holder's)
+    and a `Session` (one kept connection)."""
 
     def exec(
         self,
@@ -74,22 +66,38 @@ class Session:
         check: bool = False,
         timeout: float | None = None,
     ) -> ExecResult:
-        """Run argv in the guest (quoted exactly, never re-parsed) and collect its output."""
-        out, err = io.BytesIO(), io.BytesIO()
-        code = self._ssh.exec(
-            list(argv), stdin=_input_stream(input), stdout=out, stderr=err, env=env, workdir=workdir, timeout=timeout
-        )
-        return _result(argv, code, out, err, check)
+        """Run argv in the guest over SSH (quoted exactly, never re-parsed; host key pinned) and collect its exit
+        code, stdout and stderr.
+
+        `input` is fed to its stdin; `check=True` raises ExecFailed on a non-zero exit."""
+        data = input.encode() if isinstance(input, str) else input
+        code, out, err = self._run(list(argv), data, dict(env) if env else None, workdir, timeout)
+        result = ExecResult(code, out, err)
+        if check and code != 0:
+            raise ExecFailed(argv, result)
+        return result
+
+    def _run(
+        self, argv: list[str], input: bytes | None, env: dict[str, str] | None, workdir: str | None,
+        timeout: float | None,
+    ) -> tuple[int, bytes, bytes]:  # fmt: skip
+        raise NotImplementedError
 
 
-def _result(argv: Sequence[str], code: int, out: io.BytesIO, err: io.BytesIO, check: bool) -> ExecResult:
-    result = ExecResult(code, out.getvalue(), err.getvalue())
-    if check and code != 0:
-        raise ExecFailed(argv, result)
-    return result
+class Session(_Commands):
+    """One SSH connection to a VM kept for many `exec`s (from `Vm.session()`): `lkctl.ssh.Session` underneath."""
+
+    def __init__(self, held: ssh.Session) -> None:
+        self._ssh = held
+
+    def _run(
+        self, argv: list[str], input: bytes | None, env: dict[str, str] | None, workdir: str | None,
+        timeout: float | None,
+    ) -> tuple[int, bytes, bytes]:  # fmt: skip
+        return self._ssh.exec(argv, input=input, env=env, workdir=workdir, timeout=timeout)
 
 
-class Vm:
+class Vm(_Commands):
     """A VM lkctl knows about. Facts that change (status, port after a restart) are read fresh each time.
 
     As a context manager (`with lkctl.run(...) as vm:`) it is stopped and removed on exit.
@@ -153,41 +161,32 @@ class Vm:
     def __hash__(self) -> int:
         return hash(self.id)
 
-    # -- commands --
-    def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        input: bytes | str | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        check: bool = False,
-        timeout: float | None = None,
-    ) -> ExecResult:
-        """Run argv in the guest over SSH (host key pinned) and collect its exit code, stdout and stderr.
-
-        `input` is fed to its stdin; `check=True` raises ExecFailed on a non-zero exit."""
+    # -- commands (`exec` is _Commands') --
+    def _run(
+        self, argv: list[str], input: bytes | None, env: dict[str, str] | None, workdir: str | None,
+        timeout: float | None,
+    ) -> tuple[int, bytes, bytes]:  # fmt: skip
         from lkctl.runtime.vm import exec_in_vm
 
         out, err = io.BytesIO(), io.BytesIO()
+        stdin = None if input is None else io.BytesIO(input)
         code = exec_in_vm(
-            self.record, list(argv), stdin=_input_stream(input), stdout=out, stderr=err,
-            env=dict(env) if env else None, workdir=workdir, timeout=timeout,
-        )  # fmt: skip
-        return _result(argv, code, out, err, check)
+            self.record, argv, stdin=stdin, stdout=out, stderr=err, env=env, workdir=workdir, timeout=timeout
+        )
+        return code, out.getvalue(), err.getvalue()
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """One SSH connection held open for many `exec`s (connecting is most of a short command's cost)."""
         from lkctl.runtime.state import vm_status
         from lkctl.runtime.vm import ssh_target
-        from lkctl.ssh import SshSession
+        from lkctl.ssh import session
 
         record = self.record
         if vm_status(record) != "running":
             raise VmError(f"VM {self.name} is not running (status: {vm_status(record)})")
-        with SshSession(ssh_target(record)) as ssh:
-            yield Session(ssh)
+        with session(ssh_target(record)) as held:
+            yield Session(held)
 
     def cp_to(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a host file or directory tree into the guest (as `vm.cp LOCAL VM:REMOTE`)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_connection, wait_ready
 from lkctl.ssh._copy import copy_from, copy_to
-from lkctl.ssh._exec import ByteSink, SshSession, exec_command, remote_command
+from lkctl.ssh._exec import ByteSink, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
 from lkctl.ssh._session import Session, session, session_when_listening
 
@@ -21,7 +21,6 @@ __all__ = [
     "ByteSink",
     "JumpHost",
     "Session",
-    "SshSession",
     "SshTarget",
     "VmKeys",
     "copy_from",
