@@ -233,7 +233,43 @@ def render_boot(label: str, phase: str, elapsed: float, frame: int = 0, *, spinn
     return f"{head}booting {label}: {phase} ({elapsed:.0f}s)"
 
 
-class BootProgress:
+class _StatusLine:
+    """One status line on stderr: redrawn in place on a terminal (`bar`), whole lines in CI and pipes, or nothing."""
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        mode: Mode | None = None,
+        env: Mapping[str, str] | None = None,
+        prefix: str = "lkctl: ",
+    ) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode: Mode = mode or choose_mode(self.stream, env=env)
+        self.prefix = prefix
+        self._drawn = False
+
+    def _draw(self, text: str) -> None:
+        """Redraw the line in place (terminal)."""
+        self.stream.write("\r" + self.prefix + text + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def _line(self, text: str) -> None:
+        """A whole line (CI, pipes)."""
+        self.stream.write(self.prefix + text + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False
+
+
+class BootProgress(_StatusLine):
     """Boot-wait progress: a spinner with the phase and elapsed time on a terminal, a line per new phase otherwise.
 
     Call it with the console so far (what `run_vm(on_wait=...)` passes); `finish()` ends the line.
@@ -249,39 +285,28 @@ class BootProgress:
         clock: Callable[[], float] = time.monotonic,
         prefix: str = "lkctl: ",
     ) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.mode: Mode = mode or choose_mode(self.stream, env=env)
+        super().__init__(label, stream=stream, mode=mode, env=env, prefix=prefix)
         self.clock = clock
-        self.prefix = prefix
         self.started = clock()
         self.phase = ""
         self.frame = 0
-        self._drawn = False
 
     def __call__(self, console: bytes) -> None:
         phase = boot_phase(console)
         elapsed = self.clock() - self.started
         if self.mode == "bar":
             self.frame += 1
-            text = render_boot(self.label, phase, elapsed, self.frame, spinner=True)
-            self.stream.write("\r" + self.prefix + text + "\x1b[K")
-            self.stream.flush()
-            self._drawn = True
+            self._draw(render_boot(self.label, phase, elapsed, self.frame, spinner=True))
         elif self.mode == "lines" and phase != self.phase:
-            self.stream.write(self.prefix + render_boot(self.label, phase, elapsed) + "\n")
-            self.stream.flush()
+            self._line(render_boot(self.label, phase, elapsed))
         self.phase = phase
 
     def finish(self) -> None:
         """Clear the spinner line (the caller says what happened next)."""
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
+        self._clear()
 
 
-class Ticker:
+class Ticker(_StatusLine):
     """Elapsed time for a step that reports nothing itself (a build, a base-image build): a context manager.
 
     On a terminal a spinner line `⠋ building minimal (12s)` redrawn from a thread, cleared at the end; in CI and
@@ -301,14 +326,10 @@ class Ticker:
     ) -> None:
         import threading
 
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.mode: Mode = mode or choose_mode(self.stream, env=env)
+        super().__init__(label, stream=stream, mode=mode, env=env, prefix=prefix)
         self.every = every
-        self.prefix = prefix
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._drawn = False
 
     def __enter__(self) -> Ticker:
         import threading
@@ -322,9 +343,7 @@ class Ticker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+        self._clear()
 
     def _run(self) -> None:
         started = time.monotonic()
@@ -334,10 +353,6 @@ class Ticker:
             elapsed = time.monotonic() - started
             if self.mode == "bar":
                 frame += 1
-                self.stream.write(
-                    f"\r{self.prefix}{_SPINNER[frame % len(_SPINNER)]} {self.label} ({elapsed:.0f}s)\x1b[K"
-                )
-                self._drawn = True
+                self._draw(f"{_SPINNER[frame % len(_SPINNER)]} {self.label} ({elapsed:.0f}s)")
             else:
-                self.stream.write(f"{self.prefix}... still {self.label} ({elapsed:.0f}s)\n")
-            self.stream.flush()
+                self._line(f"... still {self.label} ({elapsed:.0f}s)")

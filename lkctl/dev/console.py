@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from lkctl.errors import VmError
+from lkctl.fsutil import unix_address
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_SOCKET
 from lkctl.runtime.state import VmRecord
@@ -28,22 +29,15 @@ _QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script 
 def _connect(record: VmRecord) -> socket.socket:
     path = record.dir / CONSOLE_SOCKET
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    dir_fd = None
-    target = os.fspath(path)
-    if len(target.encode()) > 100:  # sun_path holds 108 bytes: go through a short /proc/self/fd alias
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        target = f"/proc/self/fd/{dir_fd}/{path.name}"
     try:
-        sock.connect(target)
+        with unix_address(path) as address:
+            sock.connect(address)
     except OSError as e:
         sock.close()
         raise VmError(
             f"cannot attach to the console of VM {record.name} ({path}): {e.strerror or e}; "
             "VMs started before lkctl had console sockets need a restart"
         ) from None
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
     return sock
 
 

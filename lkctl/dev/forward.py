@@ -5,11 +5,10 @@ QEMU's own table (`info usernet`) is the truth about what is forwarded: nothing 
 
 from __future__ import annotations
 
-import errno
 import re
-import socket
 
 from lkctl.errors import ConfigError, VmError
+from lkctl.runtime.ports import port_free
 from lkctl.runtime.qemu import QMP_SOCKET, PortForward
 from lkctl.runtime.qmp import hmp_command
 from lkctl.runtime.state import VmRecord
@@ -36,21 +35,9 @@ def live_forwards(record: VmRecord) -> list[PortForward]:
     return parse_usernet(hmp_command(record.dir / QMP_SOCKET, "info usernet"))
 
 
-def _port_free(ip: str, port: int, proto: str) -> bool:
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind) as s:
-        try:
-            s.bind((ip, port))
-        except OSError as e:
-            if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-            raise ConfigError(f"cannot bind {ip}:{port} on this host: {e.strerror}") from None
-    return True
-
-
 def add_forward(record: VmRecord, forward: PortForward) -> None:
     """Forward host `host_ip:host_port` to the guest's `guest_port` on the running VM (no reboot)."""
-    if not _port_free(forward.host_ip, forward.host_port, forward.proto):
+    if not port_free(forward.host_ip, forward.host_port, forward.proto):
         raise ConfigError(
             f"port {forward.host_ip}:{forward.host_port} is already in use on this host; choose another with --port"
         )

@@ -10,7 +10,7 @@ no ~/.ssh/config, agent or default identity can leak into these loopback connect
 
 from __future__ import annotations
 
-from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_connection, wait_ready
+from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_connection, vm_target, wait_ready
 from lkctl.ssh._copy import copy_from, copy_to
 from lkctl.ssh._exec import ByteSink, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
@@ -32,6 +32,7 @@ __all__ = [
     "remote_command",
     "session",
     "session_when_listening",
+    "vm_target",
     "wait_ready",
     "write_known_hosts",
 ]

@@ -57,6 +57,20 @@ class SshTarget:
         return f"VM {self.label} at {host}:{self.port}"
 
 
+def vm_target(directory: Path, port: int, label: str, *, jump: JumpHost | None = None) -> SshTarget:
+    """The target of a VM whose keys `generate_keys` wrote into `directory`: root at its forwarded port on the
+    loopback of this host, or of `jump`'s host when it runs there."""
+    return SshTarget(
+        host="127.0.0.1",
+        port=port,
+        user="root",
+        client_key=directory / "id_ed25519",
+        known_hosts=directory / "known_hosts",
+        label=label,
+        jump=jump,
+    )
+
+
 class _NotYet(SshError):
     """A failure that may go away once the guest has finished booting (refused, reset, auth while booting)."""
 

@@ -69,17 +69,10 @@ def _pool(conn: libvirt.virConnect, record: VmRecord) -> libvirt.virStoragePool:
 
 def ssh_target_libvirt(record: VmRecord) -> SshTarget:
     """The guest's forward is on its host's loopback: reached directly here, or through that host's sshd."""
-    from lkctl.ssh import SshTarget
+    from lkctl.ssh import vm_target
 
-    return SshTarget(
-        host="127.0.0.1",
-        port=record.ssh_port,
-        user="root",
-        client_key=record.dir / "id_ed25519",
-        known_hosts=record.dir / "known_hosts",
-        label=record.name,
-        jump=jump_host(record.libvirt["uri"], record.libvirt.get("known_hosts", "")),
-    )
+    jump = jump_host(record.libvirt["uri"], record.libvirt.get("known_hosts", ""))
+    return vm_target(record.dir, record.ssh_port, record.name, jump=jump)
 
 
 def _free_local_port() -> int:
