@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write", "file_lock", "private_dir", "unix_address"]
+__all__ = ["atomic_output", "atomic_write", "connect_unix", "file_lock", "private_dir", "unix_address"]
 
 
 def private_dir(path: Path) -> Path:
@@ -73,3 +74,17 @@ def unix_address(path: Path) -> Iterator[str]:
         yield f"/proc/self/fd/{fd}/{path.name}"
     finally:
         os.close(fd)
+
+
+def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
+    """A stream socket connected to the unix socket at `path` (however deep); OSError, with nothing left open,
+    when nobody listens there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with unix_address(path) as address:
+            sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from lkctl.errors import VmError
-from lkctl.fsutil import unix_address
+from lkctl.fsutil import connect_unix
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_SOCKET
 from lkctl.runtime.state import VmRecord
@@ -28,12 +28,9 @@ _QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script 
 
 def _connect(record: VmRecord) -> socket.socket:
     path = record.dir / CONSOLE_SOCKET
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with unix_address(path) as address:
-            sock.connect(address)
+        sock = connect_unix(path)
     except OSError as e:
-        sock.close()
         raise VmError(
             f"cannot attach to the console of VM {record.name} ({path}): {e.strerror or e}; "
             "VMs started before lkctl had console sockets need a restart"

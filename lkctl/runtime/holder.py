@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from lkctl.errors import SshError
-from lkctl.fsutil import unix_address
+from lkctl.fsutil import connect_unix
 from lkctl.runtime.state import VmRecord, process_identity
 
 __all__ = [
@@ -90,12 +90,9 @@ def _peer_is_holder(sock: socket.socket, record: VmRecord) -> bool:
 
 def _connect(record: VmRecord) -> socket.socket:
     path = socket_path(record.dir)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with unix_address(path) as address:
-            sock.connect(address)
+        sock = connect_unix(path)
     except OSError as e:
-        sock.close()
         raise HolderUnavailable(str(e)) from None
     if not _peer_is_holder(sock, record):
         sock.close()

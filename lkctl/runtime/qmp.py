@@ -10,19 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from lkctl.errors import VmError
-from lkctl.fsutil import unix_address
+from lkctl.fsutil import connect_unix
 
 __all__ = ["hmp_command", "qmp_command"]
 
 
 def _connect(path: Path, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        with unix_address(path) as address:
-            sock.connect(address)
+        sock = connect_unix(path, timeout)
     except OSError as e:
-        sock.close()
         raise VmError(f"cannot reach QEMU's control socket {path}: {e.strerror or e}") from None
     return sock
 
