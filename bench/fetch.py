@@ -4,7 +4,7 @@
 
 Generates the file in a temp dir (1 MiB of random bytes repeated), serves it with nginx on 127.0.0.1, then
 downloads it with curl (`curl -o`: no checksum, no fsync; and once more followed by an fsync) and with lkctl
-(`lkctl.sources._http.download`: sha256 checked while streaming, fsync, rename) and prints the rates and the
+(`lkctl.http.client.download`: sha256 checked while streaming, fsync, rename) and prints the rates and the
 ratio. Then it cuts lkctl's result to a 50 %
 `.part` and times the resume (hashing the kept half plus fetching the rest). Needs nginx and curl.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lkctl.http.client import download
 from lkctl.progress import format_eta, format_rate, format_size
-from lkctl.sources._http import download
 from tests.integration._loopback import nginx
 
 

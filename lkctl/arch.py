@@ -10,7 +10,18 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
-__all__ = ["BUILD_ARCHES", "ArchNames", "arch_names", "debian_arch", "host_machine", "machine_arch", "oci_arch"]
+from lkctl.errors import ConfigError
+
+__all__ = [
+    "BUILD_ARCHES",
+    "ArchNames",
+    "Platform",
+    "arch_names",
+    "debian_arch",
+    "host_machine",
+    "machine_arch",
+    "oci_arch",
+]
 
 
 @dataclass(frozen=True)
@@ -63,3 +74,31 @@ def debian_arch(name: str | None = None) -> str:
     """The Debian name (amd64, arm64, armhf...) of `name` (default: this host); unknown names come back unchanged."""
     names = arch_names(name)
     return names.debian if names else (host_machine() if name is None else name)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An OS/architecture pair in OCI spelling (`linux/amd64`)."""
+
+    os: str = "linux"
+    arch: str = "amd64"
+
+    @classmethod
+    def host(cls) -> Platform:
+        return cls("linux", oci_arch())
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        os_, sep, arch = text.partition("/")
+        if not sep or not os_ or not arch:
+            raise ConfigError(f"platform {text!r}: expected OS/ARCH such as linux/amd64")
+        return cls(os_, oci_arch(arch))
+
+    @property
+    def arch_aliases(self) -> tuple[str, ...]:
+        """Names this architecture goes by in file names (amd64 is also x86_64)."""
+        names = arch_names(self.arch)
+        return tuple(dict.fromkeys((names.oci, names.machine, *names.aliases))) if names else (self.arch,)
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.arch}"

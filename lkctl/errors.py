@@ -1,12 +1,11 @@
 """Errors lkctl raises, in one hierarchy. Each carries the exit code the CLI uses; its message is one line.
 
 Modules that raised these first re-export them (`lkctl.sources.SourceNotFound`, `lkctl.oci.registry.RegistryError`,
-`lkctl.api.ExecFailed`...). Still defined elsewhere, until another branch's files change: `ssh._untar.StreamRefused`
-and `sources._http.DownloadError`/`ChecksumMismatch`/`HttpError` (issue 13, item 6)."""
+`lkctl.http.DownloadError`, `lkctl.api.ExecFailed`...)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,9 +13,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuildError",
+    "ChecksumMismatch",
     "ConfigError",
+    "DownloadError",
     "ExecFailed",
     "HostUnreachable",
+    "HttpError",
     "ImageError",
     "LkError",
     "ProgramMissing",
@@ -27,6 +29,7 @@ __all__ = [
     "SpecError",
     "SshError",
     "StateError",
+    "StreamRefused",
     "VmError",
     "VmNotFound",
 ]
@@ -83,6 +86,10 @@ class SshError(VmError):
     """The SSH connection to a guest failed (refused, timed out, host key mismatch)."""
 
 
+class StreamRefused(VmError):
+    """The guest's tar stream would have written outside the destination (or sent something vm.cp never copies)."""
+
+
 class ProgramMissing(LkError):
     """A required external program is not installed."""
 
@@ -91,6 +98,28 @@ class ProgramMissing(LkError):
 
 class SourceNotFound(ImageError):
     """This source does not have the image (or that version, or that platform): `auto` moves on."""
+
+
+class DownloadError(ImageError):
+    """A download failed for good (every mirror, every retry)."""
+
+    def __init__(self, message: str, *, failures: Sequence[DownloadError] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)  # one per mirror when every mirror failed
+
+
+class ChecksumMismatch(DownloadError):
+    """The bytes did not hash to the published sha256; nothing was kept."""
+
+
+class HttpError(DownloadError):
+    """A non-retryable HTTP error status (or a retryable one that outlived the retries)."""
+
+    def __init__(self, message: str, *, status: int, url: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
 
 
 class RegistryError(ImageError):

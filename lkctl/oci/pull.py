@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lkctl.arch import Platform
 from lkctl.errors import ImageError
 from lkctl.fsutil import file_lock
+from lkctl.http import ProgressFn
 from lkctl.oci.layout import Descriptor, Store
 from lkctl.oci.reference import Reference, parse_reference
 from lkctl.oci.registry import Manifest, Registry, RegistryError, RegistryNotFound
-from lkctl.sources import Platform, ProgressFn
 
 __all__ = ["PullResult", "PushResult", "is_oci_reference", "pull_image", "push_image", "stored_name"]
 

@@ -6,7 +6,7 @@ What it promises:
   bearer token from the realm (anonymous or with credentials) or with basic auth. Credentials come from
   `LKCTL_REGISTRY_USERNAME`/`LKCTL_REGISTRY_PASSWORD`, else `~/.docker/config.json` (`$DOCKER_CONFIG`)
   `auths.<host>.auth`; credential helpers are not run.
-- every blob is verified against its digest while streaming (resumable, via `lkctl.sources._http`), and a manifest
+- every blob is verified against its digest while streaming (resumable, via `lkctl.http`), and a manifest
   fetched by digest must hash to it (by tag: to `Docker-Content-Digest` when the registry sends one).
 - OCI and Docker media types; an index is narrowed to one platform, with the available ones named when absent.
 - plain http only for localhost/127.0.0.1/::1 and hosts listed as insecure (`lkctl.sources.insecure_registries`).
@@ -27,11 +27,12 @@ from urllib.parse import urlencode, urljoin
 
 import httpx
 
+from lkctl.arch import Platform
 from lkctl.errors import RegistryAuthError, RegistryError, RegistryNotFound
+from lkctl.http import Fetched, HttpError, ProgressFn
+from lkctl.http.client import RetryPolicy, download, hash_file, new_client, request
 from lkctl.oci.layout import DOCKER_INDEX, DOCKER_MANIFEST, MEDIA_INDEX, MEDIA_MANIFEST, Descriptor
 from lkctl.oci.reference import Reference, parse_reference
-from lkctl.sources import Fetched, Platform, ProgressFn
-from lkctl.sources._http import HttpError, RetryPolicy, download, hash_file, new_client, request
 
 __all__ = [
     "MANIFEST_ACCEPT",

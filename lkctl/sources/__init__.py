@@ -2,7 +2,7 @@
 
 A source answers three questions for an image name and a platform: which version is newest, where that version's
 file is and what it must hash to (`resolve` → `Download`), and then fetches it (`download`), verified and
-resumable (see `_http`). Three sources exist: `cdn` (a static HTTP layout), `github` (release assets over the REST
+resumable (see `lkctl.http`). Three sources exist: `cdn` (a static HTTP layout), `github` (release assets over the REST
 API) and `oci` (artifacts in a registry). `select_sources` turns settings and `--source` into the list `auto`
 walks in order. Importing this package is cheap: httpx loads only when a source is built.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from lkctl.arch import arch_names, oci_arch
+from lkctl.arch import Platform
 from lkctl.errors import ConfigError, SourceNotFound
+from lkctl.http import Fetched, ProgressFn
 
 if TYPE_CHECKING:
     from lkctl.settings import SourcesSettings
@@ -41,36 +42,6 @@ __all__ = [
 
 SOURCE_NAMES = ("cdn", "github", "oci")
 
-ProgressFn = Callable[[int, int | None], None]  # (bytes done, total bytes or None when unknown)
-
-
-@dataclass(frozen=True)
-class Platform:
-    """An OS/architecture pair in OCI spelling (`linux/amd64`)."""
-
-    os: str = "linux"
-    arch: str = "amd64"
-
-    @classmethod
-    def host(cls) -> Platform:
-        return cls("linux", oci_arch())
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        os_, sep, arch = text.partition("/")
-        if not sep or not os_ or not arch:
-            raise ConfigError(f"platform {text!r}: expected OS/ARCH such as linux/amd64")
-        return cls(os_, oci_arch(arch))
-
-    @property
-    def arch_aliases(self) -> tuple[str, ...]:
-        """Names this architecture goes by in file names (amd64 is also x86_64)."""
-        names = arch_names(self.arch)
-        return tuple(dict.fromkeys((names.oci, names.machine, *names.aliases))) if names else (self.arch,)
-
-    def __str__(self) -> str:
-        return f"{self.os}/{self.arch}"
-
 
 @dataclass(frozen=True)
 class Download:
@@ -84,17 +55,6 @@ class Download:
     size: int | None
     source: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # e.g. auth, never printed
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """A verified file at its final path."""
-
-    path: Path
-    sha256: str
-    size: int
-    url: str  # where the bytes came from ("" when an already complete file was reused)
-    resumed_from: int = 0  # bytes taken over from an earlier interrupted download
 
 
 @runtime_checkable
@@ -220,7 +180,7 @@ def _split_list(text: str) -> list[str]:
 
 def build_source(name: str, settings: SourcesSettings) -> Source:
     """The source called `name`, configured from `settings`."""
-    from lkctl.sources._http import RetryPolicy
+    from lkctl.http.client import RetryPolicy
 
     retry = RetryPolicy(attempts=max(1, settings.retries))
     if name == "cdn":

@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 
+from lkctl.http import DownloadError, HttpError
+from lkctl.http.client import ClientOwner, RetryPolicy, download, request
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, file_for_platform, parse_checksums
-from lkctl.sources._http import ClientOwner, DownloadError, HttpError, RetryPolicy, download, request
 
 __all__ = ["CdnSource"]
 

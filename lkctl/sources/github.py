@@ -25,8 +25,9 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from lkctl.errors import ConfigError, ImageError
+from lkctl.http import DownloadError, HttpError
+from lkctl.http.client import ClientOwner, RetryPolicy, download, request
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, parse_checksums
-from lkctl.sources._http import ClientOwner, DownloadError, HttpError, RetryPolicy, download, request
 
 __all__ = ["GithubSource", "github_token", "rate_limit_message"]
 

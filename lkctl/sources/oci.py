@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from lkctl.errors import ImageError
+from lkctl.http.client import RetryPolicy
 from lkctl.oci.layout import MEDIA_INDEX, MEDIA_MANIFEST
 from lkctl.oci.reference import Reference, parse_reference
 from lkctl.oci.registry import Credentials, Registry, RegistryNotFound
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, newest_version
-from lkctl.sources._http import RetryPolicy
 
 __all__ = ["ARTIFACT_TYPE", "FILE_MEDIA_TYPE", "TITLE_ANNOTATION", "OciSource", "publish_artifact"]
 

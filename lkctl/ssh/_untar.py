@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lkctl.errors import ConfigError, VmError
+from lkctl.errors import ConfigError, StreamRefused
 
 __all__ = ["CopyPlan", "StreamRefused", "plan_copy", "receive_tar"]
 
@@ -35,10 +35,6 @@ _MAX_LINK_HOPS = 40  # like the kernel's MAXSYMLINKS
 _CHUNK = 1 << 20
 
 Rel = tuple[str, ...]
-
-
-class StreamRefused(VmError):
-    """The guest's tar stream would have written outside the destination (or sent something vm.cp never copies)."""
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import pytest
 from lkctl.build import build_image, parse_spec
 from lkctl.build.testing import Member, add_image, add_index, directory, file, opaque, whiteout
 from lkctl.errors import BuildError, ImageError
+from lkctl.http.client import RetryPolicy
 from lkctl.oci.layout import Store
 from lkctl.oci.pull import pull_image, push_image
 from lkctl.oci.registry import Registry, RegistryAuthError, RegistryNotFound
 from lkctl.sources import Platform
-from lkctl.sources._http import RetryPolicy
 from tests.integration._loopback import Reg, Request, docker_registry, require, route_server
 
 __all__ = ["Reg", "docker_registry", "skopeo"]

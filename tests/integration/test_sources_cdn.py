@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from lkctl.errors import ImageError
+from lkctl.http.client import RetryPolicy, download
 from lkctl.images import resolve_image
 from lkctl.installed import check_update, list_installed, pull_image, read_installed, remove_installed
 from lkctl.sources import Platform
-from lkctl.sources._http import RetryPolicy, download
 from lkctl.sources.cdn import CdnSource
 from tests.conftest import REPO
 from tests.integration._loopback import Nginx, free_port, nginx, publish_cdn, sha256_file
@@ -200,7 +200,7 @@ def test_two_processes_pulling_the_same_file_download_it_once(server: Nginx, tmp
     digest = hashlib.sha256(data).hexdigest()
     url, dest = server.url + "/slow/shared.img", str(tmp_path / "shared.img")
     code = (
-        "from pathlib import Path; from lkctl.sources._http import download; "
+        "from pathlib import Path; from lkctl.http.client import download; "
         f"r = download([{url!r}], Path({dest!r}), sha256={digest!r}); print(r.url or 'reused')"
     )
     procs = [

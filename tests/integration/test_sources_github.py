@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from lkctl.errors import ImageError
+from lkctl.http.client import RetryPolicy
 from lkctl.installed import pull_image, read_installed
 from lkctl.sources import Platform, SourceNotFound
-from lkctl.sources._http import RetryPolicy
 from lkctl.sources.github import GithubSource, github_token
 from tests.integration._loopback import Nginx, Request, RouteServer, json_response, nginx, route_server
 

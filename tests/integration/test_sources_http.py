@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from lkctl.sources._http import DownloadError, HttpError, RetryPolicy, download, request
-from lkctl.sources._http import new_client as http_client
+from lkctl.http import DownloadError, HttpError
+from lkctl.http.client import RetryPolicy, download, request
+from lkctl.http.client import new_client as http_client
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from lkctl.errors import ImageError
+from lkctl.http import ChecksumMismatch
+from lkctl.http.client import RetryPolicy
 from lkctl.installed import pull_image, read_installed
 from lkctl.oci.registry import Credentials, Registry, RegistryAuthError, RegistryNotFound, credentials_for
 from lkctl.sources import Platform, SourceNotFound
-from lkctl.sources._http import ChecksumMismatch, RetryPolicy
 from lkctl.sources.oci import ARTIFACT_TYPE, TITLE_ANNOTATION, OciSource, publish_artifact
 from tests.integration._loopback import (
     Reg,

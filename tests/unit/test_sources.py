@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lkctl.errors import ConfigError
+from lkctl.http.client import RetryPolicy, retry_after_seconds
 from lkctl.oci.registry import Credentials, credentials_for, parse_challenge
 from lkctl.settings import SourcesSettings, load_settings
 from lkctl.sources import (
@@ -20,7 +21,6 @@ from lkctl.sources import (
     select_sources,
     split_name,
 )
-from lkctl.sources._http import RetryPolicy, retry_after_seconds
 from lkctl.sources.github import rate_limit_message
 
 

@@ -1,6 +1,6 @@
 """A download in progress on disk (`<final>.part` + its `.part.json` sidecar) and the sha256 fed alongside it.
 
-No HTTP here: lkctl.sources._http streams the bytes; this is what it keeps and verifies.
+No HTTP here: lkctl.http streams the bytes; this is what it keeps and verifies.
 """
 
 from __future__ import annotations

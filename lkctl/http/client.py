@@ -1,4 +1,4 @@
-"""HTTP for image sources: downloads that end in a complete, verified file or in nothing at the final path.
+"""HTTP for image sources and the OCI registry: downloads that end in a complete, verified file or in nothing.
 
 The one module that streams files with httpx (the OCI registry client sends its API calls through `request` and
 its blobs through `download` too). What httpx leaves to us, done here once:
@@ -32,10 +32,10 @@ from pathlib import Path
 import httpx
 
 from lkctl import __version__
-from lkctl.errors import ImageError
+from lkctl.errors import ChecksumMismatch, DownloadError, HttpError
 from lkctl.fsutil import file_lock
-from lkctl.sources import Fetched, ProgressFn
-from lkctl.sources._partial import BackgroundHash, Part, hash_file
+from lkctl.http import Fetched, ProgressFn
+from lkctl.http._partial import BackgroundHash, Part, hash_file
 
 __all__ = [
     "ChecksumMismatch",
@@ -53,28 +53,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
-
-
-class DownloadError(ImageError):
-    """A download failed for good (every mirror, every retry)."""
-
-    def __init__(self, message: str, *, failures: Sequence[DownloadError] = ()) -> None:
-        super().__init__(message)
-        self.failures = list(failures)  # one per mirror when every mirror failed
-
-
-class ChecksumMismatch(DownloadError):
-    """The bytes did not hash to the published sha256; nothing was kept."""
-
-
-class HttpError(DownloadError):
-    """A non-retryable HTTP error status (or a retryable one that outlived the retries)."""
-
-    def __init__(self, message: str, *, status: int, url: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.url = url
-        self.headers: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
 
 
 @dataclass(frozen=True)
