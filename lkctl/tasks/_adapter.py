@@ -60,7 +60,7 @@ class LkTask(Task[Callable[..., Any]]):
         import inspect
         import os
 
-        from lkctl.cli import option_help, task_usage
+        from lkctl.usage import option_help, task_usage
 
         binary = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "invoke"
         typed = [w for w in sys.argv[1:] if w == self.name or w.endswith(f".{self.name}")]

@@ -157,7 +157,7 @@ def test_vm_run_has_docker_short_flags() -> None:
 
 def test_completion_knows_where_vm_and_template_names_go() -> None:
     from lkctl.tasks import ns
-    from lkctl.tasks._completion import words_wanting
+    from lkctl.completion import words_wanting
 
     names = list(ns.task_names)
     assert words_wanting(["vm.stop"], names) == {"vm"}
