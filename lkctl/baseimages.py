@@ -17,20 +17,19 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from lkctl import paths
-from lkctl.arch import host_machine
+from lkctl import hostkernel, paths
 from lkctl.errors import BuildError, ImageError
 from lkctl.fsutil import atomic_write, file_lock
+from lkctl.hostkernel import filter_module_index, kernel_version, module_name, select_modules
 from lkctl.oci.layout import Store
 from lkctl.oci.reference import parse_reference
 from lkctl.proc import ProgramMissing, find_program, run
@@ -57,9 +56,6 @@ LOCAL_IMAGES: Mapping[str, str] = MappingProxyType({**BASE_IMAGES, "dev": "lkctl
 
 _STAMP_FORMAT = 1
 _MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated files
-_BOOT = Path("/boot")
-_MODULES = Path("/lib/modules")
-_KO = re.compile(r"\.ko(\.(xz|gz|zst))?$")
 
 
 def base_image_name(ref: str) -> str | None:
@@ -301,114 +297,9 @@ def _packages(tree: _Tree, spec: dict[str, Any]) -> None:
 
 
 # -- the kernel ----------------------------------------------------------------------------------------------
-def _version_key(version: str) -> list[tuple[int, str]]:
-    return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"(\d+)", version) if p]
-
-
-def _kernel_version(wanted: str) -> str:
-    """`wanted`, or for "auto" the running kernel if /boot has it, else the newest kernel in /boot."""
-    have = sorted(
-        (p.name.removeprefix("vmlinuz-") for p in _BOOT.glob("vmlinuz-*")),
-        key=_version_key,
-    )
-    have = [v for v in have if (_MODULES / v / "modules.dep").is_file()]
-    if wanted != "auto":
-        if wanted not in have:
-            raise ProgramMissing(f"kernel {wanted} is not installed in {_BOOT} with its modules in {_MODULES}")
-        return wanted
-    running = os.uname().release
-    if running in have:
-        return running
-    if not have:
-        package = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(host_machine(), "linux-image")
-        raise ProgramMissing(
-            f"no kernel with modules found in {_BOOT}; install one with: sudo apt-get install {package}"
-        )
-    return have[-1]
-
-
-def _module_name(path: str) -> str:
-    return _KO.sub("", path.rsplit("/", 1)[-1]).replace("-", "_")
-
-
-def select_modules(
-    wanted: Iterable[str], dep_text: str, alias_text: str = "", softdep_text: str = ""
-) -> tuple[list[str], list[str]]:
-    """The module files (paths as in modules.dep) for `wanted`, closed over dependencies and soft dependencies.
-
-    Returns (sorted paths, wanted names the kernel has no module for: built in, or absent). Pure: it reads
-    only the text of modules.dep, modules.alias and modules.softdep.
-    """
-    deps: dict[str, list[str]] = {}
-    by_name: dict[str, str] = {}
-    for line in dep_text.splitlines():
-        path, colon, rest = line.partition(":")
-        if colon:
-            deps[path] = rest.split()
-            by_name[_module_name(path)] = path
-    aliases: dict[str, set[str]] = {}
-    for line in alias_text.splitlines():
-        words = line.split()
-        if len(words) == 3 and words[0] == "alias":
-            aliases.setdefault(words[1], set()).add(words[2].replace("-", "_"))
-    soft: dict[str, list[str]] = {}
-    for line in softdep_text.splitlines():
-        words = line.split()
-        if len(words) > 2 and words[0] == "softdep":
-            soft.setdefault(words[1].replace("-", "_"), []).extend(w for w in words[2:] if not w.endswith(":"))
-
-    def resolve(name: str) -> list[str]:
-        norm = name.replace("-", "_")
-        if norm in by_name:
-            return [by_name[norm]]
-        return [by_name[m] for m in sorted(aliases.get(name, ())) if m in by_name]
-
-    chosen: set[str] = set()
-    missing: list[str] = []
-    todo: list[str] = []
-    for name in wanted:
-        found = resolve(name)
-        if not found:
-            missing.append(name)
-        todo.extend(found)
-    while todo:
-        path = todo.pop()
-        if path in chosen:
-            continue
-        chosen.add(path)
-        todo.extend(deps.get(path, []))
-        for s in soft.get(_module_name(path), []):
-            todo.extend(resolve(s))
-    return sorted(chosen), missing
-
-
-def filter_module_index(name: str, text: str, keep: set[str]) -> str:
-    """modules.<name> (dep, alias, softdep, symbols, order) cut down to the module files in `keep`.
-
-    The fallback when depmod is not installed; `keep` must be closed over dependencies (see select_modules).
-    """
-    names = {_module_name(p) for p in keep}
-    out = []
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        if name == "dep":
-            ok = line.partition(":")[0] in keep
-        elif name == "order":
-            ok = words[0] in keep
-        elif name == "softdep":  # softdep <module> pre: ... post: ...
-            ok = len(words) > 1 and words[1].replace("-", "_") in names
-        else:  # alias <pattern> <module>, alias symbol:<sym> <module>
-            ok = len(words) == 3 and words[2].replace("-", "_") in names
-        if ok:
-            out.append(line)
-    return "".join(line + "\n" for line in out)
-
-
 def _kernel(tree: _Tree, spec: dict[str, Any], version: str) -> None:
-    vmlinuz = _BOOT / f"vmlinuz-{version}"
-    mdir = _MODULES / version
+    vmlinuz = hostkernel.BOOT_DIR / f"vmlinuz-{version}"
+    mdir = hostkernel.MODULES_DIR / version
 
     def text(name: str) -> str:
         p = mdir / f"modules.{name}"
@@ -418,7 +309,7 @@ def _kernel(tree: _Tree, spec: dict[str, Any], version: str) -> None:
         return p.read_text(errors="replace")
 
     selected, missing = select_modules(spec.get("modules") or [], text("dep"), text("alias"), text("softdep"))
-    builtin = {_module_name(line) for line in text("builtin").split()}
+    builtin = {module_name(line) for line in text("builtin").split()}
     absent = [m for m in missing if m.replace("-", "_") not in builtin]
     if absent:
         log.info("kernel %s has no module for: %s", version, ", ".join(absent))
@@ -463,7 +354,7 @@ def _params(recipe: _Recipe) -> dict[str, str]:
     for i, step in enumerate(recipe.steps):
         kind, spec = _step(step)
         if kind == "kernel":
-            out[f"{i}.kernel"] = _kernel_version(str(spec.get("version", "auto")))
+            out[f"{i}.kernel"] = kernel_version(str(spec.get("version", "auto")))
         elif kind == "busybox":
             out[f"{i}.busybox"] = find_program(spec.get("program", "busybox"))
     return out

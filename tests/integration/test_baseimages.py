@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lkctl import baseimages, paths
+from lkctl import paths
 from lkctl.baseimages import (
     BASE_IMAGES,
     build_all,
@@ -24,6 +24,7 @@ from lkctl.baseimages import (
     select_modules,
 )
 from lkctl.errors import ImageError, LkError
+from lkctl.hostkernel import kernel_version
 from lkctl.oci.layout import Store
 from tests.conftest import REPO
 
@@ -237,13 +238,11 @@ def test_the_newest_kernel_is_chosen_when_the_running_one_is_not_installed(
         if version != "7.0-no-modules":
             (modules / version).mkdir(parents=True)
             (modules / version / "modules.dep").write_text("")
-    monkeypatch.setattr(baseimages, "_BOOT", boot)
-    monkeypatch.setattr(baseimages, "_MODULES", modules)
     monkeypatch.setattr(os, "uname", lambda: os.uname_result(("Linux", "h", "6.18-not-here", "#1", "x86_64")))
-    assert baseimages._kernel_version("auto") == "6.1.0-10-amd64"
-    assert baseimages._kernel_version("5.10.0-9-amd64") == "5.10.0-9-amd64"
+    assert kernel_version("auto", boot=boot, modules=modules) == "6.1.0-10-amd64"
+    assert kernel_version("5.10.0-9-amd64", boot=boot, modules=modules) == "5.10.0-9-amd64"
     with pytest.raises(LkError, match="not installed"):
-        baseimages._kernel_version("7.0-no-modules")
+        kernel_version("7.0-no-modules", boot=boot, modules=modules)
 
 
 def test_scripts_stay_executable_when_the_checkout_lost_exec_bits(recipe_copy: Path, tmp_path: Path) -> None:
