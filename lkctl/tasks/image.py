@@ -83,7 +83,7 @@ def build(
 @adapt
 def ls(c: Context, json: bool = False) -> None:
     """List images: installed, OCI images in the local store, and built ones in the cache (size, created)."""
-    from lkctl.images import list_images
+    from lkctl.catalog import list_images
     from lkctl.progress import format_size
     from lkctl.tasks._format import age
 

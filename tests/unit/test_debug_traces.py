@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lkctl.images import list_images, resolve_image
+from lkctl.catalog import list_images
+from lkctl.images import resolve_image
 from lkctl.installed import installed_root, list_installed
 from lkctl.runtime.pvh import pvh_kernel
 
