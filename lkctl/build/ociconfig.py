@@ -297,17 +297,30 @@ def config_to_oci(
     where: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(config.json, runtime.json) dicts for `container`, given its image's config section (`Entrypoint`, `Cmd`,
-    `Env`, `WorkingDir`, `Labels`) and the name → id map for `uid: <container>`."""
+    `Env`, `WorkingDir`, `Labels`) and the name → id map for `uid: <container>`.
+
+    Each setting is the YAML's, else the image label's, else the image config's or LinuxKit's default."""
     where = where or container.name
     label = label_config(image_config, container.image)
     y = _with_volumes(container.config, volumes or {}, where)
-
-    entry = list(image_config.get("Entrypoint") or []) + list(image_config.get("Cmd") or [])
-    args = list(_first(y.command, label.command, default=entry))
-    env = list(_first(y.env, label.env, default=image_config.get("Env") or []))
-    cwd = _nonempty(y.cwd, label.cwd, image_config.get("WorkingDir"), default="/")
     readonly = bool(_first(y.readonly, label.readonly, default=False))
 
+    mounts = _mounts(y, label, readonly, where)  # errors are found in LinuxKit's order: mounts, process, devices
+    oci: dict[str, Any] = {"ociVersion": OCI_VERSION, "process": _process(y, label, image_config, id_map, where)}
+    oci["root"] = {"path": "rootfs", "readonly": True} if readonly else {"path": "rootfs"}
+    hostname = _nonempty(y.hostname, label.hostname, default="")
+    if hostname:
+        oci["hostname"] = hostname
+    oci["mounts"] = mounts
+    annotations = _first(y.annotations, label.annotations, default={})
+    if annotations:
+        oci["annotations"] = {k: annotations[k] for k in sorted(annotations)}
+    oci["linux"] = _linux(y, label, where)
+    return oci, _runtime_json(label.runtime, y.runtime)
+
+
+def _mounts(y: ContainerConfig, label: ContainerConfig, readonly: bool, where: str) -> list[dict[str, Any]]:
+    """The standard mounts, then tmpfs, binds and mounts, by destination (a later one replaces an earlier)."""
     dev_opts = ["nosuid", "strictatime", "mode=755", "size=65536k"] + (["ro"] if readonly else [])
     sys_opts = ["nosuid", "noexec", "nodev"] + (["ro"] if readonly else [])
     mounts: dict[str, dict[str, Any]] = {
@@ -350,21 +363,10 @@ def config_to_oci(
         if not dest:
             raise SpecError(f"{where}: mount of type {tp!r} is missing destination")
         mounts[dest] = _mount_json(dest, tp, src, m)
-    mount_list = [mounts[d] for d in sorted(mounts)]
+    return [mounts[d] for d in sorted(mounts)]
 
-    namespaces = [
-        ns
-        for ns in (
-            _namespace(_nonempty(y.net, label.net, default=""), "network", "root"),
-            _namespace(_nonempty(y.ipc, label.ipc, default=""), "ipc", "root"),
-            _namespace(_nonempty(y.uts, label.uts, default=""), "uts", "root"),
-            _namespace(_nonempty(y.pid, label.pid, default=""), "pid", "new"),
-            _namespace(_nonempty(y.userns, label.userns, default=""), "user", "root"),
-        )
-        if ns is not None
-    ]
-    namespaces.append({"type": "mount"})
 
+def _capabilities(y: ContainerConfig, label: ContainerConfig, where: str) -> dict[str, list[str]]:
     if y.capabilities is not None:
         cap_names = list(y.capabilities)
     else:
@@ -372,7 +374,7 @@ def config_to_oci(
     caps = _caps(cap_names, where)
     ambient = _caps(list(_first(y.ambient, label.ambient, default=())), where)
     bounding = sorted(set(caps) | set(ambient))
-    capabilities = {
+    return {
         k: v
         for k, v in (
             ("bounding", bounding),
@@ -384,6 +386,16 @@ def config_to_oci(
         if v
     }
 
+
+def _process(
+    y: ContainerConfig, label: ContainerConfig, image_config: Mapping[str, Any], id_map: Mapping[str, int], where: str
+) -> dict[str, Any]:
+    """OCI `process`: argv, environment, cwd, user, capabilities, rlimits."""
+    entry = list(image_config.get("Entrypoint") or []) + list(image_config.get("Cmd") or [])
+    args = list(_first(y.command, label.command, default=entry))
+    env = list(_first(y.env, label.env, default=image_config.get("Env") or []))
+    cwd = _nonempty(y.cwd, label.cwd, image_config.get("WorkingDir"), default="/")
+    capabilities = _capabilities(y, label, where)
     rlimits = [_rlimit(r, where) for r in _first(y.rlimits, label.rlimits, default=())]
     user: dict[str, Any] = {
         "uid": resolve_id(_first(y.uid, label.uid, default=None), id_map, f"{where}: uid"),
@@ -410,8 +422,11 @@ def config_to_oci(
     oom = _first(y.oom_score_adj, label.oom_score_adj, default=None)
     if oom is not None:
         process["oomScoreAdj"] = oom
+    return process
 
-    resources = _resources_json(y if y.resources is not None else label)
+
+def _devices(y: ContainerConfig, label: ContainerConfig, resources: dict[str, Any], where: str) -> list[Any]:
+    """OCI `linux.devices`; each device (and `all`) is also allowed in `resources.devices`."""
     devices = []
     for d in _first(y.devices, label.devices, default=()):
         if d.path == "all":
@@ -425,6 +440,25 @@ def config_to_oci(
         resources.setdefault("devices", []).append(
             {"allow": True, "type": d.type, "major": d.major, "minor": d.minor, "access": "rwm"}
         )
+    return devices
+
+
+def _linux(y: ContainerConfig, label: ContainerConfig, where: str) -> dict[str, Any]:
+    """OCI `linux`: id mappings, sysctl, resources, cgroup, namespaces, devices, propagation, path masks."""
+    namespaces = [
+        ns
+        for ns in (
+            _namespace(_nonempty(y.net, label.net, default=""), "network", "root"),
+            _namespace(_nonempty(y.ipc, label.ipc, default=""), "ipc", "root"),
+            _namespace(_nonempty(y.uts, label.uts, default=""), "uts", "root"),
+            _namespace(_nonempty(y.pid, label.pid, default=""), "pid", "new"),
+            _namespace(_nonempty(y.userns, label.userns, default=""), "user", "root"),
+        )
+        if ns is not None
+    ]
+    namespaces.append({"type": "mount"})
+    resources = _resources_json(y if y.resources is not None else label)
+    devices = _devices(y, label, resources, where)
 
     linux: dict[str, Any] = {}
     uid_maps = _first(y.uid_mappings, label.uid_mappings, default=())
@@ -452,15 +486,4 @@ def config_to_oci(
     ):
         if value:
             linux[key] = list(value)
-
-    oci: dict[str, Any] = {"ociVersion": OCI_VERSION, "process": process}
-    oci["root"] = {"path": "rootfs", "readonly": True} if readonly else {"path": "rootfs"}
-    hostname = _nonempty(y.hostname, label.hostname, default="")
-    if hostname:
-        oci["hostname"] = hostname
-    oci["mounts"] = mount_list
-    annotations = _first(y.annotations, label.annotations, default={})
-    if annotations:
-        oci["annotations"] = {k: annotations[k] for k in sorted(annotations)}
-    oci["linux"] = linux
-    return oci, _runtime_json(label.runtime, y.runtime)
+    return linux
