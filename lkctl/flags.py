@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 
 from lkctl.arch import BUILD_ARCHES, machine_arch
 from lkctl.errors import ConfigError
@@ -21,7 +22,9 @@ __all__ = [
     "parse_count",
     "parse_memory",
     "parse_port_number",
+    "parse_signal",
     "parse_size",
+    "parse_tail",
     "parse_timeout",
 ]
 
@@ -120,3 +123,21 @@ def check_vm_name(name: str) -> str:
     if _ID_LIKE.fullmatch(name):
         raise ConfigError(f"--name {name!r}: 8 hex digits is the shape of a VM ID; add a letter after f or a '-'")
     return name
+
+
+def parse_signal(text: str) -> signal.Signals:
+    """`KILL`, `sigterm`, `SIGINT` → the signal (`vm.kill --signal`)."""
+    name = text.upper().removeprefix("SIG")
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        raise ConfigError(f"unknown signal {text!r} (e.g. KILL, TERM, INT)") from None
+
+
+def parse_tail(text: str) -> int | None:
+    """`vm.logs --tail`: a number of lines, or `all` (or nothing) for every line (None)."""
+    if text in ("all", ""):
+        return None
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--tail {text!r}: give a number of lines or all")

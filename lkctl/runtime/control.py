@@ -1,16 +1,25 @@
-"""`vm.start` for a stopped VM, several VMs per command, and `vm.ssh-config` (an OpenSSH `Host` block)."""
+"""`vm.start` for a stopped VM, `vm.stop` with `--rm`, several VMs per command, and `vm.ssh-config` (an OpenSSH
+`Host` block)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from lkctl.errors import ConfigError, VmError
+from lkctl.errors import ConfigError, LkError, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
 
-__all__ = ["SSH_KNOWN_HOSTS", "find_vms", "split_vm_names", "ssh_config", "start_vm"]
+__all__ = [
+    "SSH_KNOWN_HOSTS",
+    "find_vms",
+    "for_each_vm",
+    "split_vm_names",
+    "ssh_config",
+    "start_vm",
+    "stop_and_forget",
+]
 
 SSH_KNOWN_HOSTS = "ssh_known_hosts"  # the host key pinned under the VM's HostKeyAlias, for OpenSSH
 _HOST_PATTERN = re.compile(r"[A-Za-z0-9._-]+\Z")
@@ -40,6 +49,38 @@ def find_vms(names: Iterable[str], *, unknown: bool = False) -> list[VmRecord]:
         if all(r.id != seen.id for seen in records):
             records.append(r)
     return records
+
+
+def for_each_vm(
+    records: Sequence[VmRecord], action: Callable[[VmRecord], None], *, say: Callable[[str], None]
+) -> None:
+    """Act on every VM; one failure does not stop the others. With several VMs each failure is said as it happens
+    and the first is raised at the end, counted (`2 of 3 VMs failed: ...`); a single VM's error is raised as is."""
+    failures: list[LkError] = []
+    for record in records:
+        try:
+            action(record)
+        except LkError as e:
+            if len(records) > 1:
+                say(e.message)
+            failures.append(e)
+    if failures:
+        first = failures[0]
+        raise type(first)(
+            first.message if len(records) == 1 else f"{len(failures)} of {len(records)} VMs failed: {first.message}",
+            exit_code=first.exit_code,
+        )
+
+
+def stop_and_forget(record: VmRecord, *, timeout: float) -> tuple[str, bool]:
+    """`vm.stop`: stop the VM (how it ended), and remove it when it was started with `--rm` (True then)."""
+    from lkctl.runtime.lifecycle import remove_vm
+    from lkctl.runtime.vm import stop_vm
+
+    how = stop_vm(record, timeout=timeout)
+    if record.auto_remove:
+        remove_vm(record)
+    return how, record.auto_remove
 
 
 def start_vm(record: VmRecord, *, ready_timeout: float = 180.0) -> VmRecord:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["age", "table"]
+if TYPE_CHECKING:
+    from lkctl.runtime.launch import RunPlan
+    from lkctl.runtime.state import VmRecord
+
+__all__ = ["age", "plan_line", "ps_table", "running_line", "stats_table", "table"]
+
+_MIB = 1024 * 1024
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -34,3 +41,56 @@ def age(iso: str, now: datetime | None = None) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """`vm.ps`'s table: one row a VM (long image names shortened from the left)."""
+    body = [
+        [
+            r["id"],
+            r["name"],
+            r["host"],
+            r["image"] if len(r["image"]) <= 30 else "…" + r["image"][-29:],
+            r["status"],
+            age(r["created"]),
+            f"127.0.0.1:{r['ssh_port']}" if r["ssh_port"] else "-",
+            ",".join(r["ports"]) or "-",
+        ]
+        for r in rows
+    ]
+    return table(["ID", "NAME", "HOST", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body)
+
+
+def stats_table(s: Mapping[str, Any]) -> str:
+    """`vm.stats`'s one-row table."""
+    row = [
+        s["id"],
+        s["name"],
+        f"{s['cpu_percent']:.1f}%",
+        f"{s['rss_bytes'] / _MIB:.0f}MiB / {s['memory_bytes'] / _MIB:.0f}MiB",
+        str(s["vcpus"]),
+        f"{s['uptime_seconds']:.0f}s",
+        s["status"],
+    ]
+    return table(["ID", "NAME", "CPU %", "MEM (RSS / GUEST)", "VCPUS", "UPTIME", "STATE"], [row])
+
+
+def running_line(record: VmRecord) -> str:
+    """What `vm.run -d` says once the VM runs: where it is and what to try."""
+    head = f"lkctl: VM {record.name} ({record.id}) is running"
+    hint = f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"
+    if record.libvirt:
+        return f"{head} on {record.libvirt['host']} through libvirt. {hint}"
+    if not record.ssh_port:
+        return f"{head} with no network. Stop: vm.stop {record.name}"
+    return f"{head}; ssh on 127.0.0.1:{record.ssh_port}. {hint}"
+
+
+def plan_line(plan: RunPlan) -> str:
+    """What `vm.run --dry-run` says about the VM it would create."""
+    r = plan.record
+    return (
+        f"lkctl: dry run, nothing started. Would create VM {r.name} ({r.id}) from {plan.boot_path} "
+        f"({'built now' if plan.built else 'cached'}): {r.memory} MB, {r.cpus} CPU(s), accel {r.accel}, "
+        f"ssh on 127.0.0.1:{r.ssh_port}{', ports ' + ', '.join(r.ports) if r.ports else ''}; state in {r.dir}"
+    )

@@ -11,9 +11,9 @@ from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from lkctl.errors import ConfigError, LkError
+from lkctl.errors import ConfigError
 from lkctl.tasks._adapter import adapt, parse_vars, remainder_argv, settings_from, size_sources, task
-from lkctl.tasks._format import age, table
+from lkctl.tasks._format import plan_line, ps_table, running_line, stats_table
 
 if TYPE_CHECKING:
     from lkctl.api import Vm
@@ -149,20 +149,9 @@ def run(
         console=sys.stdout.buffer, say=lambda msg: _err(f"lkctl: {msg}"), size_sources=sources,
         progress=sys.stderr,
     )  # fmt: skip
-    if detach and record.libvirt:
-        print(record.id)
-        _err(f"lkctl: VM {record.name} ({record.id}) is running on {record.libvirt['host']} through libvirt. "
-             f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}")  # fmt: skip
-        return Vm(record, settings)
     if detach:
         print(record.id)
-        if not record.ssh_port:
-            _err(f"lkctl: VM {record.name} ({record.id}) is running with no network. Stop: vm.stop {record.name}")
-            return Vm(record, settings)
-        _err(
-            f"lkctl: VM {record.name} ({record.id}) is running; ssh on 127.0.0.1:{record.ssh_port}. "
-            f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"
-        )
+        _err(running_line(record))
         return Vm(record, settings)
     if code:
         raise Exit(f"lkctl: VM {record.name} ended with status {code}", code=code)
@@ -175,13 +164,8 @@ def _print_plan(what: str, opts: RunOptions, settings: Settings, variables: dict
     from lkctl.runtime.launch import plan_image
 
     plan = plan_image(what, opts, settings, variables=variables, use_env=use_env)
-    r = plan.record
     print(shlex.join(plan.argv))
-    _err(
-        f"lkctl: dry run, nothing started. Would create VM {r.name} ({r.id}) from {plan.boot_path} "
-        f"({'built now' if plan.built else 'cached'}): {r.memory} MB, {r.cpus} CPU(s), accel {r.accel}, "
-        f"ssh on 127.0.0.1:{r.ssh_port}{', ports ' + ', '.join(r.ports) if r.ports else ''}; state in {r.dir}"
-    )
+    _err(plan_line(plan))
 
 
 @task(
@@ -226,20 +210,7 @@ def ps(
     if not rows:
         _err("no VMs" if all or filters else "no running VMs (vm.ps --all shows stopped ones)")
         return
-    body = [
-        [
-            r["id"],
-            r["name"],
-            r["host"],
-            r["image"] if len(r["image"]) <= 30 else "…" + r["image"][-29:],
-            r["status"],
-            age(r["created"]),
-            f"127.0.0.1:{r['ssh_port']}" if r["ssh_port"] else "-",
-            ",".join(r["ports"]) or "-",
-        ]
-        for r in rows
-    ]
-    print(table(["ID", "NAME", "HOST", "IMAGE", "STATUS", "CREATED", "SSH", "PORTS"], body))
+    print(ps_table(rows))
 
 
 def _targets(c: Context, vm: str | Sequence[str] | Vm, *, unknown: bool = False) -> list[VmRecord]:
@@ -253,21 +224,9 @@ def _targets(c: Context, vm: str | Sequence[str] | Vm, *, unknown: bool = False)
 
 
 def _each(records: Sequence[VmRecord], action: Callable[[VmRecord], None]) -> None:
-    """Act on every VM; one failure does not stop the others, and the command then fails with its message."""
-    failures: list[LkError] = []
-    for record in records:
-        try:
-            action(record)
-        except LkError as e:
-            if len(records) > 1:  # a single VM's error is the command's one line
-                _err(f"lkctl: {e.message}")
-            failures.append(e)
-    if failures:
-        first = failures[0]
-        raise type(first)(
-            first.message if len(records) == 1 else f"{len(failures)} of {len(records)} VMs failed: {first.message}",
-            exit_code=first.exit_code,
-        )
+    from lkctl.runtime.control import for_each_vm
+
+    for_each_vm(records, action, say=lambda msg: _err(f"lkctl: {msg}"))
 
 
 _VMS_HELP = "VM ID, name or unique ID prefix; several: a,b or VM -- MORE..."
@@ -278,17 +237,14 @@ _VMS_HELP = "VM ID, name or unique ID prefix; several: a,b or VM -- MORE..."
 def stop(c: Context, vm: str, timeout: str = "") -> None:
     """Stop VMs: ACPI power-off, then SIGTERM, then SIGKILL (vm.stop a,b or vm.stop a -- b c)."""
     from lkctl.flags import parse_timeout
-    from lkctl.runtime.vm import stop_vm
+    from lkctl.runtime.control import stop_and_forget
 
     stop_timeout = (parse_timeout(timeout) if timeout else 0.0) or settings_from(c).vm.stop_timeout
 
     def one(record: VmRecord) -> None:
-        how = stop_vm(record, timeout=stop_timeout)
+        how, removed = stop_and_forget(record, timeout=stop_timeout)
         _err(f"lkctl: {record.name} {how}")
-        if record.auto_remove:
-            from lkctl.runtime.lifecycle import remove_vm
-
-            remove_vm(record)
+        if removed:
             _err(f"lkctl: removed {record.name} (it was started with --rm)")
 
     _each(_targets(c, vm), one)
@@ -323,20 +279,15 @@ def prune(c: Context) -> None:
 @adapt
 def kill(c: Context, vm: str, signal: str = "KILL") -> None:
     """Send a signal to VMs' QEMU (SIGKILL by default): no guest shutdown."""
-    import signal as _signal
-
+    from lkctl.flags import parse_signal
     from lkctl.runtime.lifecycle import kill_vm
 
-    name = signal.upper().removeprefix("SIG")
-    try:
-        sig = _signal.Signals[f"SIG{name}"]
-    except KeyError:
-        raise ConfigError(f"unknown signal {signal!r} (e.g. KILL, TERM, INT)") from None
+    sig = parse_signal(signal)
 
     def one(record: VmRecord) -> None:
         if not kill_vm(record, sig):
             raise ConfigError(f"VM {record.name} is not running")
-        _err(f"lkctl: sent SIG{name} to {record.name}")
+        _err(f"lkctl: sent {sig.name} to {record.name}")
 
     _each(_targets(c, vm), one)
 
@@ -403,15 +354,11 @@ def logs(
     c: Context, vm: str, follow: bool = False, tail: str = "all", since: str = "", timestamps: bool = False
 ) -> None:
     """Print a VM's console output (--tail N, --since 10m, --timestamps, --follow)."""
+    from lkctl.flags import parse_tail
     from lkctl.runtime.state import find_vm
     from lkctl.runtime.watch import parse_since, read_console
 
-    if tail in ("all", ""):
-        lines = None
-    elif tail.isdigit():
-        lines = int(tail)
-    else:
-        raise ConfigError(f"--tail {tail!r}: give a number of lines or all")
+    lines = parse_tail(tail)
     record = find_vm(vm)
     out = sys.stdout.buffer
     for line in read_console(record, tail=lines, since=parse_since(since) if since else None, follow=follow):
@@ -447,12 +394,7 @@ def exec_(
     argv = list(cmd) if cmd else remainder_argv(c)
     if not argv:
         raise ConfigError("no command given: vm.exec NAME -- COMMAND [ARGS...]")
-    environment = {}
-    for item in env or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--env {item!r}: expected NAME=VALUE")
-        environment[key] = value
+    environment = parse_vars(env, flag="--env")
     record = find_vm(vm.id if isinstance(vm, Vm) else vm)
     # called from Python with cmd=[...]: no stdin (the caller's stdin is not the command's)
     stdin = None if cmd else sys.stdin.buffer if (tty or not sys.stdin.isatty()) else None
@@ -504,17 +446,7 @@ def stats(c: Context, vm: str, json: bool = False) -> None:
     if json:
         print(_json.dumps(s, indent=2))
         return
-    mib = 1024 * 1024
-    row = [
-        s["id"],
-        s["name"],
-        f"{s['cpu_percent']:.1f}%",
-        f"{s['rss_bytes'] / mib:.0f}MiB / {s['memory_bytes'] / mib:.0f}MiB",
-        str(s["vcpus"]),
-        f"{s['uptime_seconds']:.0f}s",
-        s["status"],
-    ]
-    print(table(["ID", "NAME", "CPU %", "MEM (RSS / GUEST)", "VCPUS", "UPTIME", "STATE"], [row]))
+    print(stats_table(s))
 
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "host": "the Host alias to write (default: the VM's name)"})
