@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lkctl.errors import ExecFailed, VmError
+from lkctl.errors import ExecFailed
 
 if TYPE_CHECKING:
     from lkctl import ssh
@@ -178,13 +178,12 @@ class Vm(_Commands):
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """One SSH connection held open for many `exec`s (connecting is most of a short command's cost)."""
-        from lkctl.runtime.state import vm_status
+        from lkctl.runtime.state import require_running
         from lkctl.runtime.vm import ssh_target
         from lkctl.ssh import session
 
         record = self.record
-        if vm_status(record) != "running":
-            raise VmError(f"VM {self.name} is not running (status: {vm_status(record)})")
+        require_running(record)
         with session(ssh_target(record)) as held:
             yield Session(held)
 

@@ -39,6 +39,7 @@ __all__ = [
     "read_installed",
     "remove_installed",
     "update_image",
+    "update_installed",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -322,3 +323,47 @@ def update_image(
         return check, None
     chosen = [s for s in sources if s.name == check.source]
     return check, pull_image(name, check.latest, sources=chosen, platform=platform, progress=progress)
+
+
+def update_installed(
+    name: str = "",
+    *,
+    sources: Sequence[Source],
+    check_only: bool = False,
+    platform: Platform | None = None,
+    progress: ProgressFactory | None = None,
+    on_check: Callable[[UpdateCheck], None] | None = None,
+    on_pulled: Callable[[PullResult], None] | None = None,
+    on_skip: Callable[[str, ImageError], None] | None = None,
+) -> list[tuple[UpdateCheck, PullResult | None]]:
+    """`image.update`: check `name` (default: every installed image) and pull each newer version, unless
+    `check_only`. Returns what was checked and pulled, in order (empty: nothing is installed).
+
+    `on_check` hears each answer before its pull starts, `on_pulled` each pull as it ends. A named image's error is
+    raised at once; checking every image, one that cannot be checked goes to `on_skip`, the others go on, and an
+    ImageError naming the skipped ones ends it."""
+    names = [name] if name else [i.name for i in list_installed()]
+    done: list[tuple[UpdateCheck, PullResult | None]] = []
+    skipped: list[str] = []
+    for n in names:
+        try:
+            info = check_update(n, sources=sources, platform=platform)
+        except ImageError as e:
+            if name:
+                raise
+            if on_skip is not None:
+                on_skip(n, e)
+            skipped.append(n)
+            continue
+        if on_check is not None:
+            on_check(info)
+        pulled = None
+        if info.newer and not check_only:
+            chosen = [s for s in sources if s.name == info.source]
+            pulled = pull_image(n, info.latest, sources=chosen, platform=platform, progress=progress)
+            if on_pulled is not None:
+                on_pulled(pulled)
+        done.append((info, pulled))
+    if skipped:
+        raise ImageError(f"could not check {', '.join(skipped)}")
+    return done

@@ -61,9 +61,7 @@ def attach_console(record: VmRecord, stdin: IO[bytes] | None, stdout: IO[bytes])
 
     Returns why it ended: "detached" or "the VM stopped". Piped input that ends detaches once the console has
     been quiet for a moment, so `printf 'cmd\\n' | ... --console` prints what the command answered."""
-    status = state.vm_status(record)
-    if status != "running":
-        raise VmError(f"VM {record.name} is not running (status: {status}); its console is gone")
+    state.require_running(record, then="its console is gone")
     sock = _connect(record)
     in_fd = stdin.fileno() if stdin is not None else -1
     eof_at: float | None = None if in_fd >= 0 else time.monotonic()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lkctl import paths
-from lkctl.errors import ConfigError, StateError, VmNotFound
+from lkctl.errors import ConfigError, StateError, VmError, VmNotFound
 from lkctl.fsutil import atomic_write, file_lock, private_dir
 from lkctl.runtime.host import ProcessIdentity, process_identity
 
@@ -47,6 +47,7 @@ __all__ = [
     "process_identity",
     "read_pidfile",
     "remove_record",
+    "require_running",
     "save_record",
     "vm_status",
     "vms_dir",
@@ -341,3 +342,10 @@ def vm_status(record: VmRecord, live: frozenset[int] | None = None) -> str:
     if record.exit_reason:
         return "error"
     return "stopped" if record.pid else "created"
+
+
+def require_running(record: VmRecord, *, then: str = "") -> None:
+    """VmError `VM web is not running (status: stopped)` (+ `; then`) unless vm_status says running."""
+    status = vm_status(record)
+    if status != "running":
+        raise VmError(f"VM {record.name} is not running (status: {status})" + (f"; {then}" if then else ""))

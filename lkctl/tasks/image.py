@@ -235,42 +235,35 @@ def _pull_oci(c: Context, ref: str, platform: str, all_platforms: bool, quiet: b
 def update(c: Context, name: str = "", check: bool = False, source: str = "auto", quiet: bool = False) -> None:
     """Update installed images to their newest version (--check: only report)."""
     from lkctl.errors import ImageError
-    from lkctl.installed import check_update, list_installed, pull_image
+    from lkctl.installed import UpdateCheck, update_installed
     from lkctl.sources import opened_sources
 
-    names = [name] if name else [i.name for i in list_installed()]
-    if not names:
-        print("lkctl: no installed images (lkctl image.pull NAME)", file=sys.stderr)
-        return
-    failed = []
+    def checked(info: UpdateCheck) -> None:
+        if not info.newer:
+            print(f"{info.name}: {info.current} is up to date ({info.source} has {info.latest})")
+            return
+        how = "newer" if info.comparable else "different"
+        print(f"{info.name}: {info.current} -> {info.latest} ({how}, from {info.source})")
+
+    def pulled(result: PullResult) -> None:
+        end(True)
+        _say_pulled(result, quiet)
+
+    def skipped(_name: str, e: ImageError) -> None:
+        print(f"lkctl: {e.message}", file=sys.stderr)
+
+    factory, end = _reporters(quiet)
     with opened_sources(settings_from(c).sources, source) as sources:
-        for n in names:
-            try:
-                info = check_update(n, sources=sources)
-            except ImageError as e:
-                if name:
-                    raise
-                print(f"lkctl: {e.message}", file=sys.stderr)
-                failed.append(n)
-                continue
-            if not info.newer:
-                print(f"{n}: {info.current} is up to date ({info.source} has {info.latest})")
-                continue
-            how = "newer" if info.comparable else "different"
-            print(f"{n}: {info.current} -> {info.latest} ({how}, from {info.source})")
-            if check:
-                continue
-            factory, end = _reporters(quiet)
-            chosen = [s for s in sources if s.name == info.source]
-            try:
-                result = pull_image(n, info.latest, sources=chosen, progress=factory)
-            except BaseException:
-                end(False)
-                raise
-            end(True)
-            _say_pulled(result, quiet)
-    if failed:
-        raise ImageError(f"could not check {', '.join(failed)}")
+        try:
+            done = update_installed(
+                name, sources=sources, check_only=check, progress=factory,
+                on_check=checked, on_pulled=pulled, on_skip=skipped,
+            )  # fmt: skip
+        except BaseException:
+            end(False)
+            raise
+    if not done:
+        print("lkctl: no installed images (lkctl image.pull NAME)", file=sys.stderr)
 
 
 @task(help={"name": "an installed image, or an OCI image in the store (NAME with a / or @, or --oci)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,14 @@ import pytest
 from lkctl.errors import ImageError
 from lkctl.http.client import RetryPolicy, download
 from lkctl.images import resolve_image
-from lkctl.installed import check_update, list_installed, pull_image, read_installed, remove_installed
+from lkctl.installed import (
+    check_update,
+    list_installed,
+    pull_image,
+    read_installed,
+    remove_installed,
+    update_installed,
+)
 from lkctl.sources import Platform
 from lkctl.sources.cdn import CdnSource
 from tests.conftest import REPO
@@ -224,6 +232,33 @@ def test_update_check_compares_versions_not_strings(cdn: Callable[..., CdnSource
     check = check_update("core-dev", sources=[src], platform=AMD64)
 
     assert (check.current, check.latest, check.newer, check.comparable) == ("1.9.0", "1.10.0", True, True)
+
+
+def test_update_installed_pulls_what_is_newer_and_goes_on_past_an_image_it_cannot_check(
+    cdn: Callable[..., CdnSource], server: Nginx
+) -> None:
+    publish_cdn(server.root, "core-dev", "1.9.0", {FILE: image_bytes(1)})
+    publish_cdn(server.root, "gone", "1.0.0", {"gone-linux-amd64.qcow2": image_bytes(1, seed=4)})
+    src = cdn(server.url)
+    pull_image("core-dev", sources=[src], platform=AMD64)
+    pull_image("gone", sources=[src], platform=AMD64)
+    publish_cdn(server.root, "core-dev", "1.10.0", {FILE: image_bytes(1, seed=5)})
+    shutil.rmtree(server.root / "gone")  # the source no longer has it: it cannot be checked
+    heard: list[str] = []
+
+    with pytest.raises(ImageError, match="could not check gone"):
+        update_installed(
+            sources=[src], platform=AMD64,
+            on_check=lambda c: heard.append(f"check {c.name} {c.latest}"),
+            on_pulled=lambda r: heard.append(f"pulled {r.image.name} {r.image.version}"),
+            on_skip=lambda n, e: heard.append(f"skip {n}"),
+        )  # fmt: skip
+
+    assert heard == ["check core-dev 1.10.0", "pulled core-dev 1.10.0", "skip gone"]
+    assert read_installed("core-dev").version == "1.10.0"  # type: ignore[union-attr]
+    with pytest.raises(ImageError, match="gone"):  # named, its error is the answer
+        update_installed("gone", sources=[src], platform=AMD64)
+    assert update_installed("core-dev", sources=[src], platform=AMD64, check_only=True)[0][1] is None
 
 
 def test_image_tasks_pull_ls_update_rm_through_the_cli(

@@ -156,8 +156,8 @@ def test_vm_run_has_docker_short_flags() -> None:
 
 
 def test_completion_knows_where_vm_and_template_names_go() -> None:
-    from lkctl.tasks import ns
     from lkctl.completion import words_wanting
+    from lkctl.tasks import ns
 
     names = list(ns.task_names)
     assert words_wanting(["vm.stop"], names) == {"vm"}
