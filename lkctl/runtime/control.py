@@ -51,9 +51,7 @@ def find_vms(names: Iterable[str], *, unknown: bool = False) -> list[VmRecord]:
     return records
 
 
-def for_each_vm(
-    records: Sequence[VmRecord], action: Callable[[VmRecord], None], *, say: Callable[[str], None]
-) -> None:
+def for_each_vm(records: Sequence[VmRecord], action: Callable[[VmRecord], None], *, say: Callable[[str], None]) -> None:
     """Act on every VM; one failure does not stop the others. With several VMs each failure is said as it happens
     and the first is raised at the end, counted (`2 of 3 VMs failed: ...`); a single VM's error is raised as is."""
     failures: list[LkError] = []
