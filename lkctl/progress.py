@@ -133,7 +133,45 @@ class _RateMeter:
         return (done - d0) / (t - t0) if t - t0 > 0.05 else None
 
 
-class ProgressReporter:
+class _StatusLine:
+    """One status line on stderr: redrawn in place on a terminal (`bar`), whole lines in CI and pipes, or nothing."""
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        stream: TextIO | None = None,
+        mode: Mode | None = None,
+        env: Mapping[str, str] | None = None,
+        prefix: str = "lkctl: ",
+        quiet: bool = False,
+    ) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode: Mode = mode or choose_mode(self.stream, quiet=quiet, env=env)
+        self.prefix = prefix
+        self._drawn = False
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _draw(self, text: str) -> None:
+        """Redraw the line in place (terminal)."""
+        self._write("\r" + self.prefix + text + "\x1b[K")
+        self._drawn = True
+
+    def _line(self, text: str) -> None:
+        """A whole line (CI, pipes)."""
+        self._write(self.prefix + text + "\n")
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self._write("\r\x1b[K")
+            self._drawn = False
+
+
+class ProgressReporter(_StatusLine):
     """A `(done, total)` callback that reports to `stream` (stderr) in the chosen mode; call `finish()` at the end."""
 
     def __init__(
@@ -147,9 +185,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         redraw_interval: float = 0.1,
     ) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.mode: Mode = mode or choose_mode(self.stream, quiet=quiet, env=env)
+        super().__init__(label, stream=stream, mode=mode, env=env, prefix="", quiet=quiet)
         self.clock = clock
         self.redraw_interval = redraw_interval
         self.started: float | None = None
@@ -203,10 +239,6 @@ class ProgressReporter:
             self._write("\n")
         self._finished = True
 
-    def _write(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
-
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -231,42 +263,6 @@ def render_boot(label: str, phase: str, elapsed: float, frame: int = 0, *, spinn
     """`⠋ booting web: init (12s)` (terminal) or `booting web: init (12s)` (CI and pipes)."""
     head = f"{_SPINNER[frame % len(_SPINNER)]} " if spinner else ""
     return f"{head}booting {label}: {phase} ({elapsed:.0f}s)"
-
-
-class _StatusLine:
-    """One status line on stderr: redrawn in place on a terminal (`bar`), whole lines in CI and pipes, or nothing."""
-
-    def __init__(
-        self,
-        label: str,
-        *,
-        stream: TextIO | None = None,
-        mode: Mode | None = None,
-        env: Mapping[str, str] | None = None,
-        prefix: str = "lkctl: ",
-    ) -> None:
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.mode: Mode = mode or choose_mode(self.stream, env=env)
-        self.prefix = prefix
-        self._drawn = False
-
-    def _draw(self, text: str) -> None:
-        """Redraw the line in place (terminal)."""
-        self.stream.write("\r" + self.prefix + text + "\x1b[K")
-        self.stream.flush()
-        self._drawn = True
-
-    def _line(self, text: str) -> None:
-        """A whole line (CI, pipes)."""
-        self.stream.write(self.prefix + text + "\n")
-        self.stream.flush()
-
-    def _clear(self) -> None:
-        if self._drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self._drawn = False
 
 
 class BootProgress(_StatusLine):
