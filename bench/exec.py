@@ -2,7 +2,8 @@
 
 (a) `lkctl vm.exec VM -- true` (the CLI; its VM's connection holder answers) vs (b) a fresh OpenSSH `ssh true`
 with the same key and pinned known_hosts; (c) `lkctl.ssh.session(target).exec(["true"])` on a held connection in
-this process vs (d) `ssh true` through an OpenSSH ControlMaster socket. Prints medians and the ratios a/b, c/d.
+this process, and (e) the Python API's `Vm.session().exec(["true"])` over it, vs (d) `ssh true` through an OpenSSH
+ControlMaster socket. Prints medians and the ratios a/b, c/d, e/d.
 Usage: python bench/exec.py [--rounds N]
 """
 
@@ -38,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lkbench-") as home:
         os.environ["LKCTL_HOME"] = home
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from lkctl import ssh
+        from lkctl import api, ssh
         from lkctl.runtime import state
         from lkctl.runtime.vm import ssh_target
 
@@ -63,8 +64,9 @@ def main() -> None:
                 "ssh (fresh)": run([*base, "root@127.0.0.1", "true"]),
                 "ssh (ControlMaster)": run([*master, "root@127.0.0.1", "true"]),
             }
-            with ssh.session(target) as s:
+            with ssh.session(target) as s, api.get("bx").session() as held:
                 sides["lkctl.ssh.session().exec"] = lambda: s.exec(["true"])
+                sides["Vm.session().exec"] = lambda: held.exec(["true"])
                 times: dict[str, list[float]] = {k: [] for k in sides}
                 for fn in sides.values():
                     fn()  # warm-up: page cache, the guest's first fork of the shell
@@ -81,6 +83,8 @@ def main() -> None:
     print(f"ratio CLI vm.exec / fresh ssh          = {med['lkctl vm.exec'] / med['ssh (fresh)']:.2f}  (target <= 1.0)")
     r = med["lkctl.ssh.session().exec"] / med["ssh (ControlMaster)"]
     print(f"ratio session().exec / ControlMaster   = {r:.2f}  (target <= 1.0)")
+    r = med["Vm.session().exec"] / med["ssh (ControlMaster)"]
+    print(f"ratio Vm.session().exec / ControlMaster = {r:.2f}  (target <= 1.0)")
 
 
 if __name__ == "__main__":
