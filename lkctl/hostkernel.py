@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from lkctl.arch import host_machine
+from lkctl.arch import debian_arch
 from lkctl.proc import ProgramMissing
 
 __all__ = ["BOOT_DIR", "MODULES_DIR", "filter_module_index", "kernel_version", "module_name", "select_modules"]
@@ -38,7 +38,8 @@ def kernel_version(wanted: str, *, boot: Path = BOOT_DIR, modules: Path = MODULE
     if running in have:
         return running
     if not have:
-        package = {"x86_64": "linux-image-amd64", "aarch64": "linux-image-arm64"}.get(host_machine(), "linux-image")
+        deb = debian_arch()
+        package = f"linux-image-{deb}" if deb in ("amd64", "arm64") else "linux-image"  # Debian's metapackages
         raise ProgramMissing(
             f"no kernel with modules found in {boot}; install one with: sudo apt-get install {package}"
         )
