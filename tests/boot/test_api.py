@@ -175,6 +175,16 @@ def test_session_and_exec_results(shared: lkctl.Vm) -> None:
     assert failed.value.result.exit_code == 7 and "nope" in failed.value.message
 
 
+def test_the_console_attaches_through_its_socket_and_detaches_when_input_ends(shared: lkctl.Vm) -> None:
+    import io
+
+    from lkctl.dev.console import attach_console
+
+    out = io.BytesIO()
+    # no input: it detaches once the console has been quiet for a moment
+    assert attach_console(shared.record, None, out) == "detached"
+
+
 def test_invoke_tasks_called_from_python_take_a_vm_and_cmd(shared: lkctl.Vm, capfd: pytest.CaptureFixture[str]) -> None:
     from invoke.context import Context
     from invoke.exceptions import Exit

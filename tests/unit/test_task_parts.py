@@ -9,7 +9,7 @@ import pytest
 from lkctl.errors import ConfigError, LkError, VmError
 from lkctl.flags import parse_signal, parse_tail
 from lkctl.runtime.control import for_each_vm
-from lkctl.runtime.state import VmRecord
+from lkctl.runtime.state import VmRecord, require_running
 from lkctl.tasks._adapter import parse_vars
 from lkctl.tasks._format import ps_table, running_line, stats_table
 
@@ -94,3 +94,8 @@ def test_ps_and_stats_tables_render_their_columns() -> None:
     assert stats_table(stats).splitlines()[1].split() == [
         "0a1b2c3d", "web", "12.3%", "100MiB", "/", "512MiB", "2", "61s", "running",
     ]  # fmt: skip
+
+
+def test_require_running_refuses_a_vm_that_never_started_saying_its_status() -> None:
+    with pytest.raises(VmError, match=r"^VM web is not running \(status: created\); its console is gone$"):
+        require_running(_record("web", pid=0), then="its console is gone")
