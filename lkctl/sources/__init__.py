@@ -32,6 +32,7 @@ __all__ = [
     "Source",
     "SourceNotFound",
     "compare_versions",
+    "insecure_registries",
     "newest_version",
     "opened_sources",
     "parse_checksums",
@@ -178,6 +179,11 @@ def _split_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def insecure_registries(settings: SourcesSettings) -> list[str]:
+    """The registry hosts `lkctl.sources.insecure_registries` lets lkctl speak plain http to (pull, push, sources)."""
+    return _split_list(settings.insecure_registries)
+
+
 def build_source(name: str, settings: SourcesSettings) -> Source:
     """The source called `name`, configured from `settings`."""
     from lkctl.http.client import RetryPolicy
@@ -202,7 +208,7 @@ def build_source(name: str, settings: SourcesSettings) -> Source:
 
         return OciSource(
             settings.oci_repository,
-            insecure=_split_list(settings.insecure_registries),
+            insecure=insecure_registries(settings),
             timeout=settings.timeout,
             retry=retry,
         )

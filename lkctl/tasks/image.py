@@ -197,7 +197,9 @@ def pull(
 
 
 def _insecure(c: Context) -> list[str]:
-    return [h.strip() for h in settings_from(c).sources.insecure_registries.split(",") if h.strip()]
+    from lkctl.sources import insecure_registries
+
+    return insecure_registries(settings_from(c).sources)
 
 
 def _pull_oci(c: Context, ref: str, platform: str, all_platforms: bool, quiet: bool) -> None:
