@@ -131,6 +131,16 @@ class ClientOwner:
             self._client = new_client(timeout=self.timeout)
         return self._client
 
+    def fetch(
+        self, urls: Sequence[str], dest: Path, *, sha256: str | None, size: int | None,
+        headers: Mapping[str, str] | None, progress: ProgressFn | None,
+    ) -> Fetched:  # fmt: skip
+        """`download` through this owner's client, with its retry policy."""
+        return download(
+            urls, dest, sha256=sha256, size=size, client=self._http(), headers=headers, progress=progress,
+            retry=self.retry,
+        )  # fmt: skip
+
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
     """`Retry-After` as seconds: delta-seconds or an HTTP date; None if absent or unreadable."""

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from lkctl.http import DownloadError, HttpError
-from lkctl.http.client import ClientOwner, RetryPolicy, download, request
+from lkctl.http.client import ClientOwner, RetryPolicy, request
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, file_for_platform, parse_checksums
 
 __all__ = ["CdnSource"]
@@ -130,15 +130,8 @@ class CdnSource(ClientOwner):
         return Download(image, version, file_name, urls, sha, None, self.name)
 
     def download(self, dl: Download, dest_dir: Path, progress: ProgressFn | None = None) -> Fetched:
-        return download(
-            dl.urls,
-            dest_dir / dl.file_name,
-            sha256=dl.sha256,
-            size=dl.size,
-            client=self._http(),
-            headers=dl.headers,
-            progress=progress,
-            retry=self.retry,
+        return self.fetch(
+            dl.urls, dest_dir / dl.file_name, sha256=dl.sha256, size=dl.size, headers=dl.headers, progress=progress
         )
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import httpx
 
 from lkctl.errors import ConfigError, ImageError
 from lkctl.http import DownloadError, HttpError
-from lkctl.http.client import ClientOwner, RetryPolicy, download, request
+from lkctl.http.client import ClientOwner, RetryPolicy, request
 from lkctl.sources import Download, Fetched, Platform, ProgressFn, SourceNotFound, parse_checksums
 
 __all__ = ["GithubSource", "github_token", "rate_limit_message"]
@@ -223,15 +223,8 @@ class GithubSource(ClientOwner):
 
     def download(self, dl: Download, dest_dir: Path, progress: ProgressFn | None = None) -> Fetched:
         try:
-            return download(
-                dl.urls,
-                dest_dir / dl.file_name,
-                sha256=dl.sha256,
-                size=dl.size,
-                client=self._http(),
-                headers=dl.headers,
-                progress=progress,
-                retry=self.retry,
+            return self.fetch(
+                dl.urls, dest_dir / dl.file_name, sha256=dl.sha256, size=dl.size, headers=dl.headers, progress=progress
             )
         except HttpError as e:
             raise self._explain(e, f"asset {dl.file_name}") from None
