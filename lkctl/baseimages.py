@@ -52,8 +52,11 @@ log = logging.getLogger("lkctl.baseimages")
 BASE_IMAGES: Mapping[str, str] = MappingProxyType(
     {"kernel": "lkctl.local/kernel", "init": "lkctl.local/init", "sshd": "lkctl.local/sshd"}
 )
-#: every image lkctl can make: the base images plus those made only on demand (the large `dev` userland)
-LOCAL_IMAGES: Mapping[str, str] = MappingProxyType({**BASE_IMAGES, "dev": "lkctl.local/dev"})
+#: every image lkctl can make: the base images plus those made only on demand (the large `dev` userland, and
+#: e2fsck for the dev image's initrd)
+LOCAL_IMAGES: Mapping[str, str] = MappingProxyType(
+    {**BASE_IMAGES, "dev": "lkctl.local/dev", "e2fsck": "lkctl.local/e2fsck"}
+)
 
 _STAMP_FORMAT = 1
 _MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated files
