@@ -56,12 +56,14 @@ def boot(c: Context, memory: int = 0, cpus: int = 0, fresh: bool = False, timeou
     """Boot this project's dev VM in the background (the project at /app); idempotent."""
     from lkctl.dev.environment import BootOptions, boot_dev
     from lkctl.dev.project import GUEST_APP, find_project
+    from lkctl.dev.share import share_of
 
     project = find_project()
     result = boot_dev(project, settings_from(c), BootOptions(memory, cpus, fresh, float(timeout)), say=_err)
     r = result.record
     _err(
-        f"dev VM {r.name} ({r.id}) {result.how}: {project.root} at {GUEST_APP}, ssh on 127.0.0.1:{r.ssh_port}. "
+        f"dev VM {r.name} ({r.id}) {result.how}: {project.root} at {GUEST_APP} ({share_of(r)}), "
+        f"ssh on 127.0.0.1:{r.ssh_port}. "
         "Try: dev.shell, dev.test, dev.serve; dev.stop when done"
     )
 

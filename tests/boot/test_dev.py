@@ -20,12 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from lkctl.dev.share import choose_share
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 from tests.conftest import require_qemu
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(1200)]
 
 PROJECTS = Path(__file__).resolve().parent.parent / "data" / "projects"
+SHARE = choose_share("auto")
 
 
 @dataclass
@@ -110,7 +112,8 @@ def test_dev_status_reports_the_vm(dev: Dev) -> None:
     assert str(st["vm_name"]).startswith("dev-myapp-")
     assert (st["memory"], st["cpus"]) == (1024, 2)
     assert isinstance(st["uptime"], float) and st["uptime"] > 0
-    assert st["mounted"] == f"{dev.project} -> /app"
+    # virtiofs where this host serves it (root and virtiofsd), else 9p; dev.status says which
+    assert (st["mounted"], st["share"]) == (f"{dev.project} -> /app ({SHARE})", SHARE)
     assert st["image"] and st["image_version"]
     (row,) = [r for r in dev.ps() if r["name"] == st["vm_name"]]
     assert (row["id"], row["ssh_port"]) == (st["vm_id"], st["ssh_port"])
@@ -366,6 +369,7 @@ def test_two_projects_have_two_dev_vms_side_by_side(dev: Dev) -> None:
         mine, theirs = dev.status(), dev.status(cli)
         assert mine["vm_name"] != theirs["vm_name"] and mine["vm_id"] != theirs["vm_id"]
         assert mine["running"] is True and theirs["running"] is True
+        assert mine["share"] == theirs["share"] == SHARE  # two virtiofsd at once (no host-wide lock between them)
         assert "only-in-other" in cli("dev.shell", "--", "ls").stdout.split()
         assert "only-in-other" not in dev.cli("dev.shell", "--", "ls").stdout.split()
     finally:
