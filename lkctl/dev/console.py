@@ -11,15 +11,17 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
+from lkctl.dev.project import Project
 from lkctl.errors import VmError
+from lkctl.fsutil import unix_address
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_SOCKET
 from lkctl.runtime.state import VmRecord
 
-__all__ = ["DETACH_KEY", "attach_console"]
+__all__ = ["DETACH_KEY", "attach_console", "attach_dev_console"]
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console
 _QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script piped in) before detaching
@@ -28,22 +30,15 @@ _QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script 
 def _connect(record: VmRecord) -> socket.socket:
     path = record.dir / CONSOLE_SOCKET
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    dir_fd = None
-    target = os.fspath(path)
-    if len(target.encode()) > 100:  # sun_path holds 108 bytes: go through a short /proc/self/fd alias
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        target = f"/proc/self/fd/{dir_fd}/{path.name}"
     try:
-        sock.connect(target)
+        with unix_address(path) as address:  # a deep state dir: through /proc/self/fd (sun_path holds 108 bytes)
+            sock.connect(address)
     except OSError as e:
         sock.close()
         raise VmError(
             f"cannot attach to the console of VM {record.name} ({path}): {e.strerror or e}; "
             "VMs started before lkctl had console sockets need a restart"
         ) from None
-    finally:
-        if dir_fd is not None:
-            os.close(dir_fd)
     return sock
 
 
@@ -102,3 +97,17 @@ def attach_console(record: VmRecord, stdin: IO[bytes] | None, stdout: IO[bytes])
                 return "detached"
             if not ready and not state.is_our_process(record):
                 return "the VM stopped"
+
+
+def attach_dev_console(
+    project: Project, stdin: IO[bytes] | None, stdout: IO[bytes], *, say: Callable[[str], None] = lambda _: None
+) -> str:
+    """`dev.shell --console`: attach to the project's dev VM's serial console (running or not: its socket is
+    QEMU's); returns why it ended. `say` hears the detach key first."""
+    from lkctl.dev.environment import find_dev_vm
+
+    record = find_dev_vm(project)
+    if record is None:
+        raise VmError(f"{project.root} has no dev VM (dev.boot makes one)")
+    say(f"attached to the console of {record.name}; Ctrl-] detaches")
+    return attach_console(record, stdin, stdout)

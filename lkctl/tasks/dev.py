@@ -125,18 +125,12 @@ def shell(c: Context, console: bool = False) -> None:
     project = find_project()
     argv = remainder_argv(c)
     if console:
-        from lkctl.dev.console import attach_console
-        from lkctl.dev.environment import find_dev_vm
-        from lkctl.errors import ConfigError, VmError
+        from lkctl.dev.console import attach_dev_console
+        from lkctl.errors import ConfigError
 
         if argv:
             raise ConfigError("--console attaches a terminal; it does not run a command (drop the words after --)")
-        record = find_dev_vm(project)
-        if record is None:
-            raise VmError(f"{project.root} has no dev VM (dev.boot makes one)")
-        _err(f"attached to the console of {record.name}; Ctrl-] detaches")
-        why = attach_console(record, sys.stdin.buffer, sys.stdout.buffer)
-        _err(f"\r\n{why}")
+        _err(f"\r\n{attach_dev_console(project, sys.stdin.buffer, sys.stdout.buffer, say=_err)}")
         return
     from lkctl.dev.environment import shell_dev
 
