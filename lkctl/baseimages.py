@@ -66,7 +66,7 @@ _KO = re.compile(r"\.ko(\.(xz|gz|zst))?$")
 
 
 def base_image_name(ref: str) -> str | None:
-    """The short name (`kernel`, `init`, `sshd`, `dev`) if `ref` names an image lkctl makes, else None."""
+    """The short name (`kernel`, `init`, `sshd`, `dev`, `e2fsck`) if `ref` names an image lkctl makes, else None."""
     try:
         name = parse_reference(ref).name
     except ImageError:
@@ -75,7 +75,7 @@ def base_image_name(ref: str) -> str | None:
 
 
 def is_base_image(ref: str) -> bool:
-    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd,dev}[:tag]`)."""
+    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd,dev,e2fsck}[:tag]`)."""
     return base_image_name(ref) is not None
 
 
