@@ -341,6 +341,23 @@ def resolve_test_command(project: Project, *, name: str = "", argv: Sequence[str
     return DetectedCommand(detected.command, detected.reason, env)
 
 
+def _via_holder(record: VmRecord, argv: Sequence[str], stdout: IO[bytes], stderr: IO[bytes]) -> int | None:
+    """Run argv (no stdin, no pty) through the VM's connection holder, as the lean `vm.exec` does: no new SSH
+    handshake. None when the holder cannot take it (or the streams have no descriptors): use SSH then."""
+    from lkctl.runtime.holder import HolderUnavailable, exec_via_holder
+
+    try:
+        out_fd, err_fd = stdout.fileno(), stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # in-memory streams
+        return None
+    stdout.flush()
+    stderr.flush()
+    try:
+        return exec_via_holder(record, argv, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd)
+    except HolderUnavailable:
+        return None
+
+
 def run_tests(
     project: Project,
     *,
@@ -358,8 +375,9 @@ def run_tests(
     record = require_running(project)
     say(f"running {test.command!r} ({test.reason}) in {GUEST_APP}")
     started = time.monotonic()
-    code = int(
-        ssh.exec_command(ssh_target(record), guest_shell_argv(test.command, env=test.env), stdout=stdout, stderr=stderr)
-    )
+    argv = guest_shell_argv(test.command, env=test.env)
+    code = _via_holder(record, argv, stdout, stderr)
+    if code is None:
+        code = int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr))
     say(f"exit status {code} after {time.monotonic() - started:.1f}s")
     return code
