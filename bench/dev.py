@@ -59,14 +59,16 @@ def main() -> None:
         lkctl("dev.shell", "--", "true", env=env, cwd=project)
         boot = time.monotonic() - start
         try:
-            vm = json.loads(lkctl("dev.status", "--json", env=env, cwd=project))["vm_id"]
+            status = json.loads(lkctl("dev.status", "--json", env=env, cwd=project))
+            vm = status["vm_id"]
             dev_test, vm_exec = [], []
             for i in range(args.rounds):
                 dev_test.append(timed("dev.test", "--", *COMMAND, env=env, cwd=project))
                 vm_exec.append(timed("vm.exec", vm, "--", *COMMAND, env=env, cwd=project))
                 print(f"round {i + 1}: dev.test {dev_test[-1]:.2f}s, vm.exec {vm_exec[-1]:.2f}s")
             md, mv = statistics.median(dev_test), statistics.median(vm_exec)
-            print(f"(a) dev.boot until the first dev.shell -- true returns: {boot:.2f}s ({args.memory} MB)")
+            print(f"(a) dev.boot until the first dev.shell -- true returns: {boot:.2f}s ({args.memory} MB, "
+                  f"/app over {status['share']})")  # fmt: skip
             print(f"(b) dev.test -- {' '.join(COMMAND)}: median {md:.2f}s over {args.rounds} rounds")
             print(f"(c) vm.exec  -- {' '.join(COMMAND)}: median {mv:.2f}s")
             print(f"ratio b/c = {md / mv:.2f} (dev.test's overhead: project lookup, test.yaml, login shell in /app)")

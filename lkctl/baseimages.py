@@ -51,15 +51,18 @@ log = logging.getLogger("lkctl.baseimages")
 BASE_IMAGES: Mapping[str, str] = MappingProxyType(
     {"kernel": "lkctl.local/kernel", "init": "lkctl.local/init", "sshd": "lkctl.local/sshd"}
 )
-#: every image lkctl can make: the base images plus those made only on demand (the large `dev` userland)
-LOCAL_IMAGES: Mapping[str, str] = MappingProxyType({**BASE_IMAGES, "dev": "lkctl.local/dev"})
+#: every image lkctl can make: the base images plus those made only on demand (the large `dev` userland, and
+#: e2fsck for the dev image's initrd)
+LOCAL_IMAGES: Mapping[str, str] = MappingProxyType(
+    {**BASE_IMAGES, "dev": "lkctl.local/dev", "e2fsck": "lkctl.local/e2fsck"}
+)
 
 _STAMP_FORMAT = 1
 _MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated files
 
 
 def base_image_name(ref: str) -> str | None:
-    """The short name (`kernel`, `init`, `sshd`, `dev`) if `ref` names an image lkctl makes, else None."""
+    """The short name (`kernel`, `init`, `sshd`, `dev`, `e2fsck`) if `ref` names an image lkctl makes, else None."""
     try:
         name = parse_reference(ref).name
     except ImageError:
@@ -68,7 +71,7 @@ def base_image_name(ref: str) -> str | None:
 
 
 def is_base_image(ref: str) -> bool:
-    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd,dev}[:tag]`)."""
+    """True if `ref` is an image lkctl makes itself (`lkctl.local/{kernel,init,sshd,dev,e2fsck}[:tag]`)."""
     return base_image_name(ref) is not None
 
 

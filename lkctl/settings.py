@@ -97,6 +97,7 @@ class DevSettings:
     agent_command: str = "claude"  # what dev.claude runs in /app (a shell command line)
     agent_auth: str = "anthropic,git"  # dev.claude's default --auth (gh and ssh only when asked)
     console_shell: bool = True  # dev.boot starts a root shell on the serial console (dev.shell --console)
+    share: str = "auto"  # how /app is shared: auto (virtiofs with root and virtiofsd, else 9p) | virtiofs | 9p
 
 
 @dataclass(frozen=True)

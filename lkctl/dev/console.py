@@ -11,16 +11,17 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
+from lkctl.dev.project import Project
 from lkctl.errors import VmError
 from lkctl.fsutil import connect_unix
 from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_SOCKET
 from lkctl.runtime.state import VmRecord
 
-__all__ = ["DETACH_KEY", "attach_console"]
+__all__ = ["DETACH_KEY", "attach_console", "attach_dev_console"]
 
 DETACH_KEY = b"\x1d"  # Ctrl-], as telnet and virsh console
 _QUIET_AFTER_EOF = 2.0  # seconds of console silence after stdin ends (a script piped in) before detaching
@@ -91,3 +92,17 @@ def attach_console(record: VmRecord, stdin: IO[bytes] | None, stdout: IO[bytes])
                 return "detached"
             if not ready and not state.is_our_process(record):
                 return "the VM stopped"
+
+
+def attach_dev_console(
+    project: Project, stdin: IO[bytes] | None, stdout: IO[bytes], *, say: Callable[[str], None] = lambda _: None
+) -> str:
+    """`dev.shell --console`: attach to the project's dev VM's serial console (running or not: its socket is
+    QEMU's); returns why it ended. `say` hears the detach key first."""
+    from lkctl.dev.environment import find_dev_vm
+
+    record = find_dev_vm(project)
+    if record is None:
+        raise VmError(f"{project.root} has no dev VM (dev.boot makes one)")
+    say(f"attached to the console of {record.name}; Ctrl-] detaches")
+    return attach_console(record, stdin, stdout)

@@ -1,9 +1,9 @@
 """The project's dev VM: boot (or start again, or anew), stop, status, shell and tests in /app.
 
 One dev VM per project (see project.py), booted detached from the installed dev image with the project shared
-read-write at /app over 9p (`mapped-xattr`: files the guest makes belong to the host user running QEMU, and a
-guest root cannot plant setuid files or devices in the project). A stopped dev VM is started again with its
-disks, keys, ports and mounts (`restart_vm`); `fresh` discards it first.
+read-write at /app, over virtiofs where this host can serve it, else 9p (see share.py; files the guest makes
+belong to the host user). A stopped dev VM is started again with its disks, keys, ports and mounts
+(`restart_vm`, with its virtiofsd); `fresh` discards it first.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ __all__ = [
 
 # A root shell on the serial console, respawned when it exits, started once per boot: what `dev.shell --console`
 # attaches to (it keeps working when SSH does not). It only reaches the host through the VM's console socket,
-# which lives in the VM's 0700 state directory. SSH commands run chrooted (into the dev image's /sysroot), where
-# there may be no setsid: the loop runs in the VM's own root (init's, /proc/1/root) with its busybox, and the
-# shell it starts is chrooted into /sysroot when the VM has a root disk there, as SSH shells are.
+# which lives in the VM's 0700 state directory. SSH commands run in the dev image's root disk, where there may be
+# no setsid: the loop runs in init's root (/proc/1/root) with its busybox, and the shell it starts is chrooted
+# into the root disk (init's /sysroot) when the VM has one, so it sees what SSH shells see.
 _CONSOLE_LOOP = (
     "echo $$ > /run/lkctl-console.pid; bb=/bin/busybox; "
     "while :; do "
@@ -104,7 +104,8 @@ class DevStatus:
     cpus: int | None = None
     uptime: float | None = None  # seconds since QEMU started
     ssh_port: int | None = None
-    mounted: str | None = None  # `HOST_DIR -> /app`
+    mounted: str | None = None  # `HOST_DIR -> /app (virtiofs|9p)`
+    share: str | None = None  # virtiofs | 9p
     forwards: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -156,8 +157,12 @@ def boot_dev(
         if state.vm_status(record) == "running":
             return BootResult(record, "already running")
         say(f"starting dev VM {record.name} again (its disk is kept; --fresh starts over)")
+        from lkctl.dev.share import record_helpers, virtiofsd_for_restart
+
         try:
-            record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
+            with virtiofsd_for_restart(record, project.root) as helpers:
+                record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
+                record = record_helpers(record, helpers)
         except BaseException:
             # a restart that never answered must not leave a QEMU behind (the record may hold its new pid)
             from lkctl.runtime.vm import stop_vm
@@ -168,6 +173,9 @@ def boot_dev(
             raise
         how = "started again"
     else:
+        from lkctl.dev.share import choose_share
+
+        share = choose_share(settings.dev.share)
         run = RunOptions(
             name=project.vm_name,
             memory=opts.memory or settings.dev.memory,
@@ -177,6 +185,7 @@ def boot_dev(
             volumes=(Volume(project.root, GUEST_APP),),
             hypervisor=settings.vm.hypervisor,
             env=DEV_ENV,
+            virtiofs=share == "virtiofs",
         )
         record, _ = run_image(image.image, run, settings, say=say)
         how = "booted"
@@ -212,6 +221,7 @@ def _uptime(record: VmRecord) -> float | None:
 def dev_status(project: Project, settings: Settings) -> DevStatus:
     """The project's dev VM and image, from live facts (process identity, QEMU's own forwarding table)."""
     from lkctl.dev.forward import live_forwards
+    from lkctl.dev.share import share_of
 
     image = installed_dev_image()
     record = find_dev_vm(project)
@@ -228,6 +238,7 @@ def dev_status(project: Project, settings: Settings) -> DevStatus:
         return base
     status = state.vm_status(record)
     running = status == "running"
+    share = share_of(record)
     forwards = list(record.ports)
     if running:
         with contextlib.suppress(VmError):
@@ -242,7 +253,8 @@ def dev_status(project: Project, settings: Settings) -> DevStatus:
         cpus=record.cpus,
         uptime=_uptime(record) if running else None,
         ssh_port=record.ssh_port or None,
-        mounted=f"{project.root} -> {GUEST_APP}",
+        mounted=f"{project.root} -> {GUEST_APP}" + (f" ({share})" if share else ""),
+        share=share or None,
         forwards=forwards,
     )
 
@@ -329,6 +341,23 @@ def resolve_test_command(project: Project, *, name: str = "", argv: Sequence[str
     return DetectedCommand(detected.command, detected.reason, env)
 
 
+def _via_holder(record: VmRecord, argv: Sequence[str], stdout: IO[bytes], stderr: IO[bytes]) -> int | None:
+    """Run argv (no stdin, no pty) through the VM's connection holder, as the lean `vm.exec` does: no new SSH
+    handshake. None when the holder cannot take it (or the streams have no descriptors): use SSH then."""
+    from lkctl.runtime.holder import HolderUnavailable, exec_via_holder
+
+    try:
+        out_fd, err_fd = stdout.fileno(), stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # in-memory streams
+        return None
+    stdout.flush()
+    stderr.flush()
+    try:
+        return exec_via_holder(record, argv, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd)
+    except HolderUnavailable:
+        return None
+
+
 def run_tests(
     project: Project,
     *,
@@ -346,8 +375,9 @@ def run_tests(
     record = require_running(project)
     say(f"running {test.command!r} ({test.reason}) in {GUEST_APP}")
     started = time.monotonic()
-    code = int(
-        ssh.exec_command(ssh_target(record), guest_shell_argv(test.command, env=test.env), stdout=stdout, stderr=stderr)
-    )
+    argv = guest_shell_argv(test.command, env=test.env)
+    code = _via_holder(record, argv, stdout, stderr)
+    if code is None:
+        code = int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr))
     say(f"exit status {code} after {time.monotonic() - started:.1f}s")
     return code

@@ -13,12 +13,13 @@ import os
 import platform
 import re
 import shutil
+import socket
 from pathlib import Path
 
 from lkctl import proc
 from lkctl.errors import ConfigError, ImageError
 from lkctl.flags import parse_size
-from lkctl.fsutil import atomic_write
+from lkctl.fsutil import atomic_write, unix_address
 from lkctl.runtime.host import HostCaps
 from lkctl.runtime.qemu import (
     BOOT_OVERLAY,
@@ -41,6 +42,7 @@ __all__ = [
     "detect_uefi",
     "find_uefi_firmware",
     "find_virtiofsd",
+    "listen_unix",
     "parse_data_disk",
     "prepare_vm_files",
     "virtiofsd_argv",
@@ -254,12 +256,29 @@ def find_virtiofsd() -> str | None:
     return None
 
 
-def virtiofsd_argv(binary: str, mount: VolumeMount) -> list[str]:
+def virtiofsd_argv(binary: str, mount: VolumeMount, listen_fd: int | None = None) -> list[str]:
     """The daemon serving one virtiofs volume (options both the C and the Rust virtiofsd accept), run in the
-    state dir. Start it before QEMU: QEMU connects to the socket at startup."""
+    state dir. Start it before QEMU: QEMU connects to the socket at startup. With `listen_fd` it serves a socket
+    already listening there (`--fd`): the C virtiofsd locks a host-wide pid file named after --socket-path, so two
+    VMs' `virtiofs-lkvol0.sock` collide, and --fd takes no lock."""
     if mount.fstype != "virtiofs":
         raise ConfigError(f"volume {mount.volume} is shared with {mount.fstype}, not virtiofs")
-    return [binary, f"--socket-path={mount.socket}", "-o", f"source={mount.volume.host}", "-o", "cache=auto"]
+    where = f"--fd={listen_fd}" if listen_fd is not None else f"--socket-path={mount.socket}"
+    return [binary, where, "-o", f"source={mount.volume.host}", "-o", "cache=auto"]
+
+
+def listen_unix(path: Path) -> socket.socket:
+    """A listening AF_UNIX socket at `path` (replacing a stale one), inheritable: what virtiofsd `--fd` serves."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with unix_address(path) as address:
+            sock.bind(address)
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def prepare_vm_files(spec: VmSpec, state_dir: Path, host: HostCaps, *, hypervisor: str = "qemu") -> None:

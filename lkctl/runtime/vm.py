@@ -367,7 +367,7 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     They are recorded like QEMU (pid, start time, boot id, command line) so stop/kill/rm and a failed start clean
     them up; normally each exits by itself when QEMU disconnects.
     """
-    from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
+    from lkctl.runtime.disks import find_virtiofsd, listen_unix, virtiofsd_argv
     from lkctl.runtime.qemu import volume_mounts
 
     mounts = [m for m in volume_mounts(spec) if m.fstype == "virtiofs"]
@@ -381,12 +381,11 @@ def _start_virtiofsd(record: VmRecord, spec: VmSpec) -> VmRecord:
     helpers = list(record.helpers)
     for m in mounts:
         sock = record.dir / m.socket
-        sock.unlink(missing_ok=True)
-        argv = virtiofsd_argv(binary, m)
-        with open(record.dir / f"virtiofsd-{m.tag}.log", "wb") as log:
+        with listen_unix(sock) as listening, open(record.dir / f"virtiofsd-{m.tag}.log", "wb") as log:
+            argv = virtiofsd_argv(binary, m, listening.fileno())  # --fd: no host-wide pid file lock
             daemon = subprocess.Popen(
                 argv, cwd=record.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env=proc.minimal_env(), start_new_session=True,
+                env=proc.minimal_env(), start_new_session=True, pass_fds=(listening.fileno(),),
             )  # fmt: skip
         entry = state.helper_entry(daemon.pid, argv)
         if entry is not None:

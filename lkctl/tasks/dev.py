@@ -56,12 +56,14 @@ def boot(c: Context, memory: int = 0, cpus: int = 0, fresh: bool = False, timeou
     """Boot this project's dev VM in the background (the project at /app); idempotent."""
     from lkctl.dev.environment import BootOptions, boot_dev
     from lkctl.dev.project import GUEST_APP, find_project
+    from lkctl.dev.share import share_of
 
     project = find_project()
     result = boot_dev(project, settings_from(c), BootOptions(memory, cpus, fresh, float(timeout)), say=_err)
     r = result.record
     _err(
-        f"dev VM {r.name} ({r.id}) {result.how}: {project.root} at {GUEST_APP}, ssh on 127.0.0.1:{r.ssh_port}. "
+        f"dev VM {r.name} ({r.id}) {result.how}: {project.root} at {GUEST_APP} ({share_of(r)}), "
+        f"ssh on 127.0.0.1:{r.ssh_port}. "
         "Try: dev.shell, dev.test, dev.serve; dev.stop when done"
     )
 
@@ -123,18 +125,12 @@ def shell(c: Context, console: bool = False) -> None:
     project = find_project()
     argv = remainder_argv(c)
     if console:
-        from lkctl.dev.console import attach_console
-        from lkctl.dev.environment import find_dev_vm
-        from lkctl.errors import ConfigError, VmError
+        from lkctl.dev.console import attach_dev_console
+        from lkctl.errors import ConfigError
 
         if argv:
             raise ConfigError("--console attaches a terminal; it does not run a command (drop the words after --)")
-        record = find_dev_vm(project)
-        if record is None:
-            raise VmError(f"{project.root} has no dev VM (dev.boot makes one)")
-        _err(f"attached to the console of {record.name}; Ctrl-] detaches")
-        why = attach_console(record, sys.stdin.buffer, sys.stdout.buffer)
-        _err(f"\r\n{why}")
+        _err(f"\r\n{attach_dev_console(project, sys.stdin.buffer, sys.stdout.buffer, say=_err)}")
         return
     from lkctl.dev.environment import shell_dev
 

@@ -1,8 +1,6 @@
 """dev.* through the real `lkctl` command line: one dev VM booted per module and shared by the tests, a second
-project booted beside it, then stop/boot and --fresh at the end (they change the shared VM, so they run last).
-
-With the placeholder dev image (the initrd `dev` template: bash, git, python3, make) the Node/PHP/Go/pytest samples
-and root-filesystem persistence are skipped, saying so; they run once the devimg branch's disk image is merged.
+project booted beside it, then stop/boot, a kill and --fresh at the end (they change the shared VM, so they run
+last).
 """
 
 from __future__ import annotations
@@ -22,18 +20,14 @@ from pathlib import Path
 
 import pytest
 
-import lkctl.dev.image
+from lkctl.dev.share import choose_share
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 from tests.conftest import require_qemu
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(1200)]
 
 PROJECTS = Path(__file__).resolve().parent.parent / "data" / "projects"
-PLACEHOLDER = getattr(lkctl.dev.image, "PLACEHOLDER", False)
-needs_dev_image = pytest.mark.skipif(
-    PLACEHOLDER, reason="needs the real dev disk image (devimg branch); the placeholder `dev` template has no "
-    "Node/PHP/Go/pytest and keeps its root in RAM"
-)  # fmt: skip
+SHARE = choose_share("auto")
 
 
 @dataclass
@@ -118,7 +112,8 @@ def test_dev_status_reports_the_vm(dev: Dev) -> None:
     assert str(st["vm_name"]).startswith("dev-myapp-")
     assert (st["memory"], st["cpus"]) == (1024, 2)
     assert isinstance(st["uptime"], float) and st["uptime"] > 0
-    assert st["mounted"] == f"{dev.project} -> /app"
+    # virtiofs where this host serves it (root and virtiofsd), else 9p; dev.status says which
+    assert (st["mounted"], st["share"]) == (f"{dev.project} -> /app ({SHARE})", SHARE)
     assert st["image"] and st["image_version"]
     (row,) = [r for r in dev.ps() if r["name"] == st["vm_name"]]
     assert (row["id"], row["ssh_port"]) == (st["vm_id"], st["ssh_port"])
@@ -132,6 +127,16 @@ def test_dev_shell_runs_commands_in_app_and_passes_their_exit_code(dev: Dev) -> 
     lines = out.stdout.split()
     assert lines[0] == "/app" and "Makefile" in lines and "sub" in lines
     assert dev.cli("dev.shell", "--", "printf", "%s|", "a b", "$HOME", "'q'").stdout == "a b|$HOME|'q'|"
+
+
+def test_the_vm_root_is_the_ext4_disk_for_services_and_shells(dev: Dev) -> None:
+    # dev.shell runs under the sshd service, whose bind of the VM's root (/:/hostroot) gets the disk: `/` there is
+    # the ext4 root disk itself (no initramfs, no /sysroot inside), with /proc, /dev, /app and the resolver in it
+    script = "head -n1 /proc/mounts; df -T / | tail -n1; ls /app"
+    mounts, df, *app = dev.cli("dev.shell", "--", "sh", "-c", script).stdout.splitlines()
+    assert mounts.split()[1:3] == ["/", "ext4"] and df.split()[1] == "ext4", (mounts, df)
+    assert "Makefile" in app
+    assert dev.cli("dev.shell", "--", "sh", "-c", "test -e /sysroot || test -e /containers", check=False).returncode
 
 
 def test_a_file_written_in_the_vm_appears_on_the_host_owned_by_the_host_user(dev: Dev) -> None:
@@ -185,12 +190,7 @@ def test_test_yaml_env_reaches_the_command_and_names_pick_commands(dev: Dev) -> 
 
 @pytest.mark.parametrize(
     ("sample", "marker"),
-    [
-        pytest.param("python", "2 passed", marks=needs_dev_image),
-        pytest.param("node", "node-test-ran", marks=needs_dev_image),
-        pytest.param("php", "php-test-ran", marks=needs_dev_image),
-        pytest.param("go", "ok", marks=needs_dev_image),
-    ],
+    [("python", "2 passed"), ("node", "node-test-ran"), ("php", "php-test-ran"), ("go", "ok")],
 )
 def test_sample_projects_tests_pass_and_fail_in_the_dev_image(dev: Dev, sample: str, marker: str) -> None:
     # swap the shared project's files for the sample's: /app shows them at once, detection reads them on the host
@@ -369,6 +369,7 @@ def test_two_projects_have_two_dev_vms_side_by_side(dev: Dev) -> None:
         mine, theirs = dev.status(), dev.status(cli)
         assert mine["vm_name"] != theirs["vm_name"] and mine["vm_id"] != theirs["vm_id"]
         assert mine["running"] is True and theirs["running"] is True
+        assert mine["share"] == theirs["share"] == SHARE  # two virtiofsd at once (no host-wide lock between them)
         assert "only-in-other" in cli("dev.shell", "--", "ls").stdout.split()
         assert "only-in-other" not in dev.cli("dev.shell", "--", "ls").stdout.split()
     finally:
@@ -397,8 +398,10 @@ def _console_says(dev: Dev, typed: bytes, expect: bytes) -> bytes:
                 console.wait()
 
 
-def test_the_console_works_with_ssh_down_and_stop_then_boot_brings_the_same_vm_back(dev: Dev) -> None:
+def test_the_console_works_with_ssh_down_and_the_root_disk_survives_stop_and_a_kill(dev: Dev) -> None:
     before = dev.status()
+    # what the user installs stays: written with dev.shell, flushed as a clean stop would
+    dev.cli("dev.shell", "--", "sh", "-c", "echo kept > /root/installed-marker && sync")
     # every dropbear: the listener and each connection's own, the connection holder's open session included
     # (found through /proc with shell builtins: the image's procps tools need libsystemd, which it leaves out)
     kill_all = b'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = dropbear ] && kill -9 ${p#/proc/}; done'
@@ -414,18 +417,20 @@ def test_the_console_works_with_ssh_down_and_stop_then_boot_brings_the_same_vm_b
     after = dev.status()
     assert (after["vm_id"], after["ssh_port"], after["running"]) == (before["vm_id"], before["ssh_port"], True)
     assert "Makefile" in dev.cli("dev.shell", "--", "ls").stdout.split()  # /app is mounted again
+    assert dev.cli("dev.shell", "--", "cat", "/root/installed-marker").stdout == "kept\n"
+    # an unclean power-off: QEMU killed with the disk mounted read-write. The next boot checks it first
+    dev.cli("dev.shell", "--", "sh", "-c", "echo after-the-kill > /root/killed-marker && sync")
+    dev.cli("vm.kill", str(before["vm_id"]))
+    assert "started again" in dev.cli("dev.boot", timeout=1200).stderr
+    console = (dev.vm_dir() / "console.log").read_text(errors="replace")
+    assert "lkctl-init: fsck: lkctl-root: recovering journal" in console, console
+    assert "root disk /dev/vda checked (e2fsck -p status" in console
+    kept = dev.cli("dev.shell", "--", "cat", "/root/installed-marker", "/root/killed-marker").stdout
+    assert kept == "kept\nafter-the-kill\n"
     fresh = dev.cli("dev.boot", "--fresh", timeout=1200)
     assert "booted" in fresh.stderr
     new = dev.status()
     assert new["running"] is True and new["vm_id"] != before["vm_id"]
     assert [r["name"] for r in dev.ps()].count(new["vm_name"]) == 1  # the old VM is gone, not just stopped
-
-
-@needs_dev_image
-def test_what_is_installed_in_the_vm_persists_across_stop_and_boot_until_fresh(dev: Dev) -> None:
-    dev.cli("dev.shell", "--", "sh", "-c", "echo kept > /root/installed-marker")
-    dev.cli("dev.stop")
-    dev.cli("dev.boot", timeout=1200)
-    assert dev.cli("dev.shell", "--", "cat", "/root/installed-marker").stdout == "kept\n"
-    dev.cli("dev.boot", "--fresh", timeout=1200)
+    # --fresh: a new overlay on the base image, nothing of the old VM's writes
     assert dev.cli("dev.shell", "--", "test", "-e", "/root/installed-marker", check=False).returncode == 1

@@ -84,6 +84,8 @@ mount_spec() {
     IFS=$_ifs
     _keep=${_keep#,}
     [ "$_type" = bind ] && [ -z "$_bind" ] && [ -z "$_remount" ] && _bind=rbind
+    # a VM with a persistent root disk (003-rootdisk): a bind of the VM's root gives the service that disk
+    [ -n "$_bind" ] && [ "$_src" = / ] && [ -s "$LKCTL_RUN/rootdisk" ] && read -r _src <"$LKCTL_RUN/rootdisk"
     if [ -n "$_bind" ]; then
         if [ -d "$_src" ]; then
             mkdir -p "$_dest"
