@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "ExecFailed",
     "HostUnreachable",
+    "HypervisorFailed",
     "ImageError",
     "LkError",
     "ProgramMissing",
@@ -107,6 +108,14 @@ class RegistryAuthError(RegistryError):
 
 class HostUnreachable(VmError):
     """libvirtd on a host did not answer (down, refused, SSH failed)."""
+
+
+class HypervisorFailed(VmError):
+    """The hypervisor exited while starting; `.output` holds what it printed (a start may be retried on it)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class ExecFailed(VmError):

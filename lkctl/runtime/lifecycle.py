@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import os
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from lkctl.errors import ConfigError, VmError
-from lkctl.fsutil import atomic_write
-from lkctl.paths import cache_dir
+from lkctl.errors import ConfigError, HypervisorFailed, VmError
 from lkctl.runtime import state
+from lkctl.runtime.exec import ssh_target
 from lkctl.runtime.hyperkit import console_file
+from lkctl.runtime.ports import check_ports
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
+from lkctl.runtime.start import StartPlan, load_daemons, start_processes, wait_ready
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import (
-    _check_ports,
-    _kill_helpers,
-    _signal,
-    _start_qemu,
-    _wait_gone,
-    _wait_ready,
-    ssh_target,
-    stop_vm,
-)
+from lkctl.runtime.stop import kill_helpers, signal_vm, stop_vm, wait_gone
 
 __all__ = [
     "copy_path",
-    "file_digest",
     "inspect_vm",
     "kill_vm",
     "prune_vms",
@@ -39,33 +26,6 @@ __all__ = [
     "restart_vm",
     "shell_in_vm",
 ]
-
-
-def file_digest(paths: Sequence[Path]) -> str:
-    """sha256 over the files that make up a boot image (kernel then initrd, or the one image file).
-
-    Disk images run to gigabytes and are booted again and again: the digest is remembered in lkctl's cache,
-    keyed by each file's path, size, mtime and inode, so only a changed file is read again.
-    """
-    stats = [os.stat(p) for p in paths]
-    key = hashlib.sha256(
-        "|".join(
-            f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-            for p, st in zip(paths, stats, strict=True)
-        ).encode()
-    ).hexdigest()[:32]
-    memo = cache_dir() / "digests" / key
-    with contextlib.suppress(OSError):
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    digest = "sha256:" + h.hexdigest()
-    with contextlib.suppress(OSError):
-        atomic_write(memo, digest)
-    return digest
 
 
 def inspect_vm(record: VmRecord) -> dict[str, Any]:
@@ -98,12 +58,12 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
 
         return kill_libvirt_vm(record)
     if not state.is_our_process(record):
-        _kill_helpers(record)
+        kill_helpers(record)
         return False
-    _signal(record, sig)
+    signal_vm(record, sig)
     if sig in (signal.SIGKILL, signal.SIGTERM):
-        _wait_gone(record, 10)
-        _kill_helpers(record)
+        wait_gone(record, 10)
+        kill_helpers(record)
     return True
 
 
@@ -119,7 +79,7 @@ def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
-    _kill_helpers(record)
+    kill_helpers(record)
     with state.vms_lock():
         state.remove_record(record)
 
@@ -147,8 +107,17 @@ def prune_vms() -> list[VmRecord]:
     return removed
 
 
-def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: float = 180.0) -> VmRecord:
-    """Power the VM off (if running) and boot it again with the same command line, keys, ports and name."""
+def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_timeout: float | None = None) -> VmRecord:
+    """Power the VM off (if running) and boot it again with the same command line, keys, ports, name and helper
+    daemons (a virtiofs volume's virtiofsd), through the same start path as `vm.run`.
+
+    Timeouts None: settings' `vm.stop_timeout` / `vm.ready_timeout`."""
+    if stop_timeout is None or ready_timeout is None:
+        from lkctl.settings import load_settings
+
+        vm = load_settings().vm
+        stop_timeout = vm.stop_timeout if stop_timeout is None else stop_timeout
+        ready_timeout = vm.ready_timeout if ready_timeout is None else ready_timeout
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import restart_libvirt_vm
 
@@ -161,26 +130,20 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
     from lkctl.runtime.qemu import parse_port
 
     try:
-        _check_ports(record.ssh_port, [parse_port(p.replace("->", ":")) for p in record.ports])
+        check_ports(record.ssh_port, [parse_port(p.replace("->", ":")) for p in record.ports])
     except ConfigError as e:
         raise VmError(f"cannot restart {record.name}: {e.message}; remove it and run a new VM") from None
     argv = list(record.argv)
     if "-daemonize" not in argv:
         argv.append("-daemonize")
     (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
-    result = _start_qemu(argv, record.dir)
-    if result.returncode != 0:
-        last = (result.stderr.decode(errors="replace").strip().splitlines() or [f"exit {result.returncode}"])[-1]
-        raise VmError(f"QEMU failed to restart VM {record.name}: {last}")
-    ident = state.process_identity(state.read_pidfile(record.dir))
-    if ident is None:
-        raise VmError(f"QEMU for VM {record.name} exited right after restarting")
-    record = dataclasses.replace(
-        record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id, exit_reason="", argv=argv
-    )
-    state.save_record(record)
+    plan = StartPlan(tuple(argv), load_daemons(record.dir))
+    try:
+        record, _ = start_processes(dataclasses.replace(record, exit_reason=""), plan)
+    except HypervisorFailed as e:
+        raise VmError(str(e).replace("failed to start", "failed to restart")) from None
     if record.ssh_port:  # a VM with --network none has no SSH to wait for
-        record = _wait_ready(record, ready_timeout)
+        record = wait_ready(record, ready_timeout)
     return record
 
 

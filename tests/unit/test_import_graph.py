@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[2] / "lkctl"
 # else fails, and an entry whose import is gone fails too, so the list only shrinks.
 KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
     {
-        # runtime.vm <-> lifecycle: restart re-implements the start path with vm's private helpers (item 4).
-        ("lkctl.runtime.lifecycle", "lkctl.runtime.vm"),
-        # file_digest is owned by lifecycle; it belongs with the record/state code (item 4).
-        ("lkctl.runtime.vm", "lkctl.runtime.lifecycle"),
-        ("lkctl.runtime.libvirt.vms", "lkctl.runtime.lifecycle"),
         # the HTTP client lives in sources/_http.py, so the OCI registry client imports the sources package,
         # whose factory imports sources.oci -> oci.registry: moving the client to its own module fixes it.
         ("lkctl.oci.registry", "lkctl.sources"),
@@ -35,11 +30,6 @@ KNOWN_CYCLE_EDGES: frozenset[tuple[str, str]] = frozenset(
 )
 KNOWN_PRIVATE: frozenset[tuple[str, str]] = frozenset(
     {
-        # lifecycle's restart re-implements run's start path with vm.py's private helpers (item 4).
-        *(
-            ("lkctl.runtime.lifecycle", f"lkctl.runtime.vm.{name}")
-            for name in ("_check_ports", "_kill_helpers", "_signal", "_start_qemu", "_wait_gone", "_wait_ready")
-        ),
         # the HTTP client is private to sources but the OCI registry client uses it too (item 6: one owner).
         ("lkctl.oci.registry", "lkctl.sources._http"),
         # the CLI completes task arguments with the tasks' private completion module (item 7).

@@ -128,7 +128,7 @@ def _upload_boot(
     conn: libvirt.virConnect, pool: libvirt.virStoragePool, boot: BootImage, say: Callable[[str], None]
 ) -> dict[str, str]:
     """Send the image's files that the host lacks; {role: path on the host}."""
-    from lkctl.runtime.lifecycle import file_digest
+    from lkctl.runtime.digest import file_digest
 
     roles: list[tuple[str, Path, str]] = []
     if boot.kernel is not None:
@@ -231,7 +231,7 @@ def run_on_libvirt(
 ) -> VmRecord:  # fmt: skip
     """Boot `boot` as a new domain on `host` and wait for its SSH. A failure leaves nothing behind there or here."""
     from lkctl import ssh
-    from lkctl.runtime.lifecycle import file_digest
+    from lkctl.runtime.digest import file_digest
 
     check_run_options(opts)
     lv = backend.libvirt_module()
