@@ -26,7 +26,7 @@ from lkctl.errors import ExecFailed, VmError
 
 if TYPE_CHECKING:
     from lkctl.build import BuildResult
-    from lkctl.runtime.qemu import PortForward, Volume
+    from lkctl.runtime.model import PortForward, Volume
     from lkctl.runtime.state import VmRecord
     from lkctl.settings import Settings
     from lkctl.ssh import SshSession
@@ -263,13 +263,13 @@ class Vm:
 
 
 def _ports(ports: Sequence[str | PortForward]) -> tuple[PortForward, ...]:
-    from lkctl.runtime.qemu import parse_port
+    from lkctl.runtime.model import parse_port
 
     return tuple(parse_port(p) if isinstance(p, str) else p for p in ports)
 
 
 def _volumes(volumes: Sequence[str | Volume]) -> tuple[Volume, ...]:
-    from lkctl.runtime.qemu import parse_volume
+    from lkctl.runtime.model import parse_volume
 
     return tuple(parse_volume(v) if isinstance(v, str) else v for v in volumes)
 

@@ -28,7 +28,7 @@ from lkctl import paths
 from lkctl.errors import ImageError, LkError, StateError
 from lkctl.oci.layout import Store
 from lkctl.runtime.disks import detect_format
-from lkctl.runtime.qemu import BootImage, ImageFormat
+from lkctl.runtime.model import BootImage, ImageFormat
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,

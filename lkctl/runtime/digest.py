@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lkctl.fsutil import atomic_write
 from lkctl.paths import cache_dir
-from lkctl.runtime.qemu import BootImage
+from lkctl.runtime.model import BootImage
 
 __all__ = ["boot_digest", "file_digest"]
 

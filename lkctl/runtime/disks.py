@@ -20,18 +20,8 @@ from lkctl.errors import ConfigError, ImageError
 from lkctl.flags import parse_size
 from lkctl.fsutil import atomic_write
 from lkctl.runtime.host import HostCaps
-from lkctl.runtime.qemu import (
-    BOOT_OVERLAY,
-    UEFI_VARS,
-    VOLUMES_FILE,
-    DataDisk,
-    ImageFormat,
-    UefiFirmware,
-    VmSpec,
-    VolumeMount,
-    needs_uefi,
-    volumes_manifest,
-)
+from lkctl.runtime.model import DataDisk, ImageFormat, UefiFirmware, VmSpec, VolumeMount, needs_uefi, volumes_manifest
+from lkctl.runtime.qemu import BOOT_OVERLAY, UEFI_VARS, VOLUMES_FILE
 
 __all__ = [
     "clone_file",

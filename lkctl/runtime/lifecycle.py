@@ -127,7 +127,7 @@ def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_tim
     if "hyperkit" in Path(record.argv[0]).name:
         raise VmError(f"restarting hyperkit VMs is not supported; remove {record.name} and run a new VM")
     stop_vm(record, timeout=stop_timeout)
-    from lkctl.runtime.qemu import parse_port
+    from lkctl.runtime.model import parse_port
 
     try:
         check_ports(record.ssh_port, [parse_port(p.replace("->", ":")) for p in record.ports])

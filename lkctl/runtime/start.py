@@ -26,7 +26,8 @@ from lkctl.errors import ConfigError, HypervisorFailed, StateError, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime import state
 from lkctl.runtime.console import PANIC_MARKERS, console_bytes, diagnose_not_ready
-from lkctl.runtime.qemu import PIDFILE, VmSpec
+from lkctl.runtime.model import VmSpec
+from lkctl.runtime.qemu import PIDFILE
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.stop import terminate_vm
 
@@ -79,7 +80,7 @@ class StartPlan:
 def virtiofs_daemons(spec: VmSpec) -> tuple[Daemon, ...]:
     """One virtiofsd per virtiofs volume of `spec`; ConfigError when virtiofsd or root is missing."""
     from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
-    from lkctl.runtime.qemu import volume_mounts
+    from lkctl.runtime.model import volume_mounts
 
     mounts = [m for m in volume_mounts(spec) if m.fstype == "virtiofs"]
     if not mounts:

@@ -18,29 +18,33 @@ from pathlib import Path
 from typing import IO
 
 from lkctl import proc
+from lkctl.arch import guest_arch
 from lkctl.errors import ConfigError, HypervisorFailed, StateError
 from lkctl.flags import check_vm_name
 from lkctl.runtime import state
+from lkctl.runtime.backend import Backend, choose_backend
 from lkctl.runtime.console import console_tail, follow_console
 from lkctl.runtime.digest import boot_digest
 from lkctl.runtime.exec import exec_in_vm, ssh_target
-from lkctl.runtime.host import HostCaps, probe_host
-from lkctl.runtime.hyperkit import require_hypervisor
+from lkctl.runtime.host import HostCaps
+from lkctl.runtime.hyperkit import Hypervisor
+from lkctl.runtime.model import BootImage, DataDisk, Network, PortForward, VmSpec, Volume, needs_uefi
 from lkctl.runtime.network import check_run_network, network_mode
 from lkctl.runtime.ports import check_ports, free_port
-from lkctl.runtime.qemu import BootImage, DataDisk, Network, PortForward, VmSpec, Volume, needs_uefi
-from lkctl.runtime.start import StartPlan, save_daemons, start_processes, virtiofs_daemons, wait_ready
+from lkctl.runtime.start import save_daemons, start_processes, wait_ready
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.stop import kill_helpers, stop_vm, terminate_vm
 from lkctl.settings import Settings
 
 __all__ = [
+    "LaunchPlan",
     "RunOptions",
     "console_tail",
     "exec_in_vm",
     "follow_console",
     "plan_vm",
     "preflight",
+    "resolve_options",
     "run_vm",
     "ssh_target",
     "stop_vm",
@@ -73,6 +77,30 @@ class RunOptions:
     host: str = ""  # run through libvirt on this lkctl.hosts entry, or `auto` (most free memory that fits)
 
 
+@dataclass(frozen=True)
+class LaunchPlan:
+    """RunOptions with every "0 / None means the default" resolved, once, against settings: what run_vm and
+    plan_vm use from here on."""
+
+    memory: int  # MB
+    cpus: int
+    ready_timeout: float  # seconds a detached run waits for SSH
+    network: Network
+    backend: Backend  # the hypervisor, chosen (and its binary checked) before anything is created
+
+
+def resolve_options(opts: RunOptions, settings: Settings) -> LaunchPlan:
+    """Resolve `opts` against `settings`; an unusable hypervisor or network choice fails here, in one line."""
+    check_run_network(opts, settings)
+    return LaunchPlan(
+        memory=opts.memory or settings.vm.memory,
+        cpus=opts.cpus or settings.vm.cpus,
+        ready_timeout=opts.ready_timeout or settings.vm.ready_timeout,
+        network=network_mode(opts, settings),
+        backend=choose_backend(opts.hypervisor, settings),
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -88,7 +116,7 @@ def preflight(opts: RunOptions) -> None:
         check_ports(opts.ssh_port, opts.ports)
 
 
-def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Settings, host: HostCaps) -> VmRecord:
+def _create(boot: BootImage, image_label: str, opts: RunOptions, plan: LaunchPlan, host: HostCaps) -> VmRecord:
     from lkctl import ssh
     from lkctl.runtime.guest import guest_hostname, write_guest_files
 
@@ -105,8 +133,8 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
             image=image_label,
             image_format=boot.format.value,
             created=_now(),
-            memory=opts.memory or settings.vm.memory,
-            cpus=opts.cpus or settings.vm.cpus,
+            memory=plan.memory,
+            cpus=plan.cpus,
             ssh_port=0,
             ports=[str(p) for p in opts.ports],
             accel=host.accel.value,
@@ -129,7 +157,13 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
 
 
 def _spec(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, ssh_port: int, host: HostCaps
+    record: VmRecord,
+    boot: BootImage,
+    opts: RunOptions,
+    settings: Settings,
+    plan: LaunchPlan,
+    ssh_port: int,
+    host: HostCaps,
 ) -> VmSpec:
     from lkctl.runtime.disks import detect_uefi, find_uefi_firmware
     from lkctl.runtime.guest import guest_files
@@ -159,22 +193,22 @@ def _spec(
         volumes=opts.volumes,
         data_disk=opts.data_disk,
         virtiofs=opts.virtiofs,
-        network=network_mode(opts, settings),
+        network=plan.network,
     )
     if needs_uefi(spec, host.arch):
         firmware = find_uefi_firmware(host.arch)
         if firmware is None:
             raise ConfigError(
                 f"{boot.path} boots with UEFI but no UEFI firmware was found; install it with: sudo apt-get install "
-                + ("ovmf" if host.arch == "x86_64" else "qemu-efi-aarch64")
+                + guest_arch(host.arch).firmware_package
             )
         spec = dataclasses.replace(spec, firmware=firmware)
     return spec
 
 
-def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: str) -> BootImage:
+def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: Hypervisor) -> BootImage:
     """Under QEMU on x86, boot the kernel's uncompressed ELF through PVH when it supports it (2x faster boots)."""
-    if not settings.vm.pvh or hypervisor != "qemu" or host.arch != "x86_64" or boot.kernel is None:
+    if not settings.vm.pvh or hypervisor is not Hypervisor.QEMU or host.arch != "x86_64" or boot.kernel is None:
         return boot
     from lkctl.runtime.pvh import pvh_kernel
 
@@ -186,52 +220,32 @@ def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor
 
 
 def _launch(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps, hypervisor: str
+    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, plan: LaunchPlan, host: HostCaps
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Plan and start the VM (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
-    from lkctl.runtime.disks import prepare_vm_files
-    from lkctl.runtime.hyperkit import hypervisor_argv, vpnkit_link
 
-    boot = _fast_kernel(boot, host, settings, hypervisor)
+    backend = plan.backend
+    boot = _fast_kernel(boot, host, settings, backend.hypervisor)
     for attempt in range(3):
-        ssh_port = 0 if network_mode(opts, settings) is Network.NONE else opts.ssh_port or free_port()
+        ssh_port = 0 if plan.network is Network.NONE else opts.ssh_port or free_port()
         check_ports(ssh_port, opts.ports)
-        spec = _spec(record, boot, opts, settings, ssh_port, host)
-        prepare_vm_files(spec, record.dir, host, hypervisor=hypervisor)
-        link = vpnkit_link(spec) if hypervisor == "hyperkit" else None
-        plan = StartPlan(
-            tuple(hypervisor_argv(spec, host, hypervisor)), virtiofs_daemons(spec), vpnkit=bool(link and link.own)
-        )
-        save_daemons(record.dir, plan.daemons)  # restarts start the same daemons
+        spec = _spec(record, boot, opts, settings, plan, ssh_port, host)
+        backend.prepare_files(spec, record.dir, host)
+        start = backend.start_plan(spec, backend.argv(spec, host))
+        save_daemons(record.dir, start.daemons)  # restarts start the same daemons
         if ssh_port:
             ssh.write_known_hosts(
                 record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
             )
         record = dataclasses.replace(record, ssh_port=ssh_port)
-        publish = functools.partial(_publish_ports, spec=spec) if hypervisor == "hyperkit" else None
         try:
-            return start_processes(record, plan, after_start=publish)
+            return start_processes(record, start, after_start=functools.partial(backend.after_start, spec=spec))
         except HypervisorFailed as e:
             if "host forwarding rule" in e.output and not opts.ssh_port and attempt < 2:
                 continue  # someone took the free port between our check and QEMU's bind
             raise
     raise AssertionError("unreachable")
-
-
-def _publish_ports(record: VmRecord, spec: VmSpec) -> None:
-    """Forward the SSH port and --port forwards through the VM's vpnkit, as LinuxKit's vpnkitPublishPorts does.
-    NEVER EXECUTED against a real vpnkit (tested against an HTTP server on a unix socket)."""
-    from lkctl.runtime.hyperkit import vpnkit_link
-    from lkctl.runtime.vpnkit import expose_port
-
-    link = vpnkit_link(spec)
-    if link is None or not link.port_control:
-        return
-    forwards = [PortForward(spec.ssh_port, 22)] if spec.ssh_port else []
-    for p in [*forwards, *spec.ports]:
-        expose_port(record.dir / link.port_control, proto=p.proto, host_ip=p.host_ip, host_port=p.host_port,
-                    guest_ip=link.guest_ip, guest_port=p.guest_port)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -274,12 +288,11 @@ def run_vm(
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
     once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
     """
-    check_run_network(opts, settings)
-    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu).value  # before anything is created
-    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel, hypervisor=hypervisor)
+    plan = resolve_options(opts, settings)  # before anything is created
+    host = plan.backend.probe(settings, boot.kernel)
     if opts.ssh_port or opts.ports:
         check_ports(opts.ssh_port, opts.ports)
-    record = _create(boot, image_label, opts, settings, host)
+    record = _create(boot, image_label, opts, plan, host)
     try:
         from lkctl.images import adopt_private_build
 
@@ -290,12 +303,12 @@ def run_vm(
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
-            record, child = _launch(record, boot, opts, settings, host, hypervisor)
+            record, child = _launch(record, boot, opts, settings, plan, host)
             if on_started is not None:
                 on_started(record)
             if opts.detach:
                 if opts.wait_ssh:
-                    record = wait_ready(record, opts.ready_timeout or settings.vm.ready_timeout, on_wait)
+                    record = wait_ready(record, plan.ready_timeout, on_wait)
                 return record, 0
             assert child is not None
             code = _foreground(record, child, console, settings)
@@ -352,19 +365,17 @@ def plan_vm(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     The hypervisor argv for a VM with a fresh ID, run from its state directory (relative paths in the argv are
     there), and the record it would have. With no --ssh-port, the port shown is one that is free now.
     """
-    from lkctl.runtime.hyperkit import hypervisor_argv
-
-    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu).value
-    host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel, hypervisor=hypervisor)
+    plan = resolve_options(opts, settings)
+    host = plan.backend.probe(settings, boot.kernel)
     preflight(opts)
-    boot = _fast_kernel(boot, host, settings, hypervisor)
+    boot = _fast_kernel(boot, host, settings, plan.backend.hypervisor)
     records = state.all_records()
     vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
     ssh_port = opts.ssh_port or free_port()
     record = VmRecord(
         id=vm_id, name=opts.name or vm_id, image=image_label, image_format=boot.format.value, created=_now(),
-        memory=opts.memory or settings.vm.memory, cpus=opts.cpus or settings.vm.cpus, ssh_port=ssh_port,
+        memory=plan.memory, cpus=plan.cpus, ssh_port=ssh_port,
         ports=[str(p) for p in opts.ports], accel=host.accel.value, auto_remove=opts.auto_remove, image_digest="",
     )  # fmt: skip
-    spec = _spec(record, boot, opts, settings, ssh_port, host)
-    return hypervisor_argv(spec, host, hypervisor), record
+    spec = _spec(record, boot, opts, settings, plan, ssh_port, host)
+    return plan.backend.argv(spec, host), record

@@ -111,7 +111,7 @@ def run(
     from lkctl.flags import check_vm_name, parse_count, parse_memory, parse_port_number, parse_timeout
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
-    from lkctl.runtime.qemu import parse_network, parse_port, parse_volume
+    from lkctl.runtime.model import parse_network, parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions
 
     if template and image and template != image:

@@ -23,7 +23,7 @@ from lkctl.runtime.libvirt import backend
 from lkctl.runtime.libvirt.backend import domain_status
 from lkctl.runtime.libvirt.domain import DomainFiles, FwCfgEntry, LibvirtHostCaps, domain_name, domain_xml
 from lkctl.runtime.libvirt.hosts import HostConfig, is_local_uri, jump_host
-from lkctl.runtime.qemu import BootImage, ImageFormat, VmSpec
+from lkctl.runtime.model import BootImage, ImageFormat, VmSpec
 from lkctl.runtime.state import VmRecord
 
 if TYPE_CHECKING:
