@@ -142,7 +142,7 @@ class Vm:
         """What `vm.inspect` prints: argv, ports, paths of keys, console and QMP socket, image digest, status."""
         from lkctl.runtime.lifecycle import inspect_vm
 
-        return inspect_vm(self.record)
+        return inspect_vm(self.record).to_json()
 
     def __repr__(self) -> str:
         return f"<Vm {self.name} ({self.id})>"
@@ -329,7 +329,7 @@ def ps(all: bool = False) -> list[Vm]:
     from lkctl.runtime.launch import list_vms
     from lkctl.runtime.state import find_vm
 
-    return [Vm(find_vm(row["id"])) for row in list_vms(include_stopped=all)]
+    return [Vm(find_vm(row.id)) for row in list_vms(include_stopped=all)]
 
 
 def build(

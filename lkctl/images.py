@@ -333,7 +333,7 @@ def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | Non
 @dataclass
 class StagedKeys:
     """A VM's SSH keys made before the VM exists, so a template can be rendered with them (`SSH_KEY`,
-    `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (RunOptions.keys_from) and the new VM
+    `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (run_vm's keys_from) and the new VM
     adopts them. Made on first use: templates that do not ask for a key cost nothing, not even a directory."""
 
     root: Path

@@ -42,8 +42,9 @@ def find_vms(names: Iterable[str], *, unknown: bool = False) -> list[VmRecord]:
     return records
 
 
-def start_vm(record: VmRecord, *, ready_timeout: float = 180.0) -> VmRecord:
-    """Boot a stopped VM again, as `vm.restart` does: same name, keys, ports, volumes, disks and environment."""
+def start_vm(record: VmRecord, *, ready_timeout: float | None = None) -> VmRecord:
+    """Boot a stopped VM again, as `vm.restart` does: same name, keys, ports, volumes, disks and environment.
+    `ready_timeout` None: settings' `vm.ready_timeout`."""
     from lkctl.runtime.lifecycle import restart_vm
 
     status = state.vm_status(record)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +20,7 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.stop import kill_helpers, signal_vm, stop_vm, wait_gone
 
 __all__ = [
+    "VmInspection",
     "copy_path",
     "inspect_vm",
     "kill_vm",
@@ -28,27 +31,41 @@ __all__ = [
 ]
 
 
-def inspect_vm(record: VmRecord) -> dict[str, Any]:
-    """Everything lkctl knows about a VM, for `vm.inspect` (JSON-serialisable)."""
+@dataclass(frozen=True)
+class VmInspection:
+    """Everything lkctl knows about a VM (`vm.inspect`): its record, live status and the paths of its files."""
+
+    record: VmRecord
+    status: str
+    paths: Mapping[str, str]
+    problem: str | None = None  # why the record could not be read (local VMs)
+    placement: Mapping[str, str] = field(default_factory=dict)  # libvirt VMs: uri, host, domain, uuid
+
+    def to_json(self) -> dict[str, Any]:
+        """`vm.inspect`'s JSON object."""
+        where: dict[str, Any] = dict(self.placement) if self.placement else {"problem": self.problem}
+        return {**self.record.to_json(), "status": self.status, **where, "paths": dict(self.paths)}
+
+
+def inspect_vm(record: VmRecord) -> VmInspection:
+    """Everything lkctl knows about a VM, for `vm.inspect`."""
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import inspect_libvirt_vm
 
-        return inspect_libvirt_vm(record)
+        doc = inspect_libvirt_vm(record)
+        placement = {k: str(doc[k]) for k in ("uri", "host", "domain", "uuid")}
+        return VmInspection(record, str(doc["status"]), dict(doc["paths"]), placement=placement)
     d = record.dir
-    return {
-        **record.to_json(),
-        "status": state.vm_status(record),
-        "problem": record.problem or None,
-        "paths": {
-            "state_dir": str(d),
-            "console_log": str(console_file(d)),
-            "qmp_socket": str(d / QMP_SOCKET),
-            "pidfile": str(d / PIDFILE),
-            "client_key": str(d / "id_ed25519"),
-            "host_key": str(d / "ssh_host_ed25519_key.pub"),
-            "known_hosts": str(d / "known_hosts"),
-        },
+    paths = {
+        "state_dir": str(d),
+        "console_log": str(console_file(d)),
+        "qmp_socket": str(d / QMP_SOCKET),
+        "pidfile": str(d / PIDFILE),
+        "client_key": str(d / "id_ed25519"),
+        "host_key": str(d / "ssh_host_ed25519_key.pub"),
+        "known_hosts": str(d / "known_hosts"),
     }
+    return VmInspection(record, state.vm_status(record), paths, problem=record.problem or None)
 
 
 def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
@@ -67,13 +84,18 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
     return True
 
 
-def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30.0) -> None:
-    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read."""
+def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float | None = None) -> None:
+    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read.
+    `stop_timeout` None: settings' `vm.stop_timeout`."""
     if record.problem and not force:
         raise ConfigError(f"VM {record.id} is unknown ({record.problem}); vm.rm --force {record.id} removes it")
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import remove_libvirt_vm
 
+        if stop_timeout is None:
+            from lkctl.settings import load_settings
+
+            stop_timeout = load_settings().vm.stop_timeout
         return remove_libvirt_vm(record, force=force, stop_timeout=stop_timeout)
     if state.vm_status(record) == "running" or (record.problem and state.is_our_process(record)):
         if not force:

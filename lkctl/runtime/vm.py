@@ -69,7 +69,6 @@ class RunOptions:
     uefi: bool | None = None  # None: decided from the image (LinuxKit -efi names, EFI-only ISOs, GPT disks)
     hypervisor: str = "auto"  # auto | qemu | hyperkit
     virtiofs: bool = False  # share read-write volumes over virtiofs (a virtiofsd each; needs root) instead of 9p
-    keys_from: Path | None = None  # SSH keys made before the VM (a template was rendered with them): adopt them
     hostname: str = ""  # the guest's host name (default: the VM's name; see lkctl.runtime.guest)
     env: tuple[tuple[str, str], ...] = ()  # --env NAME=VALUE: the guest's services and vm.exec see it
     network: Network | None = None  # user | restricted | none; None: settings.vm.network
@@ -116,7 +115,9 @@ def preflight(opts: RunOptions) -> None:
         check_ports(opts.ssh_port, opts.ports)
 
 
-def _create(boot: BootImage, image_label: str, opts: RunOptions, plan: LaunchPlan, host: HostCaps) -> VmRecord:
+def _create(
+    boot: BootImage, image_label: str, opts: RunOptions, plan: LaunchPlan, host: HostCaps, keys_from: Path | None
+) -> VmRecord:
     from lkctl import ssh
     from lkctl.runtime.guest import guest_hostname, write_guest_files
 
@@ -144,7 +145,7 @@ def _create(boot: BootImage, image_label: str, opts: RunOptions, plan: LaunchPla
         )
         state.save_record(record)  # reserves the name and id under the lock
     try:
-        for f in sorted(opts.keys_from.iterdir()) if opts.keys_from else ():
+        for f in sorted(keys_from.iterdir()) if keys_from else ():
             if f.is_file() and not f.name.startswith("."):
                 shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
         ssh.generate_keys(record.dir)
@@ -278,6 +279,7 @@ def run_vm(
     opts: RunOptions,
     settings: Settings,
     *,
+    keys_from: Path | None = None,
     console: IO[bytes] | None = None,
     on_started: Callable[[VmRecord], None] | None = None,
     on_wait: Callable[[bytes], None] | None = None,
@@ -287,16 +289,17 @@ def run_vm(
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
     once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
+    `keys_from`: a directory of SSH keys made before the VM (a template was rendered with them), adopted by it.
     """
     plan = resolve_options(opts, settings)  # before anything is created
     host = plan.backend.probe(settings, boot.kernel)
     if opts.ssh_port or opts.ports:
         check_ports(opts.ssh_port, opts.ports)
-    record = _create(boot, image_label, opts, plan, host)
+    record = _create(boot, image_label, opts, plan, host, keys_from)
     try:
         from lkctl.images import adopt_private_build
 
-        boot = adopt_private_build(boot, opts.keys_from, record.dir)
+        boot = adopt_private_build(boot, keys_from, record.dir)
     except BaseException:
         state.remove_record(record)
         raise

@@ -152,7 +152,9 @@ def _upload_boot(
     return out
 
 
-def _create_record(label: str, boot: BootImage, opts: RunOptions, settings: Settings, host: HostConfig) -> VmRecord:
+def _create_record(
+    label: str, boot: BootImage, opts: RunOptions, settings: Settings, host: HostConfig, keys_from: Path | None
+) -> VmRecord:
     from lkctl import ssh
 
     with state.vms_lock():
@@ -169,7 +171,7 @@ def _create_record(label: str, boot: BootImage, opts: RunOptions, settings: Sett
         )  # fmt: skip
         state.save_record(record)
     try:
-        for f in sorted(opts.keys_from.iterdir()) if opts.keys_from else ():
+        for f in sorted(keys_from.iterdir()) if keys_from else ():
             if f.is_file() and not f.name.startswith("."):
                 (record.dir / f.name).write_bytes(f.read_bytes())
                 (record.dir / f.name).chmod(f.stat().st_mode & 0o777)
@@ -227,7 +229,7 @@ def _vm_files(
 
 def run_on_libvirt(
     boot: BootImage, label: str, opts: RunOptions, settings: Settings, host: HostConfig,
-    say: Callable[[str], None] = lambda _: None,
+    say: Callable[[str], None] = lambda _: None, keys_from: Path | None = None,
 ) -> VmRecord:  # fmt: skip
     """Boot `boot` as a new domain on `host` and wait for its SSH. A failure leaves nothing behind there or here."""
     from lkctl import ssh
@@ -237,7 +239,7 @@ def run_on_libvirt(
     lv = backend.libvirt_module()
     dom: libvirt.virDomain | None = None
     with backend.connection(host.uri, host.known_hosts) as conn:  # an unreachable host: nothing was made yet
-        record = _create_record(label, boot, opts, settings, host)
+        record = _create_record(label, boot, opts, settings, host, keys_from)
         try:
             pool = backend.ensure_pool(conn, settings.libvirt.pool, settings.libvirt.pool_path)
             caps = backend.probe(conn, host.uri, pool, host.accel)
