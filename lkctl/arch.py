@@ -91,6 +91,7 @@ class GuestArch:
     firmware_package: str  # the Debian package with its UEFI firmware
     uefi_only: bool = False  # no BIOS: every ISO and disk boots through UEFI firmware
     cdrom_boot_flag: bool = False  # `-boot d` picks the CD (firmware without a boot order needs none)
+    pvh: bool = False  # QEMU can boot the kernel's uncompressed ELF through PVH (lkctl.runtime.pvh)
     # extra -machine options: by host OS first ("darwin"), then by accelerator ("kvm"), else ""
     machine_options: tuple[tuple[str, str], ...] = ()
 
@@ -116,6 +117,7 @@ GUEST_ARCHES = {
             tcg_cpu="max",
             firmware_package="ovmf",
             cdrom_boot_flag=True,
+            pvh=True,
         ),
         GuestArch(
             machine="aarch64",

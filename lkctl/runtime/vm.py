@@ -209,7 +209,7 @@ def _spec(
 
 def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor: Hypervisor) -> BootImage:
     """Under QEMU on x86, boot the kernel's uncompressed ELF through PVH when it supports it (2x faster boots)."""
-    if not settings.vm.pvh or hypervisor is not Hypervisor.QEMU or host.arch != "x86_64" or boot.kernel is None:
+    if not settings.vm.pvh or hypervisor is not Hypervisor.QEMU or not guest_arch(host.arch).pvh or not boot.kernel:
         return boot
     from lkctl.runtime.pvh import pvh_kernel
 

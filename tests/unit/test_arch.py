@@ -60,6 +60,7 @@ def test_guest_arch_rows_give_qemus_machine_and_cpu_per_accelerator_and_host() -
     assert arm.cpu_arg("tcg") == "max,pauth-impdef=on" and arm.cpu_arg("hvf") == "host"
     assert (x86.console, arm.console, x86.disk_bus, arm.root_device) == ("ttyS0", "ttyAMA0", "ide-hd", "/dev/vda")
     assert arm.uefi_only and not x86.uefi_only and x86.firmware_package == "ovmf"
+    assert x86.pvh and not arm.pvh
 
 
 def test_guest_arch_refuses_an_architecture_lkctl_does_not_boot_in_one_line() -> None:
