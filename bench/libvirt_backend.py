@@ -24,8 +24,8 @@ BIN = Path(sys.executable).parent
 
 
 def timed_upload(uri: str, pin: str, pool_name: str, files: list[Path]) -> tuple[float, float]:
+    from lkctl.runtime.digest import file_digest
     from lkctl.runtime.libvirt import backend
-    from lkctl.runtime.lifecycle import file_digest
 
     with backend.connection(uri, pin) as conn:
         pool = backend.ensure_pool(conn, pool_name, f"/var/lib/libvirt/{pool_name}")

@@ -27,7 +27,7 @@ from lkctl.errors import ExecFailed
 if TYPE_CHECKING:
     from lkctl import ssh
     from lkctl.build import BuildResult
-    from lkctl.runtime.qemu import PortForward, Volume
+    from lkctl.runtime.model import PortForward, Volume
     from lkctl.runtime.state import VmRecord
     from lkctl.settings import Settings
 
@@ -150,7 +150,7 @@ class Vm(_Commands):
         """What `vm.inspect` prints: argv, ports, paths of keys, console and QMP socket, image digest, status."""
         from lkctl.runtime.lifecycle import inspect_vm
 
-        return inspect_vm(self.record)
+        return inspect_vm(self.record).to_json()
 
     def __repr__(self) -> str:
         return f"<Vm {self.name} ({self.id})>"
@@ -261,13 +261,13 @@ class Vm(_Commands):
 
 
 def _ports(ports: Sequence[str | PortForward]) -> tuple[PortForward, ...]:
-    from lkctl.runtime.qemu import parse_port
+    from lkctl.runtime.model import parse_port
 
     return tuple(parse_port(p) if isinstance(p, str) else p for p in ports)
 
 
 def _volumes(volumes: Sequence[str | Volume]) -> tuple[Volume, ...]:
-    from lkctl.runtime.qemu import parse_volume
+    from lkctl.runtime.model import parse_volume
 
     return tuple(parse_volume(v) if isinstance(v, str) else v for v in volumes)
 
@@ -327,7 +327,7 @@ def ps(all: bool = False) -> list[Vm]:
     from lkctl.runtime.launch import list_vms
     from lkctl.runtime.state import find_vm
 
-    return [Vm(find_vm(row["id"])) for row in list_vms(include_stopped=all)]
+    return [Vm(find_vm(row.id)) for row in list_vms(include_stopped=all)]
 
 
 def build(

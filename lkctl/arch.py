@@ -14,10 +14,13 @@ from lkctl.errors import ConfigError
 
 __all__ = [
     "BUILD_ARCHES",
+    "GUEST_ARCHES",
     "ArchNames",
+    "GuestArch",
     "Platform",
     "arch_names",
     "debian_arch",
+    "guest_arch",
     "host_machine",
     "machine_arch",
     "oci_arch",
@@ -102,3 +105,69 @@ class Platform:
 
     def __str__(self) -> str:
         return f"{self.os}/{self.arch}"
+
+
+@dataclass(frozen=True)
+class GuestArch:
+    """How a guest of one architecture boots under QEMU (and libvirt): the per-architecture facts in one row."""
+
+    machine: str  # kernel/QEMU name: x86_64, aarch64
+    qemu_machine: str  # QEMU machine type: q35, virt
+    console: str  # the serial console's kernel name: ttyS0, ttyAMA0
+    disk_bus: str  # QEMU device of a boot disk: AHCI on x86 (LinuxKit's root=/dev/sda), virtio-blk on arm
+    root_device: str  # the boot disk as the guest kernel sees it
+    tcg_cpu: str  # -cpu under TCG (hardware accelerators take `host`)
+    firmware_package: str  # the Debian package with its UEFI firmware
+    uefi_only: bool = False  # no BIOS: every ISO and disk boots through UEFI firmware
+    cdrom_boot_flag: bool = False  # `-boot d` picks the CD (firmware without a boot order needs none)
+    pvh: bool = False  # QEMU can boot the kernel's uncompressed ELF through PVH (lkctl.runtime.pvh)
+    # extra -machine options: by host OS first ("darwin"), then by accelerator ("kvm"), else ""
+    machine_options: tuple[tuple[str, str], ...] = ()
+
+    def machine_arg(self, accel: str, host_os: str) -> str:
+        """The value of QEMU's -machine for this guest under `accel` on a `host_os` host."""
+        options = dict(self.machine_options)
+        extra = options.get(host_os) or options.get(accel) or options.get("", "")
+        return ",".join(p for p in (self.qemu_machine, extra, f"accel={accel}") if p)
+
+    def cpu_arg(self, accel: str) -> str:
+        return "host" if accel in ("kvm", "hvf") else self.tcg_cpu
+
+
+GUEST_ARCHES = {
+    a.machine: a
+    for a in (
+        GuestArch(
+            machine="x86_64",
+            qemu_machine="q35",
+            console="ttyS0",
+            disk_bus="ide-hd",
+            root_device="/dev/sda",
+            tcg_cpu="max",
+            firmware_package="ovmf",
+            cdrom_boot_flag=True,
+            pvh=True,
+        ),
+        GuestArch(
+            machine="aarch64",
+            qemu_machine="virt",
+            console="ttyAMA0",
+            disk_bus="virtio-blk-pci",
+            root_device="/dev/vda",
+            # TCG's `max` emulates pointer authentication with the architected QARMA cipher, 4x slower to boot
+            tcg_cpu="max,pauth-impdef=on",
+            firmware_package="qemu-efi-aarch64",
+            uefi_only=True,
+            # HVF on Apple Silicon: a 36-bit IPA space on M1/M2; KVM takes the host's GIC
+            machine_options=(("darwin", "highmem=off"), ("kvm", "gic-version=host"), ("", "gic-version=max")),
+        ),
+    )
+}
+
+
+def guest_arch(name: str) -> GuestArch:
+    """The boot facts of architecture `name` (any spelling); ConfigError for one lkctl does not boot."""
+    row = GUEST_ARCHES.get(machine_arch(name))
+    if row is None:
+        raise ConfigError(f"unsupported architecture {name}: lkctl runs x86_64 and aarch64 guests")
+    return row

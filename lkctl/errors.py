@@ -19,6 +19,7 @@ __all__ = [
     "ExecFailed",
     "HostUnreachable",
     "HttpError",
+    "HypervisorFailed",
     "ImageError",
     "LkError",
     "ProgramMissing",
@@ -136,6 +137,14 @@ class RegistryAuthError(RegistryError):
 
 class HostUnreachable(VmError):
     """libvirtd on a host did not answer (down, refused, SSH failed)."""
+
+
+class HypervisorFailed(VmError):
+    """The hypervisor exited while starting; `.output` holds what it printed (a start may be retried on it)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class ExecFailed(VmError):

@@ -27,7 +27,7 @@ from lkctl import paths
 from lkctl.errors import ImageError, StateError
 from lkctl.oci.layout import Store
 from lkctl.runtime.disks import detect_format
-from lkctl.runtime.qemu import BootImage, ImageFormat
+from lkctl.runtime.model import BootImage, ImageFormat
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,
@@ -325,7 +325,7 @@ def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | Non
 @dataclass
 class StagedKeys:
     """A VM's SSH keys made before the VM exists, so a template can be rendered with them (`SSH_KEY`,
-    `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (RunOptions.keys_from) and the new VM
+    `SSH_HOST_KEY`, `SSH_HOST_KEY_PUB`); `vm.run` passes `directory` on (run_vm's keys_from) and the new VM
     adopts them. Made on first use: templates that do not ask for a key cost nothing, not even a directory."""
 
     root: Path

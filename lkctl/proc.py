@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 from lkctl.errors import LkError, ProgramMissing
 
-__all__ = ["ProgramMissing", "find_program", "minimal_env", "run", "shutdown_process"]
+__all__ = ["ProgramMissing", "find_program", "minimal_env", "run", "shutdown_process", "spawn"]
 
 log = logging.getLogger("lkctl.proc")
 
@@ -92,6 +92,25 @@ def run(
         detail = " | ".join(tail) or f"exit status {proc.returncode}"
         raise LkError(f"{what or os.path.basename(argv[0])} failed: {detail}")
     return proc
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    pass_fds: Sequence[int] = (),
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived `argv` in its own session (a terminal's Ctrl-C never reaches it), stdin from /dev/null,
+    stdout and stderr into the file `output`, with the minimal environment and only `pass_fds` inherited. Stop it
+    with shutdown_process."""
+    argv = [os.fspath(a) for a in argv]
+    log.debug("spawn: %s", shlex.join(argv))
+    with open(output, "wb") as out:
+        return subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=minimal_env(),
+            start_new_session=True, pass_fds=tuple(pass_fds),
+        )  # fmt: skip
 
 
 def shutdown_process(proc: subprocess.Popen[bytes], *, term_timeout: float = 5.0, kill_timeout: float = 5.0) -> int:

@@ -40,7 +40,7 @@ from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
 
 if TYPE_CHECKING:
-    from lkctl.runtime.qemu import BootImage
+    from lkctl.runtime.model import BootImage
 
 __all__ = [
     "BUILDER_VERSION",
@@ -101,7 +101,7 @@ class BuildResult:
 
     def boot_image(self) -> BootImage:
         """What a VM boots from this build's kernel+initrd (the hand-off from the build stage to the runtime)."""
-        from lkctl.runtime.qemu import BootImage, ImageFormat
+        from lkctl.runtime.model import BootImage, ImageFormat
 
         return BootImage(
             ImageFormat.KERNEL_INITRD,

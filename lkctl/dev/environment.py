@@ -157,12 +157,8 @@ def boot_dev(
         if state.vm_status(record) == "running":
             return BootResult(record, "already running")
         say(f"starting dev VM {record.name} again (its disk is kept; --fresh starts over)")
-        from lkctl.dev.share import record_helpers, virtiofsd_for_restart
-
-        try:
-            with virtiofsd_for_restart(record, project.root) as helpers:
-                record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
-                record = record_helpers(record, helpers)
+        try:  # restart_vm starts the VM's virtiofsd again (/app over virtiofs) before its QEMU
+            record = restart_vm(record, stop_timeout=settings.vm.stop_timeout, ready_timeout=ready_timeout)
         except BaseException:
             # a restart that never answered must not leave a QEMU behind (the record may hold its new pid)
             from lkctl.runtime.vm import stop_vm

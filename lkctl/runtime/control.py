@@ -81,8 +81,9 @@ def stop_and_forget(record: VmRecord, *, timeout: float) -> tuple[str, bool]:
     return how, record.auto_remove
 
 
-def start_vm(record: VmRecord, *, ready_timeout: float = 180.0) -> VmRecord:
-    """Boot a stopped VM again, as `vm.restart` does: same name, keys, ports, volumes, disks and environment."""
+def start_vm(record: VmRecord, *, ready_timeout: float | None = None) -> VmRecord:
+    """Boot a stopped VM again, as `vm.restart` does: same name, keys, ports, volumes, disks and environment.
+    `ready_timeout` None: settings' `vm.ready_timeout`."""
     from lkctl.runtime.lifecycle import restart_vm
 
     status = state.vm_status(record)

@@ -21,18 +21,8 @@ from lkctl.errors import ConfigError, ImageError
 from lkctl.flags import parse_size
 from lkctl.fsutil import atomic_write, unix_address
 from lkctl.runtime.host import HostCaps
-from lkctl.runtime.qemu import (
-    BOOT_OVERLAY,
-    UEFI_VARS,
-    VOLUMES_FILE,
-    DataDisk,
-    ImageFormat,
-    UefiFirmware,
-    VmSpec,
-    VolumeMount,
-    needs_uefi,
-    volumes_manifest,
-)
+from lkctl.runtime.model import DataDisk, ImageFormat, UefiFirmware, VmSpec, VolumeMount, needs_uefi, volumes_manifest
+from lkctl.runtime.qemu import BOOT_OVERLAY, UEFI_VARS, VOLUMES_FILE
 
 __all__ = [
     "clone_file",
@@ -256,7 +246,7 @@ def find_virtiofsd() -> str | None:
     return None
 
 
-def virtiofsd_argv(binary: str, mount: VolumeMount, listen_fd: int | None = None) -> list[str]:
+def virtiofsd_argv(binary: str, mount: VolumeMount, listen_fd: int | str | None = None) -> list[str]:
     """The daemon serving one virtiofs volume (options both the C and the Rust virtiofsd accept), run in the
     state dir. Start it before QEMU: QEMU connects to the socket at startup. With `listen_fd` it serves a socket
     already listening there (`--fd`): the C virtiofsd locks a host-wide pid file named after --socket-path, so two

@@ -33,7 +33,8 @@ from lkctl import proc
 from lkctl.arch import machine_arch
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import HostCaps
-from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, ImageFormat, Network, VmSpec, qemu_argv
+from lkctl.runtime.model import ImageFormat, Network, VmSpec
+from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE
 from lkctl.runtime.vpnkit import VPNKIT_FORWARDER_VSOCK_PORT, VpnkitLink, own_vpnkit_link
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "detect_hypervisor",
     "guest_files_iso",
     "hyperkit_argv",
-    "hypervisor_argv",
     "read_console",
     "read_console_ring",
     "require_hypervisor",
@@ -235,15 +235,6 @@ def hyperkit_argv(spec: VmSpec, host: HostCaps, *, binary: str = "hyperkit") -> 
     argv += ["-l", f"com1,autopty={_STATE}/{CONSOLE_TTY},log={_STATE}/{CONSOLE_RING}"]
     argv += loader
     return argv
-
-
-def hypervisor_argv(spec: VmSpec, host: HostCaps, hypervisor: str, *, hyperkit: str = "hyperkit") -> list[str]:
-    """The argv for `spec` under the chosen hypervisor ("qemu" or "hyperkit")."""
-    if hypervisor == Hypervisor.QEMU:
-        return qemu_argv(spec, host)
-    if hypervisor == Hypervisor.HYPERKIT:
-        return hyperkit_argv(spec, host, binary=hyperkit)
-    raise ConfigError(f"unknown hypervisor {hypervisor!r}: use qemu or hyperkit")
 
 
 def choose_hypervisor(

@@ -15,7 +15,7 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["RunPlan", "list_all_vms", "list_vms", "plan_image", "run_image"]
+__all__ = ["RunPlan", "VmRow", "list_all_vms", "list_vms", "plan_image", "run_image"]
 
 
 def run_image(
@@ -79,12 +79,8 @@ def run_image(
                 resolved = resolve_image(what, inputs)
         if resolved.built:
             say(f"built {resolved.boot.path}")
-        opts = dataclasses.replace(
-            opts,
-            memory=opts.memory or resolved.memory,
-            cpus=opts.cpus or resolved.cpus,
-            keys_from=keys.directory if keys.made else None,
-        )
+        opts = dataclasses.replace(opts, memory=opts.memory or resolved.memory, cpus=opts.cpus or resolved.cpus)
+        keys_from = keys.directory if keys.made else None
         for key, unit in (("memory", " MB"), ("cpus", "")):
             value = getattr(opts, key)
             from_template = "the template's `# lkctl:` line" if getattr(resolved, key) else ""
@@ -94,7 +90,7 @@ def run_image(
         if through_libvirt:
             host = target_host(settings, opts.connect, opts.host, opts.memory or settings.vm.memory)
             say(f"booting on {host.name} through libvirt and waiting for SSH")
-            return run_on_libvirt(resolved.boot, resolved.label, opts, settings, host, say=say), 0
+            return run_on_libvirt(resolved.boot, resolved.label, opts, settings, host, say=say, keys_from=keys_from), 0
         from lkctl.doctor import host_accel_reason
         from lkctl.runtime.host import probe_host
 
@@ -105,7 +101,7 @@ def run_image(
         say(f"accelerator {host_accel_reason(caps.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
-            return run_vm(resolved.boot, resolved.label, opts, settings, console=console)
+            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console)
         from lkctl.progress import BootProgress
 
         boot = BootProgress(opts.name or "the VM", stream=progress)
@@ -118,8 +114,8 @@ def run_image(
                 )
 
         try:
-            return run_vm(resolved.boot, resolved.label, opts, settings, console=console, on_started=started,
-                          on_wait=boot)  # fmt: skip
+            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console,
+                          on_started=started, on_wait=boot)  # fmt: skip
         finally:
             boot.finish()
 
@@ -158,9 +154,44 @@ def plan_image(
         return RunPlan(argv, record, str(resolved.boot.path), resolved.built)
 
 
-def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
-    """VMs as JSON-able rows with their live status. VMs started with `--rm` that have ended are forgotten here."""
-    rows: list[dict[str, Any]] = []
+@dataclasses.dataclass(frozen=True)
+class VmRow:
+    """One line of `vm.ps`: a VM and its live status, on this machine or on a libvirt host."""
+
+    id: str
+    name: str
+    image: str
+    status: str
+    created: str
+    pid: int | None  # running local VMs only
+    ssh_port: int
+    ports: tuple[str, ...]
+    memory: int
+    cpus: int
+    accel: str
+    error: str | None
+    host: str  # "local" or the lkctl.hosts entry
+    uri: str = ""  # libvirt rows: the host's URI and the domain's UUID
+    uuid: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """`vm.ps --json`'s object (libvirt rows add uri and uuid)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["ports"] = list(self.ports)
+        if not self.uri:
+            del out["uri"], out["uuid"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VmRow:
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields: dict[str, Any] = {k: tuple(v) if k == "ports" else v for k, v in data.items() if k in names}
+        return cls(**fields)
+
+
+def list_vms(*, include_stopped: bool = False) -> list[VmRow]:
+    """This machine's VMs with their live status. VMs started with `--rm` that have ended are forgotten here."""
+    rows: list[VmRow] = []
     live = state.live_pids()  # one snapshot of /proc instead of one open per recorded VM
     for r in state.all_records():
         if r.libvirt:
@@ -175,28 +206,26 @@ def list_vms(*, include_stopped: bool = False) -> list[dict[str, Any]]:
         if not include_stopped and status not in ("running", "unknown"):
             continue
         rows.append(
-            {
-                "id": r.id,
-                "name": r.name,
-                "image": r.image,
-                "status": status,
-                "created": r.created,
-                "pid": r.pid if status == "running" else None,
-                "ssh_port": r.ssh_port,
-                "ports": r.ports,
-                "memory": r.memory,
-                "cpus": r.cpus,
-                "accel": r.accel,
-                "error": r.problem or r.exit_reason or None,
-                "host": "local",
-            }
+            VmRow(
+                id=r.id,
+                name=r.name,
+                image=r.image,
+                status=status,
+                created=r.created,
+                pid=r.pid if status == "running" else None,
+                ssh_port=r.ssh_port,
+                ports=tuple(r.ports),
+                memory=r.memory,
+                cpus=r.cpus,
+                accel=r.accel,
+                error=r.problem or r.exit_reason or None,
+                host="local",
+            )
         )
     return rows
 
 
-def list_all_vms(
-    settings: Settings, *, include_stopped: bool = False, host: str = ""
-) -> tuple[list[dict[str, Any]], list[str]]:
+def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str = "") -> tuple[list[VmRow], list[str]]:
     """`vm.ps`: this machine's VMs and those on every libvirt host (configured ones, and any a VM here runs on),
     asked in parallel. Returns (rows, one line per host that did not answer); `host` keeps one host's rows."""
     from lkctl.runtime.libvirt.hosts import HostConfig
@@ -223,5 +252,5 @@ def list_all_vms(
         for row in more:
             if row["uuid"] not in seen and started_on.get(row["uuid"], row["host"]) == row["host"]:
                 seen.add(row["uuid"])
-                rows.append(row)
+                rows.append(VmRow.from_json(row))
     return rows, problems

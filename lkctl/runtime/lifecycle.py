@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lkctl.errors import ConfigError, VmError
-from lkctl.fsutil import atomic_write
-from lkctl.paths import cache_dir
+from lkctl.errors import ConfigError, HypervisorFailed, VmError
 from lkctl.runtime import state
+from lkctl.runtime.exec import ssh_target
 from lkctl.runtime.hyperkit import console_file
+from lkctl.runtime.ports import check_ports
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
+from lkctl.runtime.start import StartPlan, load_daemons, start_processes, wait_ready
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.vm import (
-    _check_ports,
-    _kill_helpers,
-    _signal,
-    _start_qemu,
-    _wait_gone,
-    _wait_ready,
-    ssh_target,
-    stop_vm,
-)
+from lkctl.runtime.stop import kill_helpers, signal_vm, stop_vm, wait_gone
 
 __all__ = [
+    "VmInspection",
     "copy_path",
-    "file_digest",
     "inspect_vm",
     "kill_vm",
     "prune_vms",
@@ -41,54 +31,41 @@ __all__ = [
 ]
 
 
-def file_digest(paths: Sequence[Path]) -> str:
-    """sha256 over the files that make up a boot image (kernel then initrd, or the one image file).
+@dataclass(frozen=True)
+class VmInspection:
+    """Everything lkctl knows about a VM (`vm.inspect`): its record, live status and the paths of its files."""
 
-    Disk images run to gigabytes and are booted again and again: the digest is remembered in lkctl's cache,
-    keyed by each file's path, size, mtime and inode, so only a changed file is read again.
-    """
-    stats = [os.stat(p) for p in paths]
-    key = hashlib.sha256(
-        "|".join(
-            f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-            for p, st in zip(paths, stats, strict=True)
-        ).encode()
-    ).hexdigest()[:32]
-    memo = cache_dir() / "digests" / key
-    with contextlib.suppress(OSError):
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    digest = "sha256:" + h.hexdigest()
-    with contextlib.suppress(OSError):
-        atomic_write(memo, digest)
-    return digest
+    record: VmRecord
+    status: str
+    paths: Mapping[str, str]
+    problem: str | None = None  # why the record could not be read (local VMs)
+    placement: Mapping[str, str] = field(default_factory=dict)  # libvirt VMs: uri, host, domain, uuid
+
+    def to_json(self) -> dict[str, Any]:
+        """`vm.inspect`'s JSON object."""
+        where: dict[str, Any] = dict(self.placement) if self.placement else {"problem": self.problem}
+        return {**self.record.to_json(), "status": self.status, **where, "paths": dict(self.paths)}
 
 
-def inspect_vm(record: VmRecord) -> dict[str, Any]:
-    """Everything lkctl knows about a VM, for `vm.inspect` (JSON-serialisable)."""
+def inspect_vm(record: VmRecord) -> VmInspection:
+    """Everything lkctl knows about a VM, for `vm.inspect`."""
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import inspect_libvirt_vm
 
-        return inspect_libvirt_vm(record)
+        doc = inspect_libvirt_vm(record)
+        placement = {k: str(doc[k]) for k in ("uri", "host", "domain", "uuid")}
+        return VmInspection(record, str(doc["status"]), dict(doc["paths"]), placement=placement)
     d = record.dir
-    return {
-        **record.to_json(),
-        "status": state.vm_status(record),
-        "problem": record.problem or None,
-        "paths": {
-            "state_dir": str(d),
-            "console_log": str(console_file(d)),
-            "qmp_socket": str(d / QMP_SOCKET),
-            "pidfile": str(d / PIDFILE),
-            "client_key": str(d / "id_ed25519"),
-            "host_key": str(d / "ssh_host_ed25519_key.pub"),
-            "known_hosts": str(d / "known_hosts"),
-        },
+    paths = {
+        "state_dir": str(d),
+        "console_log": str(console_file(d)),
+        "qmp_socket": str(d / QMP_SOCKET),
+        "pidfile": str(d / PIDFILE),
+        "client_key": str(d / "id_ed25519"),
+        "host_key": str(d / "ssh_host_ed25519_key.pub"),
+        "known_hosts": str(d / "known_hosts"),
     }
+    return VmInspection(record, state.vm_status(record), paths, problem=record.problem or None)
 
 
 def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
@@ -98,28 +75,33 @@ def kill_vm(record: VmRecord, sig: signal.Signals = signal.SIGKILL) -> bool:
 
         return kill_libvirt_vm(record)
     if not state.is_our_process(record):
-        _kill_helpers(record)
+        kill_helpers(record)
         return False
-    _signal(record, sig)
+    signal_vm(record, sig)
     if sig in (signal.SIGKILL, signal.SIGTERM):
-        _wait_gone(record, 10)
-        _kill_helpers(record)
+        wait_gone(record, 10)
+        kill_helpers(record)
     return True
 
 
-def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float = 30.0) -> None:
-    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read."""
+def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float | None = None) -> None:
+    """Forget a VM. A running one is stopped first with `force`; so is one whose record cannot be read.
+    `stop_timeout` None: settings' `vm.stop_timeout`."""
     if record.problem and not force:
         raise ConfigError(f"VM {record.id} is unknown ({record.problem}); vm.rm --force {record.id} removes it")
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import remove_libvirt_vm
 
+        if stop_timeout is None:
+            from lkctl.settings import load_settings
+
+            stop_timeout = load_settings().vm.stop_timeout
         return remove_libvirt_vm(record, force=force, stop_timeout=stop_timeout)
     if state.vm_status(record) == "running" or (record.problem and state.is_our_process(record)):
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
-    _kill_helpers(record)
+    kill_helpers(record)
     with state.vms_lock():
         state.remove_record(record)
 
@@ -147,8 +129,17 @@ def prune_vms() -> list[VmRecord]:
     return removed
 
 
-def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: float = 180.0) -> VmRecord:
-    """Power the VM off (if running) and boot it again with the same command line, keys, ports and name."""
+def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_timeout: float | None = None) -> VmRecord:
+    """Power the VM off (if running) and boot it again with the same command line, keys, ports, name and helper
+    daemons (a virtiofs volume's virtiofsd), through the same start path as `vm.run`.
+
+    Timeouts None: settings' `vm.stop_timeout` / `vm.ready_timeout`."""
+    if stop_timeout is None or ready_timeout is None:
+        from lkctl.settings import load_settings
+
+        vm = load_settings().vm
+        stop_timeout = vm.stop_timeout if stop_timeout is None else stop_timeout
+        ready_timeout = vm.ready_timeout if ready_timeout is None else ready_timeout
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import restart_libvirt_vm
 
@@ -158,29 +149,23 @@ def restart_vm(record: VmRecord, *, stop_timeout: float = 30.0, ready_timeout: f
     if "hyperkit" in Path(record.argv[0]).name:
         raise VmError(f"restarting hyperkit VMs is not supported; remove {record.name} and run a new VM")
     stop_vm(record, timeout=stop_timeout)
-    from lkctl.runtime.qemu import parse_port
+    from lkctl.runtime.model import parse_port
 
     try:
-        _check_ports(record.ssh_port, [parse_port(p.replace("->", ":")) for p in record.ports])
+        check_ports(record.ssh_port, [parse_port(p.replace("->", ":")) for p in record.ports])
     except ConfigError as e:
         raise VmError(f"cannot restart {record.name}: {e.message}; remove it and run a new VM") from None
     argv = list(record.argv)
     if "-daemonize" not in argv:
         argv.append("-daemonize")
     (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
-    result = _start_qemu(argv, record.dir)
-    if result.returncode != 0:
-        last = (result.stderr.decode(errors="replace").strip().splitlines() or [f"exit {result.returncode}"])[-1]
-        raise VmError(f"QEMU failed to restart VM {record.name}: {last}")
-    ident = state.process_identity(state.read_pidfile(record.dir))
-    if ident is None:
-        raise VmError(f"QEMU for VM {record.name} exited right after restarting")
-    record = dataclasses.replace(
-        record, pid=ident.pid, pid_start=ident.start, boot_id=ident.boot_id, exit_reason="", argv=argv
-    )
-    state.save_record(record)
+    plan = StartPlan(tuple(argv), load_daemons(record.dir))
+    try:
+        record, _ = start_processes(dataclasses.replace(record, exit_reason=""), plan)
+    except HypervisorFailed as e:
+        raise VmError(str(e).replace("failed to start", "failed to restart")) from None
     if record.ssh_port:  # a VM with --network none has no SSH to wait for
-        record = _wait_ready(record, ready_timeout)
+        record = wait_ready(record, ready_timeout)
     return record
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lkctl.errors import ConfigError
-from lkctl.runtime.qemu import Network, parse_network
+from lkctl.runtime.model import Network, parse_network
 
 if TYPE_CHECKING:
     from lkctl.runtime.vm import RunOptions

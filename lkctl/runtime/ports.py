@@ -7,7 +7,7 @@ import socket
 from collections.abc import Sequence
 
 from lkctl.errors import ConfigError
-from lkctl.runtime.qemu import PortForward
+from lkctl.runtime.model import PortForward
 
 __all__ = ["check_ports", "free_port", "port_free"]
 

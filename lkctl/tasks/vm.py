@@ -111,7 +111,7 @@ def run(
     from lkctl.flags import check_vm_name, parse_count, parse_memory, parse_port_number, parse_timeout
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
-    from lkctl.runtime.qemu import parse_network, parse_port, parse_volume
+    from lkctl.runtime.model import parse_network, parse_port, parse_volume
     from lkctl.runtime.vm import RunOptions
 
     if template and image and template != image:
@@ -196,10 +196,10 @@ def ps(
     if format not in ("table", "json"):
         raise ConfigError(f"--format {format!r}: use table or json")
     filters = parse_filters(filter or [])
-    rows, problems = list_all_vms(settings_from(c), include_stopped=all or "status" in filters, host=host)
+    found, problems = list_all_vms(settings_from(c), include_stopped=all or "status" in filters, host=host)
     for line in problems:
         _err(f"lkctl: {line}")
-    rows = [dict(r) for r in filter_rows(rows, filters)]
+    rows = [dict(r) for r in filter_rows([row.to_json() for row in found], filters)]
     if quiet:
         if rows:
             print("\n".join(r["id"] for r in rows))
@@ -315,7 +315,7 @@ def inspect(c: Context, vm: str) -> None:
     from lkctl.runtime.lifecycle import inspect_vm
 
     records = _targets(c, vm, unknown=True)
-    docs = [inspect_vm(r) for r in records]
+    docs = [inspect_vm(r).to_json() for r in records]
     print(_json.dumps(docs[0] if len(docs) == 1 and isinstance(vm, str) and "," not in vm else docs, indent=2))
 
 

@@ -23,7 +23,8 @@ import pytest
 
 from lkctl.runtime.disks import find_uefi_firmware, find_virtiofsd, prepare_vm_files, virtiofsd_argv
 from lkctl.runtime.host import Accel, HostCaps
-from lkctl.runtime.qemu import BOOT_OVERLAY, BootImage, DataDisk, ImageFormat, VmSpec, Volume, qemu_argv, volume_mounts
+from lkctl.runtime.model import BootImage, DataDisk, ImageFormat, VmSpec, Volume, volume_mounts
+from lkctl.runtime.qemu import BOOT_OVERLAY, qemu_argv
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.boot

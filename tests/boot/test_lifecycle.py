@@ -144,8 +144,11 @@ def test_sigkill_of_lkctl_at_any_point_is_reconciled(cli: Cli, lkctl_home: Path,
     assert os.path.isdir(lkctl_home / "state")
 
 
-def test_virtiofs_volume_round_trips_and_its_daemon_goes_with_the_vm(cli: Cli, tmp_path: Path) -> None:
+def test_virtiofs_volume_round_trips_its_daemon_comes_back_on_start_and_goes_with_the_vm(
+    cli: Cli, tmp_path: Path
+) -> None:
     from lkctl.runtime.disks import find_virtiofsd
+    from lkctl.runtime.state import process_identity
 
     if find_virtiofsd() is None or os.geteuid() != 0:
         pytest.skip("virtiofsd (run as root) is not available")
@@ -157,11 +160,22 @@ def test_virtiofs_volume_round_trips_and_its_daemon_goes_with_the_vm(cli: Cli, t
         out = cli("vm.exec", "vfs", "--", "sh", "-c", "cat /share/h; grep ' /share ' /proc/mounts; echo g > /share/g")
         assert out.stdout.startswith("host side\nlkvol0 /share virtiofs ")
         assert (share / "g").read_text() == "g\n"
+        first = json.loads(cli("vm.inspect", "vfs").stdout)["helpers"]
+        assert first
+
+        # stop + start and restart go through vm.run's start path: the volume's virtiofsd comes back with the VM
+        cli("vm.stop", "vfs")
+        time.sleep(0.5)
+        assert all(process_identity(int(pid)) is None for pid, *_ in first)
+        (share / "while-stopped").write_text("written while the VM was down\n")
+        cli("vm.start", "vfs")
+        out = cli("vm.exec", "vfs", "--", "sh", "-c", "cat /share/while-stopped; grep ' /share ' /proc/mounts")
+        assert out.stdout.startswith("written while the VM was down\nlkvol0 /share virtiofs ")
+        cli("vm.restart", "vfs")
+        assert cli("vm.exec", "vfs", "--", "cat", "/share/g").stdout == "g\n"
         helpers = json.loads(cli("vm.inspect", "vfs").stdout)["helpers"]
-        assert helpers
+        assert helpers and not {h[0] for h in helpers} & {h[0] for h in first}
     finally:
         cli("vm.rm", "--force", "vfs")
-    from lkctl.runtime.state import process_identity
-
     time.sleep(0.5)
     assert all(process_identity(int(pid)) is None for pid, *_ in helpers)

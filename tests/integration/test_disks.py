@@ -25,18 +25,8 @@ from lkctl.runtime.disks import (
 )
 from lkctl.runtime.host import Accel, HostCaps
 from lkctl.runtime.hyperkit import guest_files_iso
-from lkctl.runtime.qemu import (
-    BOOT_OVERLAY,
-    UEFI_VARS,
-    VOLUMES_FILE,
-    BootImage,
-    DataDisk,
-    ImageFormat,
-    UefiFirmware,
-    VmSpec,
-    Volume,
-    volume_mounts,
-)
+from lkctl.runtime.model import BootImage, DataDisk, ImageFormat, UefiFirmware, VmSpec, Volume, volume_mounts
+from lkctl.runtime.qemu import BOOT_OVERLAY, UEFI_VARS, VOLUMES_FILE
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from lkctl.errors import ConfigError
-from lkctl.runtime.vm import RunOptions, _check_ports
+from lkctl.runtime.ports import check_ports
+from lkctl.runtime.vm import RunOptions
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +25,7 @@ def _listener() -> tuple[socket.socket, int]:
 def test_a_port_with_a_listener_is_refused() -> None:
     listener, port = _listener()
     with listener, pytest.raises(ConfigError, match=f"127.0.0.1:{port}/tcp is already in use"):
-        _check_ports(port, RunOptions().ports)
+        check_ports(port, RunOptions().ports)
 
 
 def test_a_port_whose_last_connection_is_in_time_wait_is_free_again() -> None:
@@ -38,4 +39,4 @@ def test_a_port_whose_last_connection_is_in_time_wait_is_free_again() -> None:
     time.sleep(0.1)
     client.close()
     time.sleep(0.1)
-    _check_ports(port, RunOptions().ports)
+    check_ports(port, RunOptions().ports)

@@ -14,7 +14,7 @@ import pytest
 
 from lkctl.runtime import state
 from lkctl.runtime.host import Accel, _run_probe, probe_accel, probe_host
-from lkctl.runtime.qemu import BootImage, ImageFormat
+from lkctl.runtime.model import BootImage, ImageFormat
 from lkctl.runtime.vm import RunOptions, run_vm, stop_vm
 from lkctl.settings import Settings, VmSettings
 from tests.conftest import require_qemu

@@ -46,3 +46,26 @@ def test_flags_and_sources_use_the_same_table() -> None:
     assert Platform("linux", "amd64").arch_aliases == ("amd64", "x86_64", "x64")
     assert Platform("linux", "arm64").arch_aliases == ("arm64", "aarch64")
     assert Platform("linux", "riscv64").arch_aliases == ("riscv64",)
+
+
+def test_guest_arch_rows_give_qemus_machine_and_cpu_per_accelerator_and_host() -> None:
+    from lkctl.arch import guest_arch
+
+    x86, arm = guest_arch("amd64"), guest_arch("aarch64")
+    assert (x86.machine_arg("kvm", "linux"), x86.cpu_arg("kvm"), x86.cpu_arg("tcg")) == ("q35,accel=kvm", "host", "max")
+    assert arm.machine_arg("kvm", "linux") == "virt,gic-version=host,accel=kvm"
+    assert arm.machine_arg("tcg", "linux") == "virt,gic-version=max,accel=tcg"
+    assert arm.machine_arg("hvf", "darwin") == "virt,highmem=off,accel=hvf"
+    assert arm.machine_arg("tcg", "darwin") == "virt,highmem=off,accel=tcg"
+    assert arm.cpu_arg("tcg") == "max,pauth-impdef=on" and arm.cpu_arg("hvf") == "host"
+    assert (x86.console, arm.console, x86.disk_bus, arm.root_device) == ("ttyS0", "ttyAMA0", "ide-hd", "/dev/vda")
+    assert arm.uefi_only and not x86.uefi_only and x86.firmware_package == "ovmf"
+    assert x86.pvh and not arm.pvh
+
+
+def test_guest_arch_refuses_an_architecture_lkctl_does_not_boot_in_one_line() -> None:
+    from lkctl.arch import guest_arch
+    from lkctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unsupported architecture riscv64: lkctl runs x86_64 and aarch64 guests"):
+        guest_arch("riscv64")

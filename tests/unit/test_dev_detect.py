@@ -14,7 +14,7 @@ from lkctl.dev.environment import app_path, guest_shell_argv, resolve_test_comma
 from lkctl.dev.forward import parse_usernet
 from lkctl.dev.project import dev_vm_name, find_project
 from lkctl.errors import ConfigError
-from lkctl.runtime.qemu import PortForward
+from lkctl.runtime.model import PortForward
 
 PROJECTS = Path(__file__).resolve().parent.parent / "data" / "projects"
 

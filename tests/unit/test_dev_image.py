@@ -16,7 +16,8 @@ from lkctl.dev.rootdisk import (
 from lkctl.errors import BuildError
 from lkctl.proc import ProgramMissing
 from lkctl.runtime.host import Accel, HostCaps
-from lkctl.runtime.qemu import BootImage, ImageFormat, VmSpec, qemu_argv
+from lkctl.runtime.model import BootImage, ImageFormat, VmSpec
+from lkctl.runtime.qemu import qemu_argv
 
 LINUX_TCG = HostCaps(os="linux", arch="x86_64", accel=Accel.TCG, qemu="/usr/bin/qemu-system-x86_64")
 ARM_KVM = HostCaps(os="linux", arch="aarch64", accel=Accel.KVM, qemu="/usr/bin/qemu-system-aarch64")

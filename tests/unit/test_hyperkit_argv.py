@@ -24,12 +24,11 @@ from lkctl.runtime.hyperkit import (
     choose_hypervisor,
     console_file,
     hyperkit_argv,
-    hypervisor_argv,
     read_console,
     read_console_ring,
     vm_uuid,
 )
-from lkctl.runtime.qemu import BootImage, DataDisk, ImageFormat, Network, UefiFirmware, VmSpec, Volume, qemu_argv
+from lkctl.runtime.model import BootImage, DataDisk, ImageFormat, Network, UefiFirmware, VmSpec, Volume
 from lkctl.runtime.vpnkit import vpnkit_uuid
 
 MAC_INTEL = HostCaps(os="darwin", arch="x86_64", accel=Accel.HVF, qemu="")
@@ -255,14 +254,6 @@ def test_commas_in_the_cmdline_are_kept_since_hyperkit_takes_the_rest_of_the_opt
     boot = BootImage(ImageFormat.KERNEL_INITRD, Path("/i/x"), kernel=Path("/k"), initrd=Path("/r"),
                      cmdline="console=ttyS0 a=1,2")  # fmt: skip
     assert hyperkit_argv(spec(boot=boot), MAC_INTEL)[-1] == "kexec,/k,/r,earlyprintk=serial console=ttyS0 a=1,2"
-
-
-def test_hypervisor_argv_dispatches() -> None:
-    s = spec()
-    assert hypervisor_argv(s, MAC_INTEL, "hyperkit", hyperkit="/usr/local/bin/hyperkit")[0] == "/usr/local/bin/hyperkit"
-    assert hypervisor_argv(s, MAC_INTEL, "qemu") == qemu_argv(s, MAC_INTEL)
-    with pytest.raises(ConfigError, match="unknown hypervisor"):
-        hypervisor_argv(s, MAC_INTEL, "xhyve")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from lkctl.runtime.libvirt.domain import (
     metadata_from_xml,
     metadata_xml,
 )
-from lkctl.runtime.qemu import BootImage, DataDisk, ImageFormat, Network, PortForward, VmSpec, Volume
+from lkctl.runtime.model import BootImage, DataDisk, ImageFormat, Network, PortForward, VmSpec, Volume
 
 TCG = LibvirtHostCaps(uri="qemu:///system", domain_type="qemu", pool_path="/var/lib/libvirt/lkctl")
 KVM = LibvirtHostCaps(uri="qemu+ssh://root@hv1/system", domain_type="kvm", pool_path="/var/lib/libvirt/lkctl")

@@ -8,8 +8,9 @@ import pytest
 
 from lkctl.errors import ConfigError
 from lkctl.runtime.hyperkit import hyperkit_argv
+from lkctl.runtime.model import Network, PortForward, parse_network
 from lkctl.runtime.network import check_run_network, network_mode
-from lkctl.runtime.qemu import Network, PortForward, parse_network, qemu_argv
+from lkctl.runtime.qemu import qemu_argv
 from lkctl.runtime.vm import RunOptions
 from lkctl.settings import Settings, VmSettings
 from tests.unit.test_hyperkit_argv import MAC_INTEL

@@ -4,7 +4,7 @@ import pytest
 
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import Accel, HostCaps
-from lkctl.runtime.qemu import (
+from lkctl.runtime.model import (
     BootImage,
     DataDisk,
     ImageFormat,
@@ -16,10 +16,10 @@ from lkctl.runtime.qemu import (
     needs_uefi,
     parse_port,
     parse_volume,
-    qemu_argv,
     volume_mounts,
     volumes_manifest,
 )
+from lkctl.runtime.qemu import qemu_argv
 
 LINUX_TCG = HostCaps(os="linux", arch="x86_64", accel=Accel.TCG, qemu="/usr/bin/qemu-system-x86_64")
 LINUX_KVM = HostCaps(os="linux", arch="x86_64", accel=Accel.KVM, qemu="/usr/bin/qemu-system-x86_64")

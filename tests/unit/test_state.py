@@ -112,13 +112,14 @@ def test_an_unreadable_record_is_an_unknown_vm_that_rm_force_removes(content: by
     bad_dir = state.vms_dir() / "bbbb2222"
     bad_dir.mkdir(mode=0o700)
     (bad_dir / "vm.json").write_bytes(content)
-    rows = {r["id"]: r for r in list_vms()}  # shown even without --all: it may be running
-    assert rows["bbbb2222"]["status"] == "unknown" and rows["bbbb2222"]["error"]
+    rows = {r.id: r for r in list_vms()}  # shown even without --all: it may be running
+    assert rows["bbbb2222"].status == "unknown" and rows["bbbb2222"].error
+    assert rows["bbbb2222"].to_json()["error"] == rows["bbbb2222"].error and "uri" not in rows["bbbb2222"].to_json()
     assert state.find_vm("web") == good  # one bad record no longer breaks the others
     with pytest.raises(StateError, match=r"vm\.rm --force bbbb2222"):
         state.find_vm("bbbb")
     unknown = state.find_vm("bbbb", unknown=True)
-    assert inspect_vm(unknown)["status"] == "unknown" and inspect_vm(unknown)["problem"]
+    assert inspect_vm(unknown).status == "unknown" and inspect_vm(unknown).to_json()["problem"]
     assert prune_vms() == [good]  # prune leaves what it cannot read
     with pytest.raises(ConfigError, match="--force"):
         remove_vm(unknown)
@@ -145,7 +146,7 @@ def test_a_record_being_created_by_a_live_lkctl_is_never_swept() -> None:
         for r in (starting, reused):
             state.save_record(r)
         assert state.being_created(starting) and not state.being_created(reused)
-        assert sorted(r["id"] for r in list_vms(include_stopped=True)) == ["aaaa1111", "bbbb2222"]
+        assert sorted(r.id for r in list_vms(include_stopped=True)) == ["aaaa1111", "bbbb2222"]
         assert [r.id for r in prune_vms()] == ["bbbb2222"]
         assert [r.id for r in state.all_records()] == ["aaaa1111"]
     finally:
@@ -159,3 +160,23 @@ def test_new_ids_never_start_with_a_taken_name() -> None:
     taken = {"a", "b", "c", "d", "e", "f", "0", "1", "2", "3", "4", "5", "6", "7"}
     for _ in range(200):
         assert state.new_vm_id(taken)[0] in "89"
+
+
+def test_ps_rows_and_inspect_keep_their_json_shape() -> None:
+    """vm.ps --json and vm.inspect print these objects: typed in the library, the same keys in the same order."""
+    from lkctl.runtime.launch import VmRow
+    from lkctl.runtime.lifecycle import VmInspection, inspect_vm
+
+    web = rec("aaaa1111", "web")
+    state.save_record(web)
+    keys = ["id", "name", "image", "status", "created", "pid", "ssh_port", "ports", "memory", "cpus", "accel", "error"]
+    local = VmRow("aaaa1111", "web", "img", "stopped", "", None, 0, ("127.0.0.1:80->80/tcp",), 1, 1, "tcg", None,
+                  "local")  # fmt: skip
+    assert list(local.to_json()) == [*keys, "host"] and local.to_json()["ports"] == ["127.0.0.1:80->80/tcp"]
+    remote = {**local.to_json(), "host": "h1", "uri": "qemu+ssh://h1/system", "uuid": "u-1"}
+    assert VmRow.from_json(remote).to_json() == remote and VmRow.from_json(remote).ports == local.ports
+    doc = inspect_vm(web).to_json()
+    assert list(doc)[-3:] == ["status", "problem", "paths"] and doc["status"] == "created" and doc["problem"] is None
+    assert doc["paths"]["client_key"] == str(web.dir / "id_ed25519")
+    placed = VmInspection(web, "running", {"state_dir": "/x"}, placement={"uri": "u", "host": "h"}).to_json()
+    assert list(placed)[-4:] == ["status", "uri", "host", "paths"]

@@ -18,15 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lkctl.errors import ConfigError, StateError
-from lkctl.runtime.qemu import (
-    DATA_DISK_SERIAL,
-    ImageFormat,
-    Network,
-    VmSpec,
-    needs_uefi,
-    volume_mounts,
-    volumes_manifest,
-)
+from lkctl.runtime.model import ImageFormat, Network, VmSpec, needs_uefi, volume_mounts, volumes_manifest
+from lkctl.runtime.qemu import DATA_DISK_SERIAL
 
 __all__ = [
     "METADATA_NS",

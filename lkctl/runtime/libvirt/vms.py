@@ -23,7 +23,7 @@ from lkctl.runtime.libvirt import backend
 from lkctl.runtime.libvirt.backend import domain_status
 from lkctl.runtime.libvirt.domain import DomainFiles, FwCfgEntry, LibvirtHostCaps, domain_name, domain_xml
 from lkctl.runtime.libvirt.hosts import HostConfig, is_local_uri, jump_host
-from lkctl.runtime.qemu import BootImage, ImageFormat, VmSpec
+from lkctl.runtime.model import BootImage, ImageFormat, VmSpec
 from lkctl.runtime.state import VmRecord
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def _upload_boot(
     conn: libvirt.virConnect, pool: libvirt.virStoragePool, boot: BootImage, say: Callable[[str], None]
 ) -> dict[str, str]:
     """Send the image's files that the host lacks; {role: path on the host}."""
-    from lkctl.runtime.lifecycle import file_digest
+    from lkctl.runtime.digest import file_digest
 
     roles: list[tuple[str, Path, str]] = []
     if boot.kernel is not None:
@@ -145,7 +145,9 @@ def _upload_boot(
     return out
 
 
-def _create_record(label: str, boot: BootImage, opts: RunOptions, settings: Settings, host: HostConfig) -> VmRecord:
+def _create_record(
+    label: str, boot: BootImage, opts: RunOptions, settings: Settings, host: HostConfig, keys_from: Path | None
+) -> VmRecord:
     from lkctl import ssh
 
     with state.vms_lock():
@@ -162,7 +164,7 @@ def _create_record(label: str, boot: BootImage, opts: RunOptions, settings: Sett
         )  # fmt: skip
         state.save_record(record)
     try:
-        for f in sorted(opts.keys_from.iterdir()) if opts.keys_from else ():
+        for f in sorted(keys_from.iterdir()) if keys_from else ():
             if f.is_file() and not f.name.startswith("."):
                 (record.dir / f.name).write_bytes(f.read_bytes())
                 (record.dir / f.name).chmod(f.stat().st_mode & 0o777)
@@ -220,17 +222,17 @@ def _vm_files(
 
 def run_on_libvirt(
     boot: BootImage, label: str, opts: RunOptions, settings: Settings, host: HostConfig,
-    say: Callable[[str], None] = lambda _: None,
+    say: Callable[[str], None] = lambda _: None, keys_from: Path | None = None,
 ) -> VmRecord:  # fmt: skip
     """Boot `boot` as a new domain on `host` and wait for its SSH. A failure leaves nothing behind there or here."""
     from lkctl import ssh
-    from lkctl.runtime.lifecycle import file_digest
+    from lkctl.runtime.digest import file_digest
 
     check_run_options(opts)
     lv = backend.libvirt_module()
     dom: libvirt.virDomain | None = None
     with backend.connection(host.uri, host.known_hosts) as conn:  # an unreachable host: nothing was made yet
-        record = _create_record(label, boot, opts, settings, host)
+        record = _create_record(label, boot, opts, settings, host, keys_from)
         try:
             pool = backend.ensure_pool(conn, settings.libvirt.pool, settings.libvirt.pool_path)
             caps = backend.probe(conn, host.uri, pool, host.accel)
