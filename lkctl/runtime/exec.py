@@ -17,7 +17,7 @@ __all__ = ["exec_in_vm", "ssh_target"]
 
 def ssh_target(record: VmRecord) -> SshTarget:
     """How to reach the VM's sshd: its forwarded port on loopback, its own client key and pinned host key."""
-    from lkctl.ssh import SshTarget
+    from lkctl.ssh import vm_target
 
     if record.libvirt:
         from lkctl.runtime.libvirt.vms import ssh_target_libvirt
@@ -25,14 +25,7 @@ def ssh_target(record: VmRecord) -> SshTarget:
         return ssh_target_libvirt(record)
     if not record.ssh_port:
         raise VmError(f"VM {record.name} has no network (--network none), so lkctl cannot reach it over SSH")
-    return SshTarget(
-        host="127.0.0.1",
-        port=record.ssh_port,
-        user="root",
-        client_key=record.dir / "id_ed25519",
-        known_hosts=record.dir / "known_hosts",
-        label=record.name,
-    )
+    return vm_target(record.dir, record.ssh_port, record.name)
 
 
 def exec_in_vm(
@@ -52,8 +45,6 @@ def exec_in_vm(
 
     if not argv:
         raise ConfigError("no command given: vm.exec NAME -- COMMAND [ARGS...]")
-    status = state.vm_status(record)
-    if status != "running":
-        raise VmError(f"VM {record.name} is not running (status: {status})")
+    state.require_running(record)
     return int(ssh.exec_command(ssh_target(record), list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
                                 timeout=timeout, pty=tty, env=env, workdir=workdir))  # fmt: skip

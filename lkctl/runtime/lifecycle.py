@@ -195,9 +195,7 @@ def copy_path(src: str, dst: str) -> str:
 
 def _running(target: str) -> VmRecord:
     record = state.find_vm(target)
-    status = state.vm_status(record)
-    if status != "running":
-        raise VmError(f"VM {record.name} is not running (status: {status})")
+    state.require_running(record)
     return record
 
 
@@ -205,9 +203,7 @@ def shell_in_vm(record: VmRecord, stdin: IO[bytes], stdout: IO[bytes], stderr: I
     """An interactive login shell in the guest on a pseudo-terminal."""
     from lkctl import ssh
 
-    status = state.vm_status(record)
-    if status != "running":
-        raise VmError(f"VM {record.name} is not running (status: {status})")
+    state.require_running(record)
     return int(
         ssh.exec_command(
             ssh_target(record),
