@@ -221,11 +221,19 @@ def all_records() -> list[VmRecord]:
 # never the truth: written without the lock (temp file + rename, so two lkctl processes at once leave one whole
 # index, each entry as true as the stat it carries), rebuilt when missing, unreadable or of another format.
 _INDEX = ".index.json"
-_INDEX_FORMAT = 1
+_INDEX_FORMAT = 2  # entries: id -> [inode, mtime_ns, size, [the record's fields in _saved_fields() order]]
+
+
+@functools.cache
+def _saved_fields() -> tuple[str, ...]:
+    names = tuple(f.name for f in dataclasses.fields(VmRecord))
+    if names[-1] != "problem":  # index entries are passed positionally: every saved field comes before it
+        raise RuntimeError("VmRecord.problem must stay its last field")
+    return names[:-1]
 
 
 def _index_format() -> list[Any]:
-    return [_INDEX_FORMAT, STATE_VERSION, sorted(_record_fields())]
+    return [_INDEX_FORMAT, STATE_VERSION, list(_saved_fields())]
 
 
 def _read_index(root: Path) -> dict[str, list[Any]]:
@@ -254,12 +262,12 @@ def _records_indexed(root: Path) -> list[VmRecord]:
             cached = index.get(entry.name)
             if cached is not None:
                 try:
-                    st = os.stat(os.path.join(entry.path, "vm.json"))
+                    st = os.stat(f"{entry.path}/vm.json")
                 except OSError:
                     st = None
-                if st is not None and cached[:3] == [st.st_ino, st.st_mtime_ns, st.st_size]:
+                if st is not None and (cached[0], cached[1], cached[2]) == (st.st_ino, st.st_mtime_ns, st.st_size):
                     fresh[entry.name] = cached
-                    records.append(_adopt_pidfile(VmRecord(**cached[3])))
+                    records.append(_adopt_pidfile(VmRecord(*cached[3])))  # positional: fields in _saved_fields order
                     continue
             changed = True
             vm_dir = root / entry.name
@@ -271,7 +279,7 @@ def _records_indexed(root: Path) -> list[VmRecord]:
             except StateError as e:
                 records.append(_adopt_pidfile(VmRecord.unknown(vm_dir, e.message)))  # a live QEMU of it can be stopped
                 continue
-            fresh[entry.name] = [*loaded[0], record.to_json()]
+            fresh[entry.name] = [*loaded[0], [getattr(record, name) for name in _saved_fields()]]
             records.append(_adopt_pidfile(record))
     if changed or fresh.keys() != index.keys():
         _write_index(root, fresh)

@@ -32,7 +32,7 @@ def test_a_listing_writes_the_index_and_the_next_one_reads_records_from_it() -> 
     assert index_path().stat().st_mode & 0o777 == 0o600
     # an entry whose vm.json still has the recorded inode, mtime and size is not read again: change only the index
     index = json.loads(index_path().read_text())
-    index["records"]["0000aa01"][3]["image"] = "from-the-index"
+    index["records"]["0000aa01"][3][2] = "from-the-index"  # image, the third field
     index_path().write_text(json.dumps(index))
     assert [r.image for r in state.all_records()] == ["minimal", "from-the-index", "minimal"]
     assert state.all_records() == [r if r.id != "0000aa01" else rec("0000aa01", "vm1", image="from-the-index")
@@ -53,7 +53,7 @@ def test_a_changed_vm_json_wins_over_the_index() -> None:
         f.write(json.dumps(data))
         f.truncate()
     assert [r.name for r in state.all_records()] == ["renamed-in-place"]
-    assert json.loads(index_path().read_text())["records"]["0000aa01"][3]["name"] == "renamed-in-place"
+    assert json.loads(index_path().read_text())["records"]["0000aa01"][3][1] == "renamed-in-place"
 
 
 def test_removed_and_added_vms_show_at_once() -> None:
@@ -71,10 +71,10 @@ def test_a_corrupt_or_foreign_index_is_rebuilt() -> None:
     state.save_record(rec("0000aa01", "web"))
     state.vms_dir().joinpath(".index.json").write_text("{not json")
     assert [r.name for r in state.all_records()] == ["web"]
-    assert json.loads(index_path().read_text())["records"]["0000aa01"][3]["name"] == "web"
+    assert json.loads(index_path().read_text())["records"]["0000aa01"][3][1] == "web"
     index = json.loads(index_path().read_text())
     index["format"][0] = 999  # another lkctl's layout: ignored, even with an entry that would match
-    index["records"]["0000aa01"][3]["name"] = "stale"
+    index["records"]["0000aa01"][3][1] = "stale"
     index_path().write_text(json.dumps(index))
     assert [r.name for r in state.all_records()] == ["web"]
 
