@@ -121,10 +121,16 @@ class FollowHash:
                     limit = self._limit
                 if self.pos >= limit:
                     return
-                n = os.preadv(self._fd, [buf[: min(len(buf), limit - self.pos)]], self.pos)
+                want = min(len(buf), limit - self.pos)
+                if hasattr(os, "preadv"):  # into one reused buffer
+                    n = os.preadv(self._fd, [buf[:want]], self.pos)
+                    data: bytes | memoryview = buf[:n]
+                else:  # macOS
+                    data = os.pread(self._fd, want, self.pos)
+                    n = len(data)
                 if n <= 0:
                     raise OSError(f"the file ended at {self.pos} bytes, {limit} were written")
-                self.hasher.update(buf[:n])
+                self.hasher.update(data)
                 self.pos += n
         except OSError as e:
             self._error = e
