@@ -70,7 +70,7 @@ __all__ = [
 log = logging.getLogger("lkctl.build")
 
 # Bump when the bytes a build writes change for the same inputs, so old cache entries stop matching.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 FORMATS = tuple(_FORMATS)
 PULL_POLICIES = ("missing", "always", "never")
 _STAMP_VERSION = 2

@@ -22,6 +22,7 @@ import yaml
 from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, parent_dirs
 from lkctl.build.ociconfig import config_to_oci, go_json, resolve_id
 from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
+from lkctl.build.shellconfig import shell_assignments
 from lkctl.build.spec import Container, FileSpec, Spec, Volume
 from lkctl.errors import BuildError, ImageError, SpecError
 from lkctl.oci.layout import REF_ANNOTATION, Image, Store
@@ -269,7 +270,9 @@ def _bundle(
         yield _dir(root)
         yield _image_run(image, store, root)
         extracted[key] = root
-    yield _blob(f"{prefix}/config.json", go_json(oci))
+    config_json = go_json(oci)
+    yield _blob(f"{prefix}/config.json", config_json)
+    yield _blob(f"{prefix}/config.json.C.sh", shell_assignments(config_json, "C"))  # lkctl's init skips its awk
     if readonly:
         if reused:
             yield _dir(f"{prefix}/rootfs")
@@ -290,7 +293,9 @@ def _bundle(
             },
         ]
     runtime["mounts"] = mounts + runtime["mounts"]
-    yield _blob(f"{prefix}/runtime.json", go_json(runtime))
+    runtime_json = go_json(runtime)
+    yield _blob(f"{prefix}/runtime.json", runtime_json)
+    yield _blob(f"{prefix}/runtime.json.R.sh", shell_assignments(runtime_json, "R"))
 
 
 def file_source_path(f: FileSpec) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import queue
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 from lkctl.fsutil import atomic_write
 
-__all__ = ["CHUNK", "BackgroundHash", "Part", "hash_file", "hash_range"]
+__all__ = ["CHUNK", "FollowHash", "Part", "WriteBack", "hash_file", "hash_range"]
 
 CHUNK = 1 << 20
 
@@ -58,8 +58,7 @@ class Part:
     def load(self, expected: str | None) -> None:
         """Adopt an existing `.part` if it belongs to the same file (same expected sha256), else drop it.
 
-        Its bytes are hashed here, before the rest is asked for. Hashing them in the hash thread while the rest
-        streams in measured slower (bench/fetch.py: the two threads hand the GIL back and forth per chunk)."""
+        Its bytes are not hashed here: the download's FollowHash hashes them while the rest streams in."""
         self.offset, self.hasher, self.hashed = 0, hashlib.sha256(), 0
         if not self.path.is_file():
             self.reset()
@@ -73,7 +72,6 @@ class Part:
             return
         self.validator, self.url = str(meta.get("validator", "")), str(meta.get("url", ""))
         self.offset = self.path.stat().st_size
-        self.catch_up()
 
     def save_meta(self, url: str, validator: str, expected: str | None, total: int | None) -> None:
         self.url, self.validator = url, validator
@@ -89,33 +87,95 @@ def hash_range(f: Any, start: int, end: int, hasher: Any) -> None:
         left -= len(chunk)
 
 
-class BackgroundHash:
-    """Feed a hash from a second thread (hashlib releases the GIL): reading, writing and hashing overlap, which
-    makes a verified download faster than hashing inline. Chunks go over in ~1 MiB batches; the queue is bounded."""
+class FollowHash:
+    """Hash a file in a second thread while it is being written: the bytes up to what the writer reports
+    (`advance`) are read back from the page cache and fed to `hasher`, 4 MiB at a time (file reads and hashlib
+    both release the GIL, so the writer keeps its core). Starting below what is already on disk (a resumed `.part`)
+    hashes the kept bytes while the rest downloads. sha256 is sequential, so this is also the only order that works
+    without holding the new bytes in memory until the kept ones are hashed."""
 
-    def __init__(self, hasher: Any) -> None:
+    def __init__(self, path: Path, hasher: Any, start: int, written: int) -> None:
         self.hasher = hasher
-        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=64)
-        self._batch: list[bytes] = []
-        self._size = 0
+        self.pos = start
+        self._limit = written
+        self._done = False
+        self._error: OSError | None = None
+        self._cond = threading.Condition()
+        self._fd = os.open(path, os.O_RDONLY)
         self._thread = threading.Thread(target=self._run, name="lkctl-sha256", daemon=True)
         self._thread.start()
 
+    def advance(self, written: int) -> None:
+        """The file now holds `written` bytes."""
+        with self._cond:
+            self._limit = written
+            self._cond.notify()
+
     def _run(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            for data in batch:
+        buf = memoryview(bytearray(_FOLLOW_READ))
+        try:
+            while True:
+                with self._cond:
+                    while self.pos >= self._limit and not self._done:
+                        self._cond.wait()
+                    limit = self._limit
+                if self.pos >= limit:
+                    return
+                want = min(len(buf), limit - self.pos)
+                if hasattr(os, "preadv"):  # into one reused buffer
+                    n = os.preadv(self._fd, [buf[:want]], self.pos)
+                    data: bytes | memoryview = buf[:n]
+                else:  # macOS
+                    data = os.pread(self._fd, want, self.pos)
+                    n = len(data)
+                if n <= 0:
+                    raise OSError(f"the file ended at {self.pos} bytes, {limit} were written")
                 self.hasher.update(data)
+                self.pos += n
+        except OSError as e:
+            self._error = e
 
-    def update(self, chunk: bytes) -> None:
-        self._batch.append(chunk)
-        self._size += len(chunk)
-        if self._size >= CHUNK:
-            self._queue.put(self._batch)
-            self._batch, self._size = [], 0
+    def finish(self, written: int) -> int:
+        """Hash up to `written`, stop, and return how many leading bytes the hasher has seen."""
+        with self._cond:
+            self._limit, self._done = written, True
+            self._cond.notify()
+        self._thread.join()
+        os.close(self._fd)
+        if self._error is not None:
+            raise self._error
+        return self.pos
 
-    def finish(self) -> None:
-        if self._batch:
-            self._queue.put(self._batch)
-            self._batch, self._size = [], 0
-        self._queue.put(None)
+
+_FOLLOW_READ = 4 << 20
+
+
+class WriteBack:
+    """Start writing a growing file to disk while it downloads (fdatasync in a second thread every `every` bytes),
+    so the fsync before the final rename has little left to do instead of the whole file."""
+
+    def __init__(self, fd: int, every: int = 64 << 20) -> None:
+        self._fd, self._every, self._next = fd, every, every
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lkctl-writeback", daemon=True)
+        self._thread.start()
+
+    def written(self, n: int) -> None:
+        if n >= self._next:
+            self._next = n + self._every
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            with contextlib.suppress(OSError):  # the final fsync reports what matters
+                os.fdatasync(self._fd)
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
         self._thread.join()

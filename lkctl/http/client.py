@@ -23,7 +23,6 @@ import email.utils
 import os
 import random
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,8 @@ from lkctl import __version__
 from lkctl.errors import ChecksumMismatch, DownloadError, HttpError
 from lkctl.fsutil import file_lock
 from lkctl.http import Fetched, ProgressFn
-from lkctl.http._partial import BackgroundHash, Part, hash_file
+from lkctl.http._partial import FollowHash, Part, WriteBack, hash_file
+from lkctl.http._stream import write_body
 
 __all__ = [
     "ChecksumMismatch",
@@ -212,46 +212,6 @@ def request(
     return r
 
 
-_RAW_READ = _READ_SIZE  # as httpcore reads; progress is reported per read
-
-
-def _plain_socket(r: httpx.Response) -> socket.socket | None:
-    """The connection's socket when httpcore exposes it (a real network connection, not an injected transport)."""
-    stream = r.extensions.get("network_stream")
-    get = getattr(stream, "get_extra_info", None)
-    sock = get("socket") if get is not None else None
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _body(r: httpx.Response, timeout: float) -> Iterator[bytes]:
-    """The response body as received. A plain Content-Length body is read straight from the socket after the first
-    chunk (what h11 had buffered with the headers): h11 copies every byte three more times, which made downloads
-    ~30 % slower than curl. The connection is then closed, not reused (h11 never saw the end of the body)."""
-    raw = r.iter_raw()  # as received: a chunker would lose its buffer on a drop
-    length = r.headers.get("content-length", "")
-    sock = _plain_socket(r)
-    if sock is None or not length.isdigit() or "chunked" in r.headers.get("transfer-encoding", "").lower():
-        yield from raw
-        return
-    left = int(length)
-    first = next(raw, b"")
-    if first:
-        left -= len(first)
-        yield first
-    try:
-        sock.settimeout(timeout)
-        while left > 0:
-            data = sock.recv(min(left, _RAW_READ))
-            if not data:
-                raise httpx.RemoteProtocolError(f"peer closed the connection with {left} bytes of the body unsent")
-            left -= len(data)
-            yield data
-    except TimeoutError as e:
-        raise httpx.ReadTimeout(f"no data for {timeout:g} s") from e
-    except OSError as e:
-        raise httpx.ReadError(str(e)) from e
-
-
 def _validator(r: httpx.Response) -> str:
     etag = str(r.headers.get("etag", ""))
     if etag and not etag.startswith("W/"):
@@ -309,22 +269,26 @@ def _stream_once(
         done = part.offset
         if progress:
             progress(done, total)
-        part.catch_up()  # (a no-op unless an earlier attempt was cut off between writing and hashing)
-        hasher = BackgroundHash(part.hasher)
-        with open(part.path, mode, buffering=0) as f:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else 0)
+        fd = os.open(part.path, flags, 0o666)  # not O_APPEND: splice cannot write to an append-only descriptor
+        try:
+            os.lseek(fd, part.offset, os.SEEK_SET)
+            # the kept bytes of a resumed .part are hashed from disk while the rest arrives, then the new ones
+            hasher = FollowHash(part.path, part.hasher, part.hashed, part.offset)
+            writeback = WriteBack(fd)
             try:
-                for chunk in _body(r, _read_timeout(client)):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[f.write(view) :]
-                    hasher.update(chunk)
-                    done += len(chunk)
+                for n in write_body(r, fd, _read_timeout(client)):
+                    done += n
+                    hasher.advance(done)
+                    writeback.written(done)
                     if progress:
                         progress(done, total)
             finally:
-                part.offset = f.tell()
-                hasher.finish()  # the hash covers exactly the bytes written, whatever happened
-                part.hashed = part.offset
+                writeback.stop()
+                part.offset = done
+                part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
+        finally:
+            os.close(fd)
         if total is not None and done < total:
             raise _Retry(f"connection closed after {done} of {total} bytes")
         return total

@@ -189,11 +189,11 @@ class VmRow:
         return cls(**fields)
 
 
-def list_vms(*, include_stopped: bool = False) -> list[VmRow]:
+def list_vms(*, include_stopped: bool = False, records: list[state.VmRecord] | None = None) -> list[VmRow]:
     """This machine's VMs with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[VmRow] = []
     live = state.live_pids()  # one snapshot of /proc instead of one open per recorded VM
-    for r in state.all_records():
+    for r in state.all_records() if records is None else records:
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r, live)
@@ -231,7 +231,8 @@ def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str
     from lkctl.runtime.libvirt.hosts import HostConfig
 
     hosts: dict[str, HostConfig] = {h.name: h for h in settings.hosts}
-    for r in state.all_records():
+    records = state.all_records()  # read once for the whole listing
+    for r in records:
         name = r.libvirt.get("host", "")
         if r.libvirt and name not in hosts:
             hosts[name] = HostConfig(name, r.libvirt["uri"], known_hosts=r.libvirt.get("known_hosts", ""))
@@ -239,7 +240,7 @@ def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str
         from lkctl.errors import ConfigError
 
         raise ConfigError(f"--host {host}: no such host (known: local, {', '.join(hosts) or 'no libvirt host'})")
-    rows = list_vms(include_stopped=include_stopped) if host in ("", "local") else []
+    rows = list_vms(include_stopped=include_stopped, records=records) if host in ("", "local") else []
     problems: list[str] = []
     wanted = [h for n, h in hosts.items() if host in ("", n)]
     if wanted:
@@ -247,7 +248,7 @@ def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str
 
         more, problems = list_host_vms(wanted, include_stopped=include_stopped)
         # two host entries may name one libvirtd: a domain is listed once, under the host it was started on
-        started_on = {r.libvirt.get("uuid"): r.libvirt.get("host") for r in state.all_records() if r.libvirt}
+        started_on = {r.libvirt.get("uuid"): r.libvirt.get("host") for r in records if r.libvirt}
         seen: set[str] = set()
         for row in more:
             if row["uuid"] not in seen and started_on.get(row["uuid"], row["host"]) == row["host"]:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 STATE_VERSION = 1
+
+log = logging.getLogger("lkctl.state")
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,16 @@ def _adopt_pidfile(record: VmRecord) -> VmRecord:
 
 
 def load_record(vm_dir: Path) -> VmRecord | None:
+    loaded = _read_record(vm_dir)
+    return None if loaded is None else _adopt_pidfile(VmRecord.from_json(loaded[1], vm_dir / "vm.json"))
+
+
+def _read_record(vm_dir: Path) -> tuple[list[int], dict[str, Any]] | None:
+    """vm.json's identity (inode, mtime, size: fstat of what was read, so they belong together) and content."""
     path = vm_dir / "vm.json"
     try:
         with open(path, "rb") as f:  # not Path.read_text: `vm.ps` reads thousands of these
+            st = os.fstat(f.fileno())
             data = json.loads(f.read())
     except FileNotFoundError:
         return None
@@ -192,26 +202,102 @@ def load_record(vm_dir: Path) -> VmRecord | None:
         raise StateError(f"{path} is unreadable ({why}); remove {vm_dir} to forget that VM") from None
     if not isinstance(data, dict):
         raise StateError(f"{path} is not a VM record; remove {vm_dir}")
-    return _adopt_pidfile(VmRecord.from_json(data, path))
-
-
-def _load_or_unknown(vm_dir: Path) -> VmRecord | None:
-    try:
-        return load_record(vm_dir)
-    except StateError as e:
-        return _adopt_pidfile(VmRecord.unknown(vm_dir, e.message))  # a live QEMU of it can still be stopped
+    return [st.st_ino, st.st_mtime_ns, st.st_size], data
 
 
 def all_records() -> list[VmRecord]:
     """Every VM with a record, oldest first. A record that cannot be read (corrupt, of a newer format) stands as
-    an `unknown` VM carrying the reason, so one bad record never breaks every `vm.*` command."""
+    an `unknown` VM carrying the reason, so one bad record never breaks every `vm.*` command.
+
+    Records come from the summary index (see _records_indexed) when their vm.json has not changed since."""
     root = vms_dir()
     if not root.is_dir():
         return []
+    return sorted(_records_indexed(root), key=lambda r: (r.created, r.id))
+
+
+# The summary index: vms/.index.json caches every readable record with the inode, mtime (ns) and size of the
+# vm.json it was read from. An entry is used only while its vm.json still has exactly those (a stat per VM, no
+# open and no parse of the record); anything else is read from vm.json and the index rewritten. It is a cache,
+# never the truth: written without the lock (temp file + rename, so two lkctl processes at once leave one whole
+# index, each entry as true as the stat it carries), rebuilt when missing, unreadable or of another format.
+_INDEX = ".index.json"
+_INDEX_FORMAT = 2  # entries: id -> [inode, mtime_ns, size, [the record's fields in _saved_fields() order]]
+
+
+@functools.cache
+def _saved_fields() -> tuple[str, ...]:
+    names = tuple(f.name for f in dataclasses.fields(VmRecord))
+    if names[-1] != "problem":  # index entries are passed positionally: every saved field comes before it
+        raise RuntimeError("VmRecord.problem must stay its last field")
+    return names[:-1]
+
+
+def _index_format() -> list[Any]:
+    return [_INDEX_FORMAT, STATE_VERSION, list(_saved_fields())]
+
+
+def _read_index(root: Path) -> dict[str, list[Any]]:
+    try:
+        with open(root / _INDEX, "rb") as f:
+            index = json.loads(f.read())
+        if isinstance(index, dict) and index.get("format") == _index_format():
+            entries = index.get("records")
+            if isinstance(entries, dict):
+                return entries
+    except (OSError, ValueError) as e:
+        if not isinstance(e, FileNotFoundError):
+            log.debug("VM index %s unreadable (%s); rebuilding it", root / _INDEX, e)
+    return {}
+
+
+def _records_indexed(root: Path) -> list[VmRecord]:
+    index = _read_index(root)
+    fresh: dict[str, list[Any]] = {}
+    records: list[VmRecord] = []
+    changed = False
     with os.scandir(root) as entries:
-        dirs = [root / e.name for e in entries if e.is_dir()]
-    records = [r for d in dirs if (r := _load_or_unknown(d)) is not None]
-    return sorted(records, key=lambda r: (r.created, r.id))
+        for entry in entries:
+            if not entry.is_dir():
+                continue  # .lock, the index and its temp files
+            cached = index.get(entry.name)
+            if cached is not None:
+                try:
+                    st = os.stat(f"{entry.path}/vm.json")
+                except OSError:
+                    st = None
+                if st is not None and (cached[0], cached[1], cached[2]) == (st.st_ino, st.st_mtime_ns, st.st_size):
+                    fresh[entry.name] = cached
+                    records.append(_adopt_pidfile(VmRecord(*cached[3])))  # positional: fields in _saved_fields order
+                    continue
+            changed = True
+            vm_dir = root / entry.name
+            try:
+                loaded = _read_record(vm_dir)
+                if loaded is None:
+                    continue
+                record = VmRecord.from_json(loaded[1], vm_dir / "vm.json")
+            except StateError as e:
+                records.append(_adopt_pidfile(VmRecord.unknown(vm_dir, e.message)))  # a live QEMU of it can be stopped
+                continue
+            fresh[entry.name] = [*loaded[0], [getattr(record, name) for name in _saved_fields()]]
+            records.append(_adopt_pidfile(record))
+    if changed or fresh.keys() != index.keys():
+        _write_index(root, fresh)
+    return records
+
+
+def _write_index(root: Path, entries: dict[str, list[Any]]) -> None:
+    tmp = root / f".index.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"format": _index_format(), "records": entries}, f, separators=(",", ":"))
+        os.replace(tmp, root / _INDEX)
+    except OSError as e:  # a read-only state dir: records are still read, just not cached
+        log.debug("cannot write the VM index in %s: %s", root, e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def remove_record(record: VmRecord) -> None:

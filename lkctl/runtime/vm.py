@@ -187,6 +187,7 @@ def _spec(
         guest_files=(
             ("ssh/authorized_keys", Path("id_ed25519.pub")),
             ("ssh/ssh_host_ed25519_key", Path("ssh_host_ed25519_key")),
+            ("ssh/dropbear_ed25519_host_key", Path("dropbear_ed25519_host_key")),  # no dropbearconvert at boot
             *guest_files(bool(opts.hostname), dict(opts.env)),
         ),
         cmdline_extra=settings.vm.cmdline_extra,

@@ -36,7 +36,39 @@ def generate_keys(directory: Path) -> VmKeys:
     with file_lock(directory / ".ssh-keys.lock"):
         _ensure_key(keys.client_key, keys.client_pub, f"lkctl-client@{directory.name}")
         _ensure_key(keys.host_key, keys.host_pub, f"lkctl-host@{directory.name}")
+        _ensure_dropbear_key(keys.host_key, directory / DROPBEAR_HOST_KEY)
     return keys
+
+
+DROPBEAR_HOST_KEY = "dropbear_ed25519_host_key"
+"""The host key in dropbear's format, beside the OpenSSH one: the guest's sshd uses it as is (no dropbearconvert
+run in the guest at boot) unless the OpenSSH key is newer."""
+
+
+def dropbear_ed25519_key(openssh_private: bytes) -> bytes:
+    """An OpenSSH-format ed25519 private key in dropbear's key-file format (what `dropbearconvert openssh
+    dropbear` writes): string "ssh-ed25519", then a string of the 32-byte seed followed by the 32-byte public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = serialization.load_ssh_private_key(openssh_private, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("not an ed25519 key")
+    raw = serialization.Encoding.Raw
+    seed = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    pub = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    name = b"ssh-ed25519"
+    return len(name).to_bytes(4, "big") + name + (64).to_bytes(4, "big") + seed + pub
+
+
+def _ensure_dropbear_key(host_key: Path, dest: Path) -> None:
+    wanted = dropbear_ed25519_key(host_key.read_bytes())  # derived each time: never a stale copy of another key
+    try:
+        if dest.read_bytes() == wanted:
+            return
+    except FileNotFoundError:
+        pass
+    atomic_write(dest, wanted, 0o600)
 
 
 def _ensure_key(private: Path, public: Path, comment: str) -> None:

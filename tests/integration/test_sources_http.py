@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ SHA = hashlib.sha256(DATA).hexdigest()
 class Faults:
     """What the server does to the next requests, consumed in order; then it behaves."""
 
-    script: list[str] = field(default_factory=list)  # "drop", "503", "429", "ignore-range"
+    script: list[str] = field(default_factory=list)  # "drop", "stall", "503", "429", "ignore-range"
     seen: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -65,6 +66,12 @@ def faulty_server(faults: Faults) -> Iterator[str]:
             self.send_header("ETag", '"v1"')
             self.send_header("Content-Length", str(len(DATA) - start))
             self.end_headers()
+            if fault == "stall":  # half the body, then nothing until the client gives up
+                self.wfile.write(DATA[start : start + (len(DATA) - start) // 2])
+                self.wfile.flush()
+                time.sleep(3)
+                self.close_connection = True
+                return
             if fault == "drop":
                 self.wfile.write(DATA[start : start + (len(DATA) - start) // 2])
                 self.wfile.flush()
@@ -100,6 +107,38 @@ def test_connection_dropped_mid_body_is_resumed_from_where_it_stopped(tmp_path: 
     assert faults.seen[1]["range"] == f"bytes={len(DATA) // 2}-" and faults.seen[1]["if-range"] == '"v1"'
     assert len(waits) == 1  # one backoff between the drop and the resume
     assert faults.seen[0]["accept-encoding"] == "identity"
+
+
+def test_a_stalled_body_times_out_and_is_resumed(tmp_path: Path) -> None:
+    faults, waits = Faults(["stall"]), list[float]()
+    with faulty_server(faults) as url, http_client(timeout=0.5) as client:
+        started = time.monotonic()
+        got = download([url], tmp_path / "file.img", sha256=SHA, client=client, retry=policy(waits))
+    assert got.path.read_bytes() == DATA and got.resumed_from == 0
+    assert time.monotonic() - started < 2.5  # the read timeout ended the stall, not the server
+    assert faults.seen[1]["range"] == f"bytes={len(DATA) // 2}-"
+
+
+def test_a_kept_part_of_another_file_is_caught_by_the_hash_and_fetched_again(tmp_path: Path) -> None:
+    dest = tmp_path / "file.img"
+    part = tmp_path / "file.img.part"
+    part.write_bytes(b"x" * (len(DATA) // 2))  # hashed while the rest downloads: the sum cannot match
+    (tmp_path / "file.img.part.json").write_text(f'{{"url": "", "validator": "", "sha256": "{SHA}", "total": null}}')
+    faults = Faults()
+    with faulty_server(faults) as url:
+        got = download([url], dest, sha256=SHA, retry=policy([]))
+    assert dest.read_bytes() == DATA and got.resumed_from == 0
+    assert [h.get("range") for h in faults.seen] == [f"bytes={len(DATA) // 2}-", None]
+    assert not part.exists()
+
+
+def test_a_resumed_download_hashes_the_kept_part_and_the_rest(tmp_path: Path) -> None:
+    dest = tmp_path / "file.img"
+    (tmp_path / "file.img.part").write_bytes(DATA[: len(DATA) // 3])
+    (tmp_path / "file.img.part.json").write_text(f'{{"url": "", "validator": "", "sha256": "{SHA}", "total": null}}')
+    with faulty_server(Faults()) as url:
+        got = download([url], dest, sha256=SHA, retry=policy([]))
+    assert dest.read_bytes() == DATA and got.resumed_from == len(DATA) // 3 and got.sha256 == SHA
 
 
 def test_503_and_429_are_retried_honouring_retry_after(tmp_path: Path) -> None:

@@ -63,8 +63,11 @@ class Guest:
 
 def prepare_guest(root: Path, port: int) -> Guest:
     keys = generate_keys(root / "state")
-    host_db = root / "dropbear_ed25519_host_key"
-    subprocess.run(["dropbearconvert", "openssh", "dropbear", keys.host_key, host_db], check=True, capture_output=True)
+    host_db = root / "state" / "dropbear_ed25519_host_key"  # written by generate_keys, as the VM gets it
+    converted = root / "dropbear_key"
+    argv = ["dropbearconvert", "openssh", "dropbear", str(keys.host_key), str(converted)]
+    subprocess.run(argv, check=True, capture_output=True)
+    assert host_db.read_bytes() == converted.read_bytes()  # the same file dropbearconvert makes in the guest
     home = root / "home"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     home.chmod(0o700)

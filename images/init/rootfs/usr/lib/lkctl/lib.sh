@@ -61,6 +61,7 @@ jget() { eval "$1=\${$2-}"; }
 jlen() { eval "$1=\${$2__len:-0}"; }
 
 # mount_spec DEST TYPE SOURCE OPTIONS(comma-separated) [BIND_SOURCE_ROOT]
+# (Directories are made only when missing: each mkdir is a fork, and under TCG a fork costs milliseconds.)
 # Mount like runc/linuxkit would from an OCI mount: bind/rbind, then ro via a bind remount, propagation flags
 # (shared, rprivate...) via --make-*, a lone "remount,<propagation>" as a propagation change only.
 # An overlay gets its upperdir/workdir created first; a file bind gets a file to land on.
@@ -77,7 +78,7 @@ mount_spec() {
             ro) _ro=1; _keep="$_keep,ro" ;;
             remount) _remount=1 ;;
             shared | rshared | private | rprivate | slave | rslave | unbindable | runbindable) _prop="$_prop $_o" ;;
-            upperdir=* | workdir=*) mkdir -p "${_o#*=}"; _keep="$_keep,$_o" ;;
+            upperdir=* | workdir=*) [ -d "${_o#*=}" ] || mkdir -p "${_o#*=}"; _keep="$_keep,$_o" ;;
             *) _keep="$_keep,$_o" ;;
         esac
     done
@@ -88,7 +89,7 @@ mount_spec() {
     [ -n "$_bind" ] && [ "$_src" = / ] && [ -s "$LKCTL_RUN/rootdisk" ] && read -r _src <"$LKCTL_RUN/rootdisk"
     if [ -n "$_bind" ]; then
         if [ -d "$_src" ]; then
-            mkdir -p "$_dest"
+            [ -d "$_dest" ] || mkdir -p "$_dest"
         elif [ -e "$_src" ]; then
             [ -e "$_dest" ] || { mkdir -p "${_dest%/*}" && : >"$_dest"; }
         else
@@ -111,7 +112,7 @@ mount_spec() {
             mount_spec "$_dest" bind /sys/fs/cgroup "rbind,$_keep"
             return
         fi
-        mkdir -p "$_dest"
+        [ -d "$_dest" ] || mkdir -p "$_dest"
         if [ -n "$_keep" ]; then
             mount -t "$_type" -o "$_keep" "$_src" "$_dest" || return 1
         else
@@ -201,7 +202,7 @@ run_bundles() {
 start_service() {
     _n=${1%/}
     _n=${_n##*/}
-    mkdir -p "$LKCTL_RUN/services"
+    [ -d "$LKCTL_RUN/services" ] || mkdir -p "$LKCTL_RUN/services"
     debug "starting service $_n"
     (
         set -o pipefail
