@@ -81,6 +81,7 @@ class RunOptions:
     network: Network | None = None  # user | restricted | none; None: settings.vm.network
     connect: str = ""  # run through libvirt at this URI (qemu:///system, qemu+ssh://root@host/system)
     host: str = ""  # run through libvirt on this lkctl.hosts entry, or `auto` (most free memory that fits)
+    snapshot: bool = False  # -d only: restore from a memory snapshot of the image (lkctl.runtime.snapshot)
 
 
 def _now() -> str:
@@ -305,7 +306,8 @@ def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor
 
 
 def _launch(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps, hypervisor: str
+    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps, hypervisor: str,
+    say: Callable[[str], None] = lambda _: None,
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Start QEMU (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
@@ -330,7 +332,13 @@ def _launch(
         state.save_record(record)
         child: subprocess.Popen[bytes] | None = None
         if opts.detach and hypervisor == "qemu":
-            result = _start_qemu(argv, record.dir)
+            result = None
+            if opts.snapshot:  # snapshot hook: a warm start; None = it fell back (and said so), boot cold
+                from lkctl.runtime import snapshot
+
+                timeout = opts.ready_timeout or settings.vm.ready_timeout
+                result = snapshot.restore(argv, record.dir, timeout=timeout, say=say)
+            result = result or _start_qemu(argv, record.dir)
             rc, err = result.returncode, result.stderr.decode(errors="replace").strip()
         else:
             with open(record.dir / "qemu.log", "wb") as log:
@@ -489,15 +497,21 @@ def run_vm(
     console: IO[bytes] | None = None,
     on_started: Callable[[VmRecord], None] | None = None,
     on_wait: Callable[[bytes], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> tuple[VmRecord, int]:
     """Boot `boot` as a new VM. Detached: returns once the guest answers SSH (exit status 0). Foreground: streams
     the console to `console` until the VM ends and returns its record and an exit status (0 = clean power-off).
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
-    once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
+    once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people);
+    `say` with one-line notes (a warm start that fell back to a cold boot).
     """
     check_run_network(opts, settings)
     hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu).value  # before anything is created
+    if opts.snapshot:  # snapshot hook: refuse what a restored VM could not be, before anything is made
+        from lkctl.runtime.snapshot import check_supported
+
+        check_supported(boot, opts, hypervisor)
     host = probe_host(accel=settings.vm.accel, qemu=settings.vm.qemu, kernel=boot.kernel, hypervisor=hypervisor)
     if opts.ssh_port or opts.ports:
         _check_ports(opts.ssh_port, opts.ports)
@@ -512,7 +526,7 @@ def run_vm(
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
-            record, child = _launch(record, boot, opts, settings, host, hypervisor)
+            record, child = _launch(record, boot, opts, settings, host, hypervisor, say)
             if on_started is not None:
                 on_started(record)
             if opts.detach:
