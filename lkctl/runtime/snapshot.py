@@ -430,15 +430,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_paused(vm_dir: Path, timeout: float) -> None:
-    """Wait until the restored QEMU has loaded the whole snapshot (`paused`; a `cont` before is lost)."""
+def _wait_paused(vm_dir: Path, pid: int, timeout: float) -> None:
+    """Wait until the restored QEMU (`pid`) has loaded the whole snapshot (`paused`; a `cont` before is lost)."""
     qmp, deadline = vm_dir / QMP_SOCKET, time.monotonic() + timeout
     while True:
-        pid = _qemu_pid(vm_dir)
-        if pid and not _alive(pid):
-            raise _BadSnapshot("QEMU exited while loading the snapshot")
+        if not _alive(pid):  # (QEMU removes its pidfile as it exits: the pid is read once, at start)
+            raise _BadSnapshot("QEMU could not load it and exited")
         status = ""
-        with contextlib.suppress(VmError):
+        with contextlib.suppress(VmError, OSError):  # not listening yet, or going away: the pid tells next round
             result = qmp_command(qmp, "query-status", timeout=2)
             status = result.get("status", "") if isinstance(result, dict) else ""
         if status == "paused":
@@ -480,7 +479,10 @@ def _restore_from(snap: Path, argv: Sequence[str], vm_dir: Path, timeout: float)
     if result.returncode != 0:
         err = result.stderr.decode(errors="replace").strip().splitlines()
         raise VmError(f"QEMU did not start: {err[-1] if err else f'exit status {result.returncode}'}")
-    _wait_paused(vm_dir, timeout)
+    pid = _qemu_pid(vm_dir)
+    if not pid:
+        raise VmError("QEMU exited right after starting")
+    _wait_paused(vm_dir, pid, timeout)
     qmp_command(vm_dir / QMP_SOCKET, "cont")
     _send_identity(vm_dir, argv, timeout)
     return result

@@ -306,7 +306,12 @@ def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor
 
 
 def _launch(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, host: HostCaps, hypervisor: str,
+    record: VmRecord,
+    boot: BootImage,
+    opts: RunOptions,
+    settings: Settings,
+    host: HostCaps,
+    hypervisor: str,
     say: Callable[[str], None] = lambda _: None,
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Start QEMU (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
