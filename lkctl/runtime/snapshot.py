@@ -24,7 +24,6 @@ take or restore one falls back to a cold boot, said in one line.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import itertools
@@ -198,13 +197,18 @@ def guest_file_entries(argv: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def identity_message(files: Sequence[tuple[str, bytes]], *, now: float, rng: bytes) -> bytes:
-    """The message the guest's identity agent reads (see images/init/rootfs/usr/lib/lkctl/identity). Pure."""
-    lines = [f"time {round(now)}", f"rng {base64.b64encode(rng).decode()}"]
+    """The message the guest's identity agent reads (see images/init/rootfs/usr/lib/lkctl/identity): the clock,
+    random bytes as octal escapes (the guest's shell printf writes them without a fork), then each file as
+    `file NAME` and one `line TEXT` per line (files are text; a missing final newline is added). Pure."""
+    lines = [f"time {round(now)}".encode(), b"rng " + "".join(f"\\{b:03o}" for b in rng).encode()]
     for name, data in files:
         if name not in IDENTITY_FILES:
             raise ConfigError(f"{name} is not a file a restored VM takes")
-        lines.append(f"file {name} {base64.b64encode(data).decode()}")
-    return ("\n".join([*lines, "end"]) + "\n").encode()
+        if b"\0" in data or b"\r" in data:
+            raise ConfigError(f"{name} for a restored VM must be text (no NUL or CR)")
+        lines.append(f"file {name}".encode())
+        lines += [b"line " + line for line in data.removesuffix(b"\n").split(b"\n")] if data else []
+    return b"\n".join([*lines, b"end"]) + b"\n"
 
 
 def key_inputs(

@@ -3,7 +3,6 @@ message and what `--snapshot` refuses."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -93,16 +92,26 @@ def test_guest_file_entries_refuse_what_a_restore_cannot_deliver() -> None:
         guest_file_entries(with_volume)
 
 
-def test_identity_message_is_lines_of_base64_that_end_with_end() -> None:
-    msg = identity_message([("vm-hostname", b"web\n"), ("env", b"A=1 2\n")], now=1700000000.6, rng=b"\x00\xff")
-    lines = msg.decode().splitlines()
-    assert lines[0] == "time 1700000001"
-    assert lines[1] == "rng " + base64.b64encode(b"\x00\xff").decode()
-    assert lines[2] == "file vm-hostname " + base64.b64encode(b"web\n").decode()
-    assert base64.b64decode(lines[3].split(" ", 2)[2]) == b"A=1 2\n"
-    assert lines[-1] == "end" and msg.endswith(b"\n")
-    with pytest.raises(ConfigError):
+def test_identity_message_is_lines_the_guest_shell_reads_without_evaluating() -> None:
+    files = [("vm-hostname", b"web\n"), ("env", b"A=1 2\nB=$(x) \\n\n"), ("ssh/authorized_keys", b"ssh-ed25519 K")]
+    msg = identity_message(files, now=1700000000.6, rng=b"\x00\xff\x08")
+    assert msg.split(b"\n") == [
+        b"time 1700000001",
+        b"rng \\000\\377\\010",  # octal escapes for the guest's builtin printf
+        b"file vm-hostname",
+        b"line web",
+        b"file env",
+        b"line A=1 2",
+        b"line B=$(x) \\n",
+        b"file ssh/authorized_keys",
+        b"line ssh-ed25519 K",  # the final newline is the agent's
+        b"end",
+        b"",
+    ]
+    with pytest.raises(ConfigError, match="not a file"):
         identity_message([("volumes", b"x")], now=0, rng=b"")
+    with pytest.raises(ConfigError, match="must be text"):
+        identity_message([("env", b"A=\r")], now=0, rng=b"")
 
 
 def test_snapshot_key_changes_with_kernel_qemu_and_environment() -> None:
