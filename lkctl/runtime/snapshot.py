@@ -482,10 +482,12 @@ def _restore_from(snap: Path, argv: Sequence[str], vm_dir: Path, timeout: float)
                             capture_output=True, env=proc.minimal_env(), timeout=60, check=False)  # fmt: skip
     if result.returncode != 0:
         err = result.stderr.decode(errors="replace").strip().splitlines()
-        raise VmError(f"QEMU did not start: {err[-1] if err else f'exit status {result.returncode}'}")
+        last = err[-1] if err else f"exit status {result.returncode}"
+        # a load that fails at once can end QEMU before -daemonize returns: then it says so on stderr
+        raise (_BadSnapshot if "migration" in last else VmError)(f"QEMU did not start: {last}")
     pid = _qemu_pid(vm_dir)
-    if not pid:
-        raise VmError("QEMU exited right after starting")
+    if not pid:  # gone before we looked (QEMU removes its pidfile as it exits): the load failed at once
+        raise _BadSnapshot("QEMU could not load it and exited")
     _wait_paused(vm_dir, pid, timeout)
     qmp_command(vm_dir / QMP_SOCKET, "cont")
     _send_identity(vm_dir, argv, timeout)

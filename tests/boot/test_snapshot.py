@@ -169,7 +169,8 @@ def test_damaged_snapshot_falls_back_to_a_cold_boot(warm: Cli, pair: tuple[str, 
     assert run.stderr.count("booting cold") == 1
     assert _guest(warm, "c", "hostname").strip() == "c"
     assert b"restored from a snapshot" not in (_vm_dir(warm, "c") / "console.log").read_bytes()
-    assert not damaged.exists()  # a snapshot QEMU cannot load is removed: the next warm start takes a new one
+    # a snapshot QEMU cannot load is removed: the next warm start takes a new one
+    assert not damaged.exists(), run.stderr
 
 
 def test_snapshot_refused_in_one_line_before_anything_is_made(warm: Cli, tmp_path: Path) -> None:
