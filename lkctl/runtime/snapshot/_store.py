@@ -1,26 +1,5 @@
-"""Warm starts (`vm.run -d --snapshot`): a new VM restored from a memory snapshot of its image, taken once at the
-image's ready point, then given its own identity before anything can use it.
-
-The snapshot is taken from a *template boot*: the VM's own QEMU argv with its per-VM parts removed (`key_argv`),
-booted in a private work dir with a throwaway identity (keys made for it and deleted, host name
-`lkctl-snapshot`), so no real VM's keys ever sit in a snapshot. Snapshot boots add a virtio-serial port
-(`org.lkctl.identity`) and `vmgenid`. The guest (images/init `007-identity` + `identity`) then starts an agent
-before any service; lkctl-sshd waits for it before it reads its keys. When init is ready, the agent waits on the
-port and sshd waits on the agent, QEMU is stopped and its state migrated into a file (`exec:cat > FILE`).
-
-A restore starts the VM's own argv plus those devices and `-incoming "exec:cat FILE"`, waits for `paused`, sends
-`cont`, then writes the identity message on the port: the host's clock, random bytes for /dev/urandom, and the
-VM's fw_cfg files (its host key, authorized key, host name, environment). The agent answers `ok` once they are in
-place and the host name is set; only then does dropbear start, with this VM's pinned host key. QEMU's `vmgenid`
-gets a fresh GUID on every start (`guid=auto`), so the guest kernel reseeds its RNG on restore by itself.
-
-A snapshot is keyed by a digest of what it depends on (`key_inputs`): the argv without per-VM parts (machine,
-accelerator, CPU model, memory, CPUs, kernel command line, devices, fw_cfg names), the identity of the kernel and
-initrd files and of the QEMU binary with its version, and the environment's digest (services started before the
-snapshot saw it). Anything else that would differ after a restore is refused up front (`check_supported`).
-Snapshots live in `<cache>/snapshots/` (0700; files 0600, written to a temp name and renamed). Any failure to
-take or restore one falls back to a cold boot, said in one line.
-"""
+"""Taking and restoring warm-start snapshots: the template boot, the snapshot files under the cache, the restore
+and its fallback. See lkctl.runtime.snapshot."""
 
 from __future__ import annotations
 
@@ -35,44 +14,30 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lkctl import proc
-from lkctl.errors import ConfigError, LkError, VmError
+from lkctl.errors import LkError, VmError
 from lkctl.fsutil import atomic_write, file_lock, private_dir, unix_address
 from lkctl.paths import cache_dir
-from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET, BootImage, ImageFormat
+from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.qmp import qmp_command
+from lkctl.runtime.snapshot._plan import (
+    IDENTITY_SOCKET,
+    TEMPLATE_HOSTNAME,
+    SnapshotKey,
+    guest_file_entries,
+    identity_message,
+    key_inputs,
+    snapshot_argv,
+    template_argv,
+)
 
-if TYPE_CHECKING:
-    from lkctl.runtime.vm import RunOptions
+__all__ = ["restore", "snapshot_key", "snapshots_dir", "take_snapshot"]
 
-__all__ = [
-    "IDENTITY_PORT",
-    "IDENTITY_SOCKET",
-    "SnapshotKey",
-    "check_supported",
-    "guest_file_entries",
-    "identity_message",
-    "key_argv",
-    "key_inputs",
-    "restore",
-    "snapshot_argv",
-    "snapshot_key",
-    "snapshots_dir",
-    "take_snapshot",
-    "template_argv",
-]
-
-IDENTITY_PORT = "org.lkctl.identity"  # the guest's /sys/class/virtio-ports/*/name
-IDENTITY_SOCKET = "identity.sock"  # the host side of the port, in the VM's state dir
-FORMAT = 1  # bumped when what a snapshot holds or the identity protocol changes: older snapshots are not used
-IDENTITY_FILES = frozenset({"ssh/ssh_host_ed25519_key", "ssh/authorized_keys", "hostname", "vm-hostname", "env"})
-TEMPLATE_HOSTNAME = "lkctl-snapshot"
 # the template boot is snapshotted once init is ready, the agent waits on its port and sshd waits for the agent
 _WAIT_MARKERS = (b"lkctl-init: ready", b"lkctl-init: identity: waiting", b"waiting for this VM's identity")
 _PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
@@ -80,164 +45,6 @@ _PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
 
 class _BadSnapshot(VmError):
     """QEMU could not load the snapshot file: it is removed, and the next warm start takes a new one."""
-
-
-# ---- pure: argv and key ----------------------------------------------------------------------------------------
-
-
-def check_supported(boot: BootImage, opts: RunOptions, hypervisor: str) -> None:
-    """Refuse `--snapshot` (one line, before anything is made) where a restored VM could not be this VM."""
-    why = ""
-    if not opts.detach:
-        why = "a warm start is for detached VMs; add -d"
-    elif opts.connect or opts.host:
-        why = "snapshots are restored by QEMU on this machine, not through libvirt; drop --connect/--host"
-    elif hypervisor != "qemu":
-        why = f"{hypervisor} has no memory snapshots here; use --hypervisor qemu"
-    elif boot.format is not ImageFormat.KERNEL_INITRD or boot.rootdisk is not None:
-        kind = "kernel+initrd with a root disk" if boot.rootdisk is not None else boot.format.value
-        why = f"only kernel+initrd images without disks can be restored (this is {kind}: its disk would not match)"
-    elif opts.volumes:
-        why = "QEMU cannot snapshot a VM with a mounted 9p/virtiofs share, and a restored VM cannot mount new ones"
-    elif opts.data_disk is not None:
-        why = "a data disk made for this VM would not match the snapshot's memory; drop --disk"
-    if why:
-        raise ConfigError(f"--snapshot: {why}")
-
-
-def _option_parts(value: str) -> list[str]:
-    """A QEMU option value split at its commas (a doubled comma is a literal one and does not split)."""
-    parts, cur, i = [], "", 0
-    while i < len(value):
-        if value[i] == ",":
-            if value[i + 1 : i + 2] == ",":
-                cur += ",,"
-                i += 2
-                continue
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += value[i]
-        i += 1
-    return [*parts, cur]
-
-
-def key_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` without what differs between VMs of one image and size and does not reach the snapshot: the VM's
-    name, `-daemonize`, the host side of port forwards, the NIC's MAC (the guest keeps the snapshot's) and fw_cfg
-    file paths (the names stay: which files the guest was given is part of its state). Pure."""
-    return _without_vm_parts(argv, keep_files=False)
-
-
-def _without_vm_parts(argv: Sequence[str], *, keep_files: bool) -> list[str]:
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        opt = argv[i]
-        value = argv[i + 1] if i + 1 < len(argv) else None
-        if opt == "-daemonize":
-            i += 1
-            continue
-        if value is None:
-            out.append(opt)
-            break
-        if opt == "-name":
-            value = TEMPLATE_HOSTNAME
-        elif opt == "-netdev":
-            value = ",".join(p for p in _option_parts(value) if not p.startswith("hostfwd="))
-        elif opt == "-device" and value.startswith("virtio-net"):
-            value = ",".join(p for p in _option_parts(value) if not p.startswith("mac="))
-        elif opt == "-fw_cfg" and not keep_files:
-            value = _option_parts(value)[0]
-        if opt.startswith("-"):
-            out += [opt, value]
-            i += 2
-        else:
-            out.append(opt)  # the binary
-            i += 1
-    return out
-
-
-def snapshot_argv(argv: Sequence[str], *, incoming: Path | None = None) -> list[str]:
-    """`argv` plus the devices every snapshot boot has (the identity port and vmgenid), and with `incoming` the
-    snapshot file QEMU loads instead of booting. Template and restored VM must agree on these. Pure."""
-    out = [a for a in argv if a != "-daemonize"]
-    out += [
-        "-device", "virtio-serial-pci,id=lkser0",
-        "-chardev", f"socket,id=lkident,path={IDENTITY_SOCKET},server=on,wait=off",
-        "-device", f"virtserialport,bus=lkser0.0,chardev=lkident,name={IDENTITY_PORT}",
-        "-device", "vmgenid,guid=auto",  # a new generation ID per QEMU start: the guest kernel reseeds its RNG
-    ]  # fmt: skip
-    if incoming is not None:
-        out += ["-incoming", "exec:cat " + shlex.quote(os.fspath(incoming))]
-    if "-daemonize" in argv:
-        out.append("-daemonize")
-    return out
-
-
-def template_argv(argv: Sequence[str]) -> list[str]:
-    """What the template boot runs (in its own work dir, not daemonized): the VM's argv without its per-VM parts,
-    as a snapshot boot. Pure."""
-    return snapshot_argv(_without_vm_parts(argv, keep_files=True))
-
-
-def guest_file_entries(argv: Sequence[str]) -> list[tuple[str, str]]:
-    """(name under opt/lkctl/, file relative to the VM dir) of each fw_cfg file in `argv`. A file the identity
-    message cannot carry (a volume list) means the VM cannot be restored: ConfigError. Pure."""
-    entries = []
-    for opt, value in itertools.pairwise(argv):
-        if opt != "-fw_cfg":
-            continue
-        parts = dict(p.split("=", 1) for p in _option_parts(value) if "=" in p)
-        name = parts.get("name", "").removeprefix("opt/lkctl/")
-        if name not in IDENTITY_FILES or "file" not in parts:
-            raise ConfigError(f"fw_cfg {parts.get('name', value)} cannot be given to a restored VM")
-        entries.append((name, parts["file"].replace(",,", ",")))
-    return entries
-
-
-def identity_message(files: Sequence[tuple[str, bytes]], *, now: float, rng: bytes) -> bytes:
-    """The message the guest's identity agent reads (see images/init/rootfs/usr/lib/lkctl/identity): the clock,
-    random bytes as octal escapes (the guest's shell printf writes them without a fork), then each file as
-    `file NAME` and one `line TEXT` per line (files are text; a missing final newline is added). Pure."""
-    lines = [f"time {round(now)}".encode(), b"rng " + "".join(f"\\{b:03o}" for b in rng).encode()]
-    for name, data in files:
-        if name not in IDENTITY_FILES:
-            raise ConfigError(f"{name} is not a file a restored VM takes")
-        if b"\0" in data or b"\r" in data:
-            raise ConfigError(f"{name} for a restored VM must be text (no NUL or CR)")
-        lines.append(f"file {name}".encode())
-        lines += [b"line " + line for line in data.removesuffix(b"\n").split(b"\n")] if data else []
-    return b"\n".join([*lines, b"end"]) + b"\n"
-
-
-def key_inputs(
-    argv: Sequence[str], *, files: Mapping[str, Sequence[int]], qemu: Mapping[str, Any], env_digest: str
-) -> dict[str, Any]:
-    """Everything a snapshot depends on, as JSON-able data (its digest names the snapshot). Pure."""
-    return {
-        "format": FORMAT,
-        "argv": key_argv(argv),
-        "files": {p: list(ident) for p, ident in sorted(files.items())},
-        "qemu": dict(qemu),
-        "env": env_digest,
-    }
-
-
-@dataclass(frozen=True)
-class SnapshotKey:
-    """A snapshot's name (`digest`) and what it covers (`inputs`, kept beside it in its .json)."""
-
-    digest: str
-    inputs: dict[str, Any] = field(hash=False, compare=False)
-
-    @classmethod
-    def of(cls, inputs: dict[str, Any]) -> SnapshotKey:
-        text = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
-        return cls(hashlib.sha256(text.encode()).hexdigest()[:32], inputs)
-
-
-# ---- facts from the machine ------------------------------------------------------------------------------------
 
 
 def snapshots_dir() -> Path:
@@ -416,9 +223,6 @@ def take_snapshot(argv: Sequence[str], vm_dir: Path, key: SnapshotKey, *, timeou
         shutil.rmtree(work, ignore_errors=True)
     _remove_stale(key)
     return state
-
-
-# ---- restore -----------------------------------------------------------------------------------------------------
 
 
 def _qemu_pid(vm_dir: Path) -> int:
