@@ -134,20 +134,26 @@ def _die_with_parent() -> None:
 
 
 def _console_tail(path: Path) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_bytes()[-2048:].decode(errors="replace").replace("\r", "").splitlines()[-8:])
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 2048))
+        return "\n".join(f.read().decode(errors="replace").replace("\r", "").splitlines()[-8:])
     return ""
 
 
 def _wait_template(console: Path, child: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Wait for the template's ready point, reading only what the console added since the last look (the guest
+    decides how much it prints)."""
+    deadline, offset, window, seen = time.monotonic() + timeout, 0, b"", set()
     while True:
-        data = b""
-        with contextlib.suppress(FileNotFoundError):
-            data = console.read_bytes()
-        if any(m in data for m in _PANIC_MARKERS):
+        with contextlib.suppress(FileNotFoundError), open(console, "rb") as f:
+            f.seek(offset)
+            new = f.read(1 << 20)
+            offset += len(new)
+            window = window[-256:] + new
+        if any(m in window for m in _PANIC_MARKERS):
             raise VmError(f"the template boot failed:\n{_console_tail(console)}")
-        if all(m in data for m in _WAIT_MARKERS):
+        seen |= {m for m in _WAIT_MARKERS if m in window}
+        if len(seen) == len(_WAIT_MARKERS):
             return
         if child.poll() is not None:
             log = _console_tail(console.parent / "qemu.log").splitlines()
