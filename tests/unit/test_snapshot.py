@@ -141,6 +141,7 @@ def test_snapshot_key_changes_with_kernel_qemu_and_environment() -> None:
         (RunOptions(detach=True, snapshot=True), DISK_ROOT, "qemu", "root disk"),
         (RunOptions(detach=True, snapshot=True, volumes=(Volume(Path("/s"), "/s"),)), BOOT, "qemu", "9p"),
         (RunOptions(detach=True, snapshot=True, data_disk=DataDisk(1 << 30)), BOOT, "qemu", "--disk"),
+        (RunOptions(detach=True, snapshot=True, keys_from=Path("/staging/keys")), BOOT, "qemu", "own keys"),
     ],
 )
 def test_snapshot_refuses_what_a_restored_vm_could_not_be(

@@ -58,6 +58,8 @@ def check_supported(boot: BootImage, opts: RunOptions, hypervisor: str) -> None:
         why = "QEMU cannot snapshot a VM with a mounted 9p/virtiofs share, and a restored VM cannot mount new ones"
     elif opts.data_disk is not None:
         why = "a data disk made for this VM would not match the snapshot's memory; drop --disk"
+    elif opts.keys_from is not None:
+        why = "this image is built with this VM's own keys (its template uses SSH_KEY/SSH_HOST_KEY): no VM can share it"
     if why:
         raise ConfigError(f"--snapshot: {why}")
 

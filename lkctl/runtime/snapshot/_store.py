@@ -152,6 +152,10 @@ def _wait_template(console: Path, child: subprocess.Popen[bytes], timeout: float
             window = window[-256:] + new
         if any(m in window for m in _PANIC_MARKERS):
             raise VmError(f"the template boot failed:\n{_console_tail(console)}")
+        if b"lkctl-init: sshd listening" in window:
+            raise VmError("the image's sshd started without waiting for its identity (a snapshot needs lkctl's sshd)")
+        if _WAIT_MARKERS[0] in window and _WAIT_MARKERS[0] not in seen:
+            deadline = min(deadline, time.monotonic() + 30)  # init is ready: the rest follows within seconds
         seen |= {m for m in _WAIT_MARKERS if m in window}
         if len(seen) == len(_WAIT_MARKERS):
             return
@@ -159,7 +163,8 @@ def _wait_template(console: Path, child: subprocess.Popen[bytes], timeout: float
             log = _console_tail(console.parent / "qemu.log").splitlines()
             raise VmError(f"the template boot's QEMU exited: {log[-1] if log else f'status {child.returncode}'}")
         if time.monotonic() > deadline:
-            raise VmError(f"the template boot did not reach its ready point in {timeout:g} s")
+            missing = b", ".join(m for m in _WAIT_MARKERS if m not in seen).decode()
+            raise VmError(f"the template boot did not reach its ready point (no {missing!r} on its console)")
         time.sleep(0.05)
 
 
