@@ -57,19 +57,21 @@ def _identity(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-_QEMU_VERSIONS: dict[tuple[str, tuple[int, ...]], str] = {}
-
-
 def _qemu_facts(binary: str) -> dict[str, Any]:
-    path = shutil.which(binary) or binary
+    """The QEMU binary's path, identity and version; the version is remembered per identity (running
+    `qemu --version` on every warm start would cost it a tenth of a second)."""
+    path = os.path.abspath(shutil.which(binary) or binary)
     ident = _identity(Path(path))
-    version = _QEMU_VERSIONS.get((path, tuple(ident)))
-    if version is None:
+    memo = snapshots_dir() / ("qemu-" + hashlib.sha256(f"{path}:{ident}".encode()).hexdigest()[:16] + ".version")
+    try:
+        version = memo.read_text().strip()
+    except OSError:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False,
                              env=proc.minimal_env())  # fmt: skip
         version = (out.stdout.splitlines() or [""])[0].strip()
-        _QEMU_VERSIONS[(path, tuple(ident))] = version
-    return {"path": os.path.abspath(path), "identity": ident, "version": version}
+        if version:
+            atomic_write(memo, version + "\n", mode=0o600)
+    return {"path": path, "identity": ident, "version": version}
 
 
 def snapshot_key(argv: Sequence[str], vm_dir: Path) -> SnapshotKey:
