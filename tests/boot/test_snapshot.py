@@ -54,7 +54,7 @@ def warm(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterat
     work.mkdir()
     cli = Cli(env, work)
     yield cli
-    for name in ("a", "b", "m", "c"):
+    for name in ("a", "b", "m", "h", "c"):
         cli("vm.rm", "--force", name, check=False)
     left = qemu_pids_for(home) + _template_qemus(shared_cache)
     for pid in left:
@@ -155,12 +155,24 @@ def test_snapshot_is_keyed_by_vm_size(warm: Cli, pair: tuple[str, str], shared_c
     warm("vm.rm", "--force", "m")
 
 
+def test_restored_vm_gets_its_own_env_and_hostname(warm: Cli, pair: tuple[str, str], shared_cache: Path) -> None:
+    before = _snapshots(shared_cache)
+    run = warm("vm.run", "--image=minimal", "-d", "--snapshot", "--name", "h", "--hostname", "custom",
+               "--env", "GREETING=hello from h", timeout=600)  # fmt: skip
+    # services saw the environment and the host name's source before the snapshot: both are in its key
+    assert "taking a memory snapshot" in run.stderr and "restored from snapshot" in run.stderr, run.stderr
+    assert len(_snapshots(shared_cache) - before) == 1
+    assert _guest(warm, "h", 'hostname; echo "$GREETING"').splitlines() == ["custom", "hello from h"]
+    warm("vm.rm", "--force", "h")
+
+
 def test_damaged_snapshot_falls_back_to_a_cold_boot(warm: Cli, pair: tuple[str, str], shared_cache: Path) -> None:
     snapshots = shared_cache / "snapshots"
     (damaged,) = [
         snapshots / f"{meta.stem}.vmstate"
         for meta in snapshots.glob("*.json")
         if "-m 1024 " in " ".join(json.loads(meta.read_text())["inputs"]["argv"])
+        and not json.loads(meta.read_text())["inputs"]["env"]
     ]
     with open(damaged, "r+b") as f:  # the same size, but no longer a migration stream
         f.write(b"\0" * 65536)
