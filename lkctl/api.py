@@ -287,9 +287,11 @@ def run(
     ssh_port: int = 0,
     timeout: float | None = None,
     settings: Settings | None = None,
+    snapshot: bool = False,
 ) -> Vm:
     """Boot `image` (a template name, installed image, LinuxKit YAML or image path) as a new detached VM and
-    return it once the guest answers SSH. `ports` like `"8080:80"`, `volumes` like `"./src:/src:ro"`."""
+    return it once the guest answers SSH. `ports` like `"8080:80"`, `volumes` like `"./src:/src:ro"`;
+    `snapshot=True` restores it from a memory snapshot of the image (README: Warm starts)."""
     from lkctl.runtime.disks import parse_data_disk
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.vm import RunOptions
@@ -310,6 +312,7 @@ def run(
         virtiofs=settings.vm.virtiofs,
         hostname=hostname or "",
         env=tuple((env or {}).items()),
+        snapshot=snapshot,
     )
     record, _ = run_image(image, opts, settings, variables=variables)
     return Vm(record, settings)

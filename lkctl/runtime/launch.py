@@ -101,7 +101,7 @@ def run_image(
         say(f"accelerator {host_accel_reason(caps.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
-            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console)
+            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console, say=say)
         from lkctl.progress import BootProgress
 
         boot = BootProgress(opts.name or "the VM", stream=progress)
@@ -115,7 +115,7 @@ def run_image(
 
         try:
             return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console,
-                          on_started=started, on_wait=boot)  # fmt: skip
+                          on_started=started, on_wait=boot, say=say)  # fmt: skip
         finally:
             boot.finish()
 

@@ -79,6 +79,9 @@ class StartPlan:
     argv: tuple[str, ...]
     daemons: tuple[Daemon, ...] = ()
     vpnkit: bool = False  # hyperkit with its own vpnkit (LinuxKit's `--networking vpnkit`); never on Linux
+    # a daemonizing QEMU started warm instead (vm.run --snapshot: lkctl.runtime.snapshot.restore): returns what
+    # starting QEMU returned, or None when it fell back, and then `argv` boots cold
+    warm_start: Callable[[], subprocess.CompletedProcess[bytes] | None] | None = None
 
 
 def virtiofs_daemons(spec: VmSpec) -> tuple[Daemon, ...]:
@@ -175,7 +178,8 @@ def _hypervisor(record: VmRecord, plan: StartPlan) -> Iterator[subprocess.Popen[
     follows fails before the VM runs."""
     child: subprocess.Popen[bytes] | None = None
     if "-daemonize" in plan.argv:
-        result = proc.run(plan.argv, cwd=record.dir, check=False, timeout=60)
+        warm = plan.warm_start() if plan.warm_start is not None else None
+        result = warm or proc.run(plan.argv, cwd=record.dir, check=False, timeout=60)
         rc, err = result.returncode, result.stderr.decode(errors="replace").strip()
     else:
         child = proc.spawn(plan.argv, cwd=record.dir, output=record.dir / "qemu.log")

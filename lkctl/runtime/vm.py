@@ -74,6 +74,7 @@ class RunOptions:
     network: Network | None = None  # user | restricted | none; None: settings.vm.network
     connect: str = ""  # run through libvirt at this URI (qemu:///system, qemu+ssh://root@host/system)
     host: str = ""  # run through libvirt on this lkctl.hosts entry, or `auto` (most free memory that fits)
+    snapshot: bool = False  # -d only: restore from a memory snapshot of the image (lkctl.runtime.snapshot)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,13 @@ def _fast_kernel(boot: BootImage, host: HostCaps, settings: Settings, hypervisor
 
 
 def _launch(
-    record: VmRecord, boot: BootImage, opts: RunOptions, settings: Settings, plan: LaunchPlan, host: HostCaps
+    record: VmRecord,
+    boot: BootImage,
+    opts: RunOptions,
+    settings: Settings,
+    plan: LaunchPlan,
+    host: HostCaps,
+    say: Callable[[str], None] = lambda _: None,
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Plan and start the VM (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
@@ -241,6 +248,11 @@ def _launch(
                 record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
             )
         record = dataclasses.replace(record, ssh_port=ssh_port)
+        if opts.snapshot and opts.detach and backend.hypervisor == "qemu":  # a warm start, else a cold boot
+            from lkctl.runtime import snapshot
+
+            start = dataclasses.replace(start, warm_start=functools.partial(
+                snapshot.restore, start.argv, record.dir, timeout=plan.ready_timeout, say=say))  # fmt: skip
         try:
             return start_processes(record, start, after_start=functools.partial(backend.after_start, spec=spec))
         except HypervisorFailed as e:
@@ -284,15 +296,21 @@ def run_vm(
     console: IO[bytes] | None = None,
     on_started: Callable[[VmRecord], None] | None = None,
     on_wait: Callable[[bytes], None] | None = None,
+    say: Callable[[str], None] = lambda _: None,
 ) -> tuple[VmRecord, int]:
     """Boot `boot` as a new VM. Detached: returns once the guest answers SSH (exit status 0). Foreground: streams
     the console to `console` until the VM ends and returns its record and an exit status (0 = clean power-off).
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
-    once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people).
+    once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people);
+    `say` with one-line notes (a warm start that fell back to a cold boot).
     `keys_from`: a directory of SSH keys made before the VM (a template was rendered with them), adopted by it.
     """
     plan = resolve_options(opts, settings)  # before anything is created
+    if opts.snapshot:  # refuse what a restored VM could not be, before anything is made
+        from lkctl.runtime.snapshot import check_supported
+
+        check_supported(boot, opts, plan.backend.hypervisor, keys_from=keys_from)
     host = plan.backend.probe(settings, boot.kernel)
     if opts.ssh_port or opts.ports:
         check_ports(opts.ssh_port, opts.ports)
@@ -307,7 +325,7 @@ def run_vm(
     child: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
-            record, child = _launch(record, boot, opts, settings, plan, host)
+            record, child = _launch(record, boot, opts, settings, plan, host, say)
             if on_started is not None:
                 on_started(record)
             if opts.detach:

@@ -75,6 +75,7 @@ def _err(msg: str) -> None:
         "network": "user (default: outside and host loopback via 10.0.2.2), restricted (only lkctl's forwards) or none",
         "connect": "run through libvirt at this URI (qemu:///system, qemu+ssh://root@HOST/system)",
         "host": "run through libvirt on this lkctl.hosts entry, or auto (the most free memory that fits)",
+        "snapshot": "with -d: restore from a memory snapshot of the image (taken on first use) with this VM's identity",
     },
 )
 @adapt
@@ -105,6 +106,7 @@ def run(
     network: str = "",
     connect: str = "",
     host: str = "",
+    snapshot: bool = False,
 ) -> Vm | None:
     """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
     from lkctl.api import Vm
@@ -140,6 +142,7 @@ def run(
         network=parse_network(network) if network else None,
         connect=connect,
         host=host,
+        snapshot=snapshot,
     )
     if dry_run:
         _print_plan(template or image, opts, settings, parse_vars(var), env_vars)
