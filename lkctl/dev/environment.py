@@ -138,7 +138,7 @@ def boot_dev(
     """Boot the project's dev VM detached and wait until it answers SSH (idempotent: running is fine)."""
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.lifecycle import remove_vm, restart_vm
-    from lkctl.runtime.qemu import Volume
+    from lkctl.runtime.model import Volume
     from lkctl.runtime.vm import RunOptions
 
     image = installed_dev_image()

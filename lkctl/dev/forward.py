@@ -8,8 +8,9 @@ from __future__ import annotations
 import re
 
 from lkctl.errors import ConfigError, VmError
+from lkctl.runtime.model import PortForward
 from lkctl.runtime.ports import port_free
-from lkctl.runtime.qemu import QMP_SOCKET, PortForward
+from lkctl.runtime.qemu import QMP_SOCKET
 from lkctl.runtime.qmp import hmp_command
 from lkctl.runtime.state import VmRecord
 

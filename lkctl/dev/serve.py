@@ -20,7 +20,7 @@ from lkctl.dev.environment import app_path, guest_shell_argv, require_running
 from lkctl.dev.forward import add_forward, remove_forward
 from lkctl.dev.project import Project
 from lkctl.errors import ConfigError, VmError
-from lkctl.runtime.qemu import PortForward
+from lkctl.runtime.model import PortForward
 from lkctl.runtime.state import VmRecord
 
 __all__ = ["ServeOptions", "serve_command", "serve_dev"]

@@ -17,25 +17,12 @@ from pathlib import Path
 from lkctl.arch import guest_arch
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import HostCaps
-
-# The neutral model lives in lkctl.runtime.model; these names are re-exported for code written against this module
-# (branches in flight import them from here): new code imports them from lkctl.runtime.model.
 from lkctl.runtime.model import (
-    BootImage,
-    DataDisk,
     ImageFormat,
     Network,
-    PortForward,
-    UefiFirmware,
     VmSpec,
-    Volume,
-    VolumeMount,
     needs_uefi,
-    parse_network,
-    parse_port,
-    parse_volume,
     volume_mounts,
-    volumes_manifest,
 )
 
 __all__ = [
@@ -48,22 +35,7 @@ __all__ = [
     "ROOT_DISK_SERIAL",
     "UEFI_VARS",
     "VOLUMES_FILE",
-    "BootImage",
-    "DataDisk",
-    "ImageFormat",
-    "Network",
-    "PortForward",
-    "UefiFirmware",
-    "VmSpec",
-    "Volume",
-    "VolumeMount",
-    "needs_uefi",
-    "parse_network",
-    "parse_port",
-    "parse_volume",
     "qemu_argv",
-    "volume_mounts",
-    "volumes_manifest",
 ]
 
 PIDFILE = "qemu.pid"

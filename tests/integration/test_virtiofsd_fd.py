@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lkctl.runtime.disks import find_virtiofsd, listen_unix, virtiofsd_argv
-from lkctl.runtime.qemu import Volume, VolumeMount
+from lkctl.runtime.model import Volume, VolumeMount
 
 BINARY = find_virtiofsd()
 pytestmark = pytest.mark.skipif(BINARY is None or os.geteuid() != 0, reason="needs virtiofsd and root")

@@ -9,7 +9,8 @@ import pytest
 
 from lkctl.errors import ConfigError
 from lkctl.runtime.host import Accel, HostCaps
-from lkctl.runtime.qemu import BootImage, DataDisk, ImageFormat, PortForward, VmSpec, Volume, qemu_argv
+from lkctl.runtime.model import BootImage, DataDisk, ImageFormat, PortForward, VmSpec, Volume
+from lkctl.runtime.qemu import qemu_argv
 from lkctl.runtime.snapshot import (
     IDENTITY_PORT,
     SnapshotKey,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lkctl.errors import ConfigError
-from lkctl.runtime.qemu import BootImage, ImageFormat
+from lkctl.runtime.model import BootImage, ImageFormat
 
 if TYPE_CHECKING:
     from lkctl.runtime.vm import RunOptions
