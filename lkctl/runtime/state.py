@@ -31,6 +31,7 @@ from lkctl.fsutil import atomic_write, file_lock, private_dir
 from lkctl.runtime.host import ProcessIdentity, process_identity
 
 __all__ = [
+    "INDEX_FILE",
     "STATE_VERSION",
     "ProcessIdentity",
     "VmRecord",
@@ -221,7 +222,7 @@ def all_records() -> list[VmRecord]:
 # open and no parse of the record); anything else is read from vm.json and the index rewritten. It is a cache,
 # never the truth: written without the lock (temp file + rename, so two lkctl processes at once leave one whole
 # index, each entry as true as the stat it carries), rebuilt when missing, unreadable or of another format.
-_INDEX = ".index.json"
+INDEX_FILE = ".index.json"  # a cache: any lkctl command that reads the records may rewrite it
 _INDEX_FORMAT = 2  # entries: id -> [inode, mtime_ns, size, [the record's fields in _saved_fields() order]]
 
 
@@ -239,7 +240,7 @@ def _index_format() -> list[Any]:
 
 def _read_index(root: Path) -> dict[str, list[Any]]:
     try:
-        with open(root / _INDEX, "rb") as f:
+        with open(root / INDEX_FILE, "rb") as f:
             index = json.loads(f.read())
         if isinstance(index, dict) and index.get("format") == _index_format():
             entries = index.get("records")
@@ -247,7 +248,7 @@ def _read_index(root: Path) -> dict[str, list[Any]]:
                 return entries
     except (OSError, ValueError) as e:
         if not isinstance(e, FileNotFoundError):
-            log.debug("VM index %s unreadable (%s); rebuilding it", root / _INDEX, e)
+            log.debug("VM index %s unreadable (%s); rebuilding it", root / INDEX_FILE, e)
     return {}
 
 
@@ -293,7 +294,7 @@ def _write_index(root: Path, entries: dict[str, list[Any]]) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"format": _index_format(), "records": entries}, f, separators=(",", ":"))
-        os.replace(tmp, root / _INDEX)
+        os.replace(tmp, root / INDEX_FILE)
     except OSError as e:  # a read-only state dir: records are still read, just not cached
         log.debug("cannot write the VM index in %s: %s", root, e)
         with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lkctl.runtime.state import INDEX_FILE
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 
 pytestmark = pytest.mark.boot
@@ -139,7 +140,7 @@ def test_sigkill_of_lkctl_at_any_point_is_reconciled(cli: Cli, lkctl_home: Path,
     assert qemu_pids_for(lkctl_home) == []
     cli("vm.prune")
     assert json.loads(cli("vm.ps", "--all", "--json").stdout) == []
-    leftovers = [f for f in (lkctl_home / "state" / "vms").glob("*") if f.name != ".lock"]
+    leftovers = [f for f in (lkctl_home / "state" / "vms").glob("*") if f.name not in (".lock", INDEX_FILE)]
     assert leftovers == [], leftovers
     assert os.path.isdir(lkctl_home / "state")
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from lkctl.errors import SshError
+from lkctl.runtime.state import INDEX_FILE
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 from tests.conftest import require_qemu
 
@@ -187,11 +188,11 @@ def test_damaged_snapshot_falls_back_to_a_cold_boot(warm: Cli, pair: tuple[str, 
 
 def test_snapshot_refused_in_one_line_before_anything_is_made(warm: Cli, tmp_path: Path) -> None:
     vms = Path(warm.env["LKCTL_HOME"]) / "state" / "vms"
-    before = sorted(p.name for p in vms.iterdir()) if vms.exists() else []
+    before = sorted(p.name for p in vms.iterdir() if p.name != INDEX_FILE) if vms.exists() else []
     for extra, why in ((["--volume", f"{tmp_path}:/mnt"], "9p"), ([], "add -d")):
         args = ["vm.run", "--image=minimal", "--snapshot", "--name", "r", *(["-d"] if extra else []), *extra]
         r = subprocess.run([str(BIN / "lkctl"), *args], env=warm.env, cwd=warm.cwd, capture_output=True, text=True,
                            timeout=300, check=False)  # fmt: skip
         assert r.returncode != 0 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()[-1]) > 0 and "--snapshot:" in r.stderr.strip().splitlines()[-1]
-    assert (sorted(p.name for p in vms.iterdir()) if vms.exists() else []) == before
+    assert (sorted(p.name for p in vms.iterdir() if p.name != INDEX_FILE) if vms.exists() else []) == before

@@ -123,13 +123,18 @@ CASES: list[tuple[list[str], str]] = [
 
 
 def _snapshot(*roots: Path) -> dict[str, str]:
-    """Every path under `roots` with its kind and, for files, a content hash."""
+    """Every path under `roots` with its kind and, for files, a content hash; the VM records' summary index is a
+    cache that reading the records may rewrite, not a change to them."""
+    from lkctl.runtime.state import INDEX_FILE
+
     out: dict[str, str] = {}
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             for name in dirnames:
                 out[os.path.join(dirpath, name)] = "dir"
             for name in filenames:
+                if name == INDEX_FILE:
+                    continue
                 p = Path(dirpath, name)
                 mode = p.lstat().st_mode
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if stat.S_ISREG(mode) else oct(mode)

@@ -93,6 +93,11 @@ def test_guest_file_entries_refuse_what_a_restore_cannot_deliver() -> None:
         guest_file_entries(with_volume)
 
 
+def test_the_dropbear_format_host_key_is_not_restored_the_guest_converts_the_new_one() -> None:
+    dropbear = ["-fw_cfg", "name=opt/lkctl/ssh/dropbear_ed25519_host_key,file=dropbear_ed25519_host_key"]
+    assert guest_file_entries([*_argv(), *dropbear]) == guest_file_entries(_argv())
+
+
 def test_identity_message_is_lines_the_guest_shell_reads_without_evaluating() -> None:
     files = [("vm-hostname", b"web\n"), ("env", b"A=1 2\nB=$(x) \\n\n"), ("ssh/authorized_keys", b"ssh-ed25519 K")]
     msg = identity_message(files, now=1700000000.6, rng=b"\x00\xff\x08")

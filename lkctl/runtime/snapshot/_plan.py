@@ -24,6 +24,7 @@ __all__ = [
     "IDENTITY_FILES",
     "IDENTITY_PORT",
     "IDENTITY_SOCKET",
+    "NOT_RESTORED_FILES",
     "TEMPLATE_HOSTNAME",
     "SnapshotKey",
     "check_supported",
@@ -39,6 +40,9 @@ IDENTITY_PORT = "org.lkctl.identity"  # the guest's /sys/class/virtio-ports/*/na
 IDENTITY_SOCKET = "identity.sock"  # the host side of the port, in the VM's state dir
 FORMAT = 1  # bumped when what a snapshot holds or the identity protocol changes: older snapshots are not used
 IDENTITY_FILES = frozenset({"ssh/ssh_host_ed25519_key", "ssh/authorized_keys", "hostname", "vm-hostname", "env"})
+# The host key again in dropbear's format (binary, so a cold boot runs no dropbearconvert): a restored VM does not
+# get it; its identity agent drops the template's copy and lkctl-sshd converts the new OpenSSH key (~0.3 s).
+NOT_RESTORED_FILES = frozenset({"ssh/dropbear_ed25519_host_key"})
 TEMPLATE_HOSTNAME = "lkctl-snapshot"
 
 
@@ -150,6 +154,8 @@ def guest_file_entries(argv: Sequence[str]) -> list[tuple[str, str]]:
             continue
         parts = dict(p.split("=", 1) for p in _option_parts(value) if "=" in p)
         name = parts.get("name", "").removeprefix("opt/lkctl/")
+        if name in NOT_RESTORED_FILES:
+            continue
         if name not in IDENTITY_FILES or "file" not in parts:
             raise ConfigError(f"fw_cfg {parts.get('name', value)} cannot be given to a restored VM")
         entries.append((name, parts["file"].replace(",,", ",")))
