@@ -4,6 +4,7 @@ right before every signal, so a process that merely reuses a recorded PID is nev
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -16,6 +17,8 @@ from lkctl.runtime.qmp import qmp_command
 from lkctl.runtime.state import VmRecord
 
 __all__ = ["kill_helpers", "signal_vm", "stop_vm", "terminate_vm", "wait_gone"]
+
+log = logging.getLogger(__name__)
 
 
 def wait_gone(record: VmRecord, timeout: float) -> bool:
@@ -79,10 +82,12 @@ def _stop_qemu(record: VmRecord, timeout: float) -> str:
     # for the whole timeout: it gets SIGTERM at once. (Images whose init is not lkctl's never print the marker,
     # so they are stopped this way too.)
     if READY_MARKER in console_bytes(record):
-        with contextlib.suppress(VmError):
+        try:
             qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
             if wait_gone(record, timeout):
                 return "powered off"
+        except VmError as e:  # no QMP answer: SIGTERM below; --debug / LKCTL_DEBUG=1 says why
+            log.debug("stop %s: ACPI power-off over QMP failed (%s); sending SIGTERM", record.name, e)
     signal_vm(record, signal.SIGTERM)
     if wait_gone(record, 5):
         return "terminated"
