@@ -76,9 +76,10 @@ def stop_and_forget(record: VmRecord, *, timeout: float) -> tuple[str, bool]:
     from lkctl.runtime.vm import stop_vm
 
     how = stop_vm(record, timeout=timeout)
-    if record.auto_remove:
+    if record.libvirt and record.auto_remove:  # its domain and volumes go too
         remove_vm(record)
-    return how, record.auto_remove
+        return how, True
+    return how, state.forget_ended(record)
 
 
 def start_vm(record: VmRecord, *, ready_timeout: float | None = None) -> VmRecord:

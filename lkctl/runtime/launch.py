@@ -197,11 +197,7 @@ def list_vms(*, include_stopped: bool = False, records: list[state.VmRecord] | N
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r, live)
-        if r.auto_remove and status not in ("running", "unknown") and not state.being_created(r):
-            with state.vms_lock():
-                current = state.load_record(r.dir)  # re-read under the lock: it may have started meanwhile
-                if current is not None and state.vm_status(current) != "running" and not state.being_created(current):
-                    state.remove_record(current)
+        if status not in ("running", "unknown") and state.forget_ended(r):  # an ended `--rm` VM
             continue
         if not include_stopped and status not in ("running", "unknown"):
             continue

@@ -40,6 +40,7 @@ __all__ = [
     "check_name_free",
     "creator_identity",
     "find_vm",
+    "forget_ended",
     "helper_entry",
     "is_our_helper",
     "is_our_process",
@@ -303,6 +304,23 @@ def _write_index(root: Path, entries: dict[str, list[Any]]) -> None:
 
 def remove_record(record: VmRecord) -> None:
     shutil.rmtree(record.dir, ignore_errors=True)
+
+
+def forget_ended(record: VmRecord) -> bool:
+    """`vm.run --rm`'s one rule, wherever a VM is seen to have ended (its foreground run returned, `vm.stop`, a
+    `vm.ps` that finds it stopped): a VM started with --rm is forgotten once it is neither running nor still being
+    created, re-checked under the lock (it may have been started again meanwhile). True when its record is gone.
+    Local records only: a libvirt VM's domain and volumes go through `lifecycle.remove_vm`."""
+    if not record.auto_remove or record.libvirt:
+        return False
+    with vms_lock():
+        current = load_record(record.dir)
+        if current is None:
+            return True
+        if vm_status(current) == "running" or being_created(current):
+            return False
+        remove_record(current)
+    return True
 
 
 def find_vm(target: str, *, unknown: bool = False) -> VmRecord:

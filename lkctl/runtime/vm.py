@@ -334,9 +334,7 @@ def run_vm(
                 return record, 0
             assert child is not None
             code = _foreground(record, child, console, settings)
-            if opts.auto_remove:
-                with state.vms_lock():
-                    state.remove_record(record)
+            state.forget_ended(record)  # `--rm`: QEMU has exited
             return record, code
     except BaseException as e:
         with _signals_unwind():  # a second SIGTERM must not interrupt the cleanup

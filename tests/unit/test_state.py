@@ -156,6 +156,24 @@ def test_a_record_being_created_by_a_live_lkctl_is_never_swept() -> None:
     assert list_vms(include_stopped=True) == []  # an --rm VM whose creator died is swept
 
 
+def test_only_an_ended_rm_vm_is_forgotten_and_only_by_the_one_rule() -> None:
+    creator = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ident = state.process_identity(creator.pid)
+        assert ident is not None
+        starting = rec("aaaa1111", "starting", creator=[str(ident.pid), ident.start], auto_remove=True)
+        ended = rec("bbbb2222", "ended", auto_remove=True)
+        kept = rec("cccc3333", "kept")
+        for r in (starting, ended, kept):
+            state.save_record(r)
+        assert [state.forget_ended(r) for r in (starting, ended, kept)] == [False, True, False]
+        assert sorted(r.id for r in state.all_records()) == ["aaaa1111", "cccc3333"]
+        assert state.forget_ended(ended)  # already gone: nothing left to forget
+    finally:
+        creator.kill()
+        creator.wait()
+
+
 def test_new_ids_never_start_with_a_taken_name() -> None:
     taken = {"a", "b", "c", "d", "e", "f", "0", "1", "2", "3", "4", "5", "6", "7"}
     for _ in range(200):
