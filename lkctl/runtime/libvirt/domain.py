@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+from lkctl.arch import guest_arch
 from lkctl.errors import ConfigError, StateError
 from lkctl.runtime.model import ImageFormat, Network, VmSpec, needs_uefi, volume_mounts, volumes_manifest
 from lkctl.runtime.qemu import DATA_DISK_SERIAL
@@ -36,6 +37,9 @@ __all__ = [
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 METADATA_NS = "https://lkctl.dev/xmlns/vm/1"
 _DOMAIN_PREFIX = "lkctl-"
+
+# libvirt's <target bus=...> for the QEMU disk device an architecture boots from (lkctl.arch.GuestArch.disk_bus)
+_LIBVIRT_BUS = {"ide-hd": "sata", "virtio-blk-pci": "virtio"}
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 def _cmdline(spec: VmSpec, host: LibvirtHostCaps, root: str = "") -> str:
     words = spec.boot.cmdline.split()
     if not any(w.startswith("console=") for w in words):
-        words.append("console=ttyS0" if host.arch == "x86_64" else "console=ttyAMA0")
+        words.append(f"console={guest_arch(host.arch).console}")
     if root and not any(w.startswith("root=") for w in words):
         words.append(f"root={root}")
     words += spec.cmdline_extra.split()
@@ -96,8 +100,7 @@ def _cmdline(spec: VmSpec, host: LibvirtHostCaps, root: str = "") -> str:
 
 def _os(root: ET.Element, spec: VmSpec, host: LibvirtHostCaps, files: DomainFiles) -> None:
     os_el = _sub(root, "os")
-    machine = "q35" if host.arch == "x86_64" else "virt"
-    _sub(os_el, "type", "hvm", arch=host.arch, machine=machine)
+    _sub(os_el, "type", "hvm", arch=host.arch, machine=guest_arch(host.arch).qemu_machine)
     fmt = spec.boot.format
     if needs_uefi(spec, host.arch):
         os_el.set("firmware", "efi")
@@ -113,7 +116,7 @@ def _os(root: ET.Element, spec: VmSpec, host: LibvirtHostCaps, files: DomainFile
         if not files.kernel or not files.overlay:
             raise ConfigError(f"{spec.boot.path}: a kernel+squashfs image needs a kernel and its squashfs root")
         _sub(os_el, "kernel", files.kernel)
-        _sub(os_el, "cmdline", _cmdline(spec, host, "/dev/sda" if host.arch == "x86_64" else "/dev/vda"))
+        _sub(os_el, "cmdline", _cmdline(spec, host, guest_arch(host.arch).root_device))
     else:
         _sub(os_el, "boot", dev="cdrom" if fmt is ImageFormat.ISO else "hd")
 
@@ -132,16 +135,18 @@ def _disk(devices: ET.Element, device: str, fmt: str, source: str, dev: str, bus
 
 def _disks(devices: ET.Element, spec: VmSpec, host: LibvirtHostCaps, files: DomainFiles) -> None:
     fmt = spec.boot.format
-    # The same buses as qemu_argv: AHCI on q35 (LinuxKit expects /dev/sda, /dev/sr0), virtio on aarch64's virt.
-    x86 = host.arch == "x86_64"
+    # The same buses as qemu_argv (lkctl.arch.GuestArch): AHCI on q35 (LinuxKit expects /dev/sda, /dev/sr0),
+    # virtio on aarch64's virt.
+    arch = guest_arch(host.arch)
+    dev, bus = arch.root_device.removeprefix("/dev/"), _LIBVIRT_BUS[arch.disk_bus]
     if fmt is ImageFormat.ISO:
         if not files.image:
             raise ConfigError(f"{spec.boot.path}: no ISO volume to boot")
-        _disk(devices, "cdrom", "raw", files.image, "sda" if x86 else "vda", "sata" if x86 else "virtio")
+        _disk(devices, "cdrom", "raw", files.image, dev, bus)
     elif fmt.is_disk or fmt is ImageFormat.KERNEL_SQUASHFS:
         if not files.overlay:
             raise ConfigError(f"{spec.boot.path}: a {fmt} image boots through a per-VM overlay, and none was given")
-        _disk(devices, "disk", "qcow2", files.overlay, "sda" if x86 else "vda", "sata" if x86 else "virtio")
+        _disk(devices, "disk", "qcow2", files.overlay, dev, bus)
     disk = spec.data_disk
     if disk is not None:
         if disk.format not in ("qcow2", "raw"):
@@ -224,8 +229,7 @@ def domain_xml(spec: VmSpec, host: LibvirtHostCaps, files: DomainFiles, record: 
         raise ConfigError(f"memory {spec.memory} MB is too small; give at least 64 (e.g. --memory 1024)")
     if spec.cpus < 1:
         raise ConfigError(f"cpus must be at least 1, got {spec.cpus}")
-    if host.arch not in ("x86_64", "aarch64"):
-        raise ConfigError(f"unsupported architecture {host.arch}: lkctl runs x86_64 and aarch64 guests")
+    guest_arch(host.arch)  # ConfigError for an architecture lkctl does not boot
     if host.domain_type not in ("kvm", "qemu"):
         raise ConfigError(f"libvirt domain type {host.domain_type!r}: use kvm or qemu")
     ET.register_namespace("qemu", QEMU_NS)
