@@ -147,13 +147,10 @@ def _daemon(vm_dir: Path, daemon: Daemon) -> Iterator[subprocess.Popen[bytes]]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise VmError(f"{daemon.what} did not start; see {vm_dir / daemon.log}")
             time.sleep(0.02)
-        yield process
-    except GeneratorExit:  # the stack let it go (pop_all): the VM runs, the process stays
-        _RELEASED.append(process)
-        raise
     except BaseException:
         proc.shutdown_process(process)
         raise
+    yield from _held(process)
 
 
 @contextlib.contextmanager
@@ -161,10 +158,15 @@ def _vpnkit(vm_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The hyperkit VM's own vpnkit. NEVER EXECUTED: no vpnkit or hyperkit runs on Linux."""
     from lkctl.runtime.vpnkit import find_vpnkit, start_vpnkit
 
-    process = start_vpnkit(vm_dir, find_vpnkit(), log=vm_dir / "vpnkit.log")
+    yield from _held(start_vpnkit(vm_dir, find_vpnkit(), log=vm_dir / "vpnkit.log"))
+
+
+def _held(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """A started helper's time on the stack (delegated to with `yield from`): stopped if what follows fails
+    before the VM runs; kept running once the stack lets it go (pop_all: the VM runs)."""
     try:
         yield process
-    except GeneratorExit:  # the stack let it go (pop_all): the VM runs, the process stays
+    except GeneratorExit:
         _RELEASED.append(process)
         raise
     except BaseException:
