@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,6 +115,8 @@ def _clean(path: str) -> str:
 
 def _write_tar(tree: _Tree, out: io.BufferedIOBase | Any) -> None:
     """A reproducible tar: sorted names (parents first), fixed mtime, root-owned, no user or group names."""
+    import tarfile
+
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for path in sorted(tree.entries):
             e = tree.entries[path]
@@ -156,9 +157,11 @@ class _Recipe:
 def _load_recipe(name: str) -> _Recipe:
     import yaml
 
+    from lkctl.yamlio import safe_load
+
     rdir = paths.resource_dir("images") / name
     try:
-        doc = yaml.safe_load((rdir / "recipe.yml").read_text())
+        doc = safe_load((rdir / "recipe.yml").read_text())
     except FileNotFoundError:
         raise BuildError(f"no recipe for base image {name}: {rdir / 'recipe.yml'} is missing") from None
     except yaml.YAMLError as e:

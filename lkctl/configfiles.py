@@ -57,10 +57,12 @@ def read_files(paths: list[Path]) -> dict[str, Any]:
     """The merged `lkctl:` trees of these YAML files (later files win)."""
     import yaml
 
+    from lkctl.yamlio import safe_load
+
     tree: dict[str, Any] = {}
     for path in paths:
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError(f"cannot read config file {path}: {first}") from None

@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING
 from lkctl import paths
 from lkctl.errors import ImageError, StateError
 from lkctl.oci.layout import Store
-from lkctl.runtime.disks import detect_format
-from lkctl.runtime.model import BootImage, ImageFormat
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,
@@ -43,6 +41,7 @@ from lkctl.templates import (
 if TYPE_CHECKING:
     from lkctl.build import BuildOptions, BuildResult
     from lkctl.build.spec import Spec
+    from lkctl.runtime.model import BootImage
 
 __all__ = [
     "PRIVATE_BUILD",
@@ -52,7 +51,6 @@ __all__ = [
     "build_source",
     "build_spec_files",
     "build_template",
-    "detect_format",
     "installed_dir",
     "prune_builds",
     "resolve_image",
@@ -116,6 +114,8 @@ def _kernel_initrd(prefix: Path, label: str) -> BootImage:
     if not initrd.is_file():
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
     cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
+    from lkctl.runtime.model import BootImage, ImageFormat
+
     return _with_rootdisk(BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline))
 
 
@@ -144,6 +144,9 @@ def _from_path(text: str) -> ResolvedImage | None:
         if path.name.endswith("-kernel"):
             prefix = Path(str(path)[: -len("-kernel")])
             return ResolvedImage(_kernel_initrd(prefix, text), str(prefix))
+        from lkctl.runtime.disks import detect_format
+        from lkctl.runtime.model import BootImage
+
         fmt = detect_format(path)
         if fmt is None:
             raise ImageError(f"{path}: unknown image format (expected .iso, .qcow2, .vmdk, .raw/.img or kernel+initrd)")
@@ -169,6 +172,9 @@ def _installed(name: str) -> ResolvedImage | None:
     except (ImageError, StateError) as e:
         log.debug("installed image %s: %s; looking at every file in %s", name, e, d)
     candidates = [d / f for f in pulled.files] if pulled else sorted(d.iterdir())
+    from lkctl.runtime.disks import detect_format
+    from lkctl.runtime.model import BootImage
+
     for f in candidates:
         fmt = detect_format(f) if f.is_file() and f.name != MANIFEST_NAME else None
         if fmt is not None:

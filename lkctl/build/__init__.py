@@ -23,16 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from lkctl import CallableBuildPackage
 from lkctl.arch import oci_arch
-from lkctl.build._assemble import assemble, file_source_path
 from lkctl.build._bookkeeping import build_paths, created_output_dir, open_state, prune_builds, reclaim_leftovers
-from lkctl.build._entry import Entry, EntryKind
-from lkctl.build._kernel import decompress_kernel
-from lkctl.build._output import FORMATS as _FORMATS
-from lkctl.build._output import write_format
-from lkctl.build._parts import PartsRequest, make_parts
-from lkctl.build._tar import TarWriter
-from lkctl.build.initrd import DEFAULT_LEVEL
-from lkctl.build.spec import Spec, load_spec, merge_specs, parse_spec
+from lkctl.build._formats import DEFAULT_LEVEL
+from lkctl.build._formats import FORMATS as _FORMATS
+from lkctl.build.spec import Spec, file_source_path, load_spec, merge_specs, parse_spec
 from lkctl.errors import BuildError, ConfigError, ImageError
 from lkctl.flags import parse_arch, parse_size
 from lkctl.fsutil import atomic_write, file_lock
@@ -40,6 +34,10 @@ from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
 
 if TYPE_CHECKING:
+    from lkctl.build._assemble import assemble
+    from lkctl.build._entry import Entry, EntryKind
+    from lkctl.build._kernel import decompress_kernel
+    from lkctl.build._tar import TarWriter
     from lkctl.runtime.model import BootImage
 
 __all__ = [
@@ -68,6 +66,27 @@ __all__ = [
 ]
 
 log = logging.getLogger("lkctl.build")
+
+# The writers are imported when something is written: an unchanged build only reads the spec, the image store
+# and the stamp, and must not pay for the assembler's, parts' and formats' imports.
+_LAZY = {
+    "assemble": "lkctl.build._assemble",
+    "Entry": "lkctl.build._entry",
+    "EntryKind": "lkctl.build._entry",
+    "decompress_kernel": "lkctl.build._kernel",
+    "TarWriter": "lkctl.build._tar",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 # Bump when the bytes a build writes change for the same inputs, so old cache entries stop matching.
 BUILDER_VERSION = "3"
@@ -334,6 +353,9 @@ def build_image(
             if f not in todo and isinstance(entry, dict) and entry.get("key") == fmt_keys.get(f)
         }
         stamp.unlink(missing_ok=True)  # a failure below must not leave a stamp vouching for old outputs
+        from lkctl.build._output import write_format
+        from lkctl.build._parts import PartsRequest, make_parts
+
         log.info("build %s: %s", name, ", ".join(todo))
         req = PartsRequest(
             frozenset(_FORMATS[f].kind for f in todo), base_key, content_key, level, threads, decompress_kernel

@@ -23,7 +23,7 @@ from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, pare
 from lkctl.build.ociconfig import config_to_oci, go_json, resolve_id
 from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
 from lkctl.build.shellconfig import shell_assignments
-from lkctl.build.spec import Container, FileSpec, Spec, Volume
+from lkctl.build.spec import Container, Spec, Volume, file_source_path
 from lkctl.errors import BuildError, ImageError, SpecError
 from lkctl.oci.layout import REF_ANNOTATION, Image, Store
 from lkctl.oci.reference import parse_reference
@@ -34,7 +34,6 @@ __all__ = [
     "assemble_base",
     "assemble_base_items",
     "assemble_files",
-    "file_source_path",
     "metadata_bytes",
 ]
 
@@ -296,11 +295,6 @@ def _bundle(
     runtime_json = go_json(runtime)
     yield _blob(f"{prefix}/runtime.json", runtime_json)
     yield _blob(f"{prefix}/runtime.json.R.sh", shell_assignments(runtime_json, "R"))
-
-
-def file_source_path(f: FileSpec) -> str:
-    """A `files` entry's `source` as the build reads it (`~/` is the user's home; relative is to the cwd)."""
-    return os.path.expanduser(f.source) if f.source.startswith("~/") else f.source
 
 
 def metadata_bytes(spec: Spec, kind: str) -> bytes:

@@ -9,43 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from lkctl.build import _media
+from lkctl.build._formats import FORMATS, Format
 from lkctl.build._parts import Parts
 from lkctl.errors import BuildError
 
 __all__ = ["FORMATS", "Format", "write_format"]
-
-_MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    kind: str  # the part it is made from: "initrd" or "tar"
-    suffixes: tuple[str, ...]  # output files: <name><suffix>
-    sized: bool = False  # --size applies
-    default_size: int | None = None  # bytes; None: as small as the contents allow
-
-    def files(self, name: str) -> tuple[str, ...]:
-        return tuple(name + s for s in self.suffixes)
-
-
-FORMATS: dict[str, Format] = {
-    f.name: f
-    for f in (
-        Format("kernel+initrd", "initrd", ("-kernel", "-initrd.img", "-cmdline")),
-        Format("tar", "tar", (".tar",)),
-        Format("iso-bios", "initrd", (".iso",)),
-        Format("iso-efi", "initrd", ("-efi.iso",)),
-        Format("raw-bios", "initrd", ("-bios.img",), sized=True),
-        Format("raw-efi", "initrd", ("-efi.img",), sized=True),
-        Format("qcow2-bios", "initrd", (".qcow2",), sized=True, default_size=1024 * _MIB),
-        Format("vmdk", "initrd", (".vmdk",), sized=True, default_size=1024 * _MIB),
-    )
-}
 
 
 def _link(src: Path, dest: Path) -> None:

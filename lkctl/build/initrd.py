@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Protocol
 
 from lkctl.build._entry import Entry, EntryKind
+from lkctl.build._formats import DEFAULT_LEVEL
 from lkctl.errors import BuildError
 
 __all__ = [
@@ -31,11 +32,6 @@ __all__ = [
     "is_boot_path",
 ]
 
-# Measured on a 396 MB kernel-modules tree, 2 cores (time with this writer / size): level 1 3.3 s / 117 MB,
-# 4 4.4 s / 109 MB, 5 5.4 s / 106 MB, 6 8.8 s / 105 MB; `find | cpio -o -H newc | gzip` (level 6, one core)
-# 19 s / 105 MB. Level 4 halves the build for 4% more bytes. The compressed initrd only exists until the
-# kernel has unpacked it (inflate speed hardly depends on the level), so those bytes cost almost nothing.
-DEFAULT_LEVEL = 4
 _BLOCK = 1 << 20
 _WINDOW = 1 << 15
 _CHUNK = 1 << 20

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from lkctl.build.containerconfig import (
 )
 from lkctl.errors import ImageError, SpecError
 from lkctl.oci.reference import parse_reference
+from lkctl.yamlio import load_all
 
 __all__ = [
     "BindNS",
@@ -46,6 +48,7 @@ __all__ = [
     "Runtime",
     "Spec",
     "Volume",
+    "file_source_path",
     "load_spec",
     "merge_specs",
     "parse_container_config",
@@ -284,7 +287,7 @@ def _check_unique_services(services: Sequence[Container]) -> None:
 def parse_spec(text: str, source: str = "<string>") -> Spec:
     """Parse one YAML text (several `---` documents merge in order). `source` names it in errors."""
     try:
-        docs = list(yaml.load_all(text, Loader=Loader))  # Loader is a SafeLoader
+        docs = load_all(text, Loader)  # Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -367,3 +370,8 @@ def _container_json(c: Container) -> dict[str, Any]:
 def spec_json(spec: Spec) -> str:
     """The normalised spec as canonical JSON text (sorted keys, no spaces): the cache-key input."""
     return json.dumps(spec.normalized(), sort_keys=True, separators=(",", ":"))
+
+
+def file_source_path(f: FileSpec) -> str:
+    """A `files` entry's `source` as the build reads it (`~/` is the user's home; relative is to the cwd)."""
+    return os.path.expanduser(f.source) if f.source.startswith("~/") else f.source

@@ -152,6 +152,8 @@ def load_test_config(root: Path) -> TestConfig | None:
     """`.lkctl/test.yaml` of the project, None if there is none; an invalid file is a ConfigError naming it."""
     import yaml
 
+    from lkctl.yamlio import safe_load
+
     path = root / TEST_YAML
     try:
         text = path.read_text(encoding="utf-8")
@@ -160,7 +162,7 @@ def load_test_config(root: Path) -> TestConfig | None:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

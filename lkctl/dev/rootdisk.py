@@ -108,8 +108,10 @@ def parse_disk_recipe(text: str, where: str) -> DiskRecipe:
     """Parse and check a root disk recipe (YAML). Pure: unknown keys and wrong types are errors naming them."""
     import yaml
 
+    from lkctl.yamlio import safe_load
+
     try:
-        doc = yaml.safe_load(text)
+        doc = safe_load(text)
     except yaml.YAMLError as e:
         raise BuildError(f"{where} is not valid YAML: {e}") from None
     if not isinstance(doc, dict):

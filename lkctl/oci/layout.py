@@ -45,6 +45,10 @@ DOCKER_INDEX = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 INDEX_TYPES = (MEDIA_INDEX, DOCKER_INDEX)
 _MAX_MANIFEST = 4 << 20  # bigger blobs are layers: not parsed when following references
+# index.json's bytes → its named entries, per store: a build looks refs up a dozen times, and reading the file
+# is cheap next to parsing it. Keyed by the bytes themselves, not by stat, so no timestamp granularity can
+# make a changed index look unchanged.
+_REFS: dict[Path, tuple[bytes, tuple[tuple[str, Descriptor], ...]]] = {}
 MANIFEST_TYPES = (MEDIA_MANIFEST, DOCKER_MANIFEST)
 
 
@@ -244,13 +248,19 @@ class Store:
         return mdesc
 
     def _read_index(self) -> dict[str, Any]:
-        path = self.root / "index.json"
         try:
-            index = json.loads(path.read_text())
+            raw = (self.root / "index.json").read_bytes()
         except FileNotFoundError:
             return {"schemaVersion": 2, "manifests": []}
-        except json.JSONDecodeError as e:
-            raise ImageError(f"{path} is not valid JSON ({e}); the image store is damaged") from None
+        return self._parse_index(raw)
+
+    def _parse_index(self, raw: bytes) -> dict[str, Any]:
+        try:
+            index = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ImageError(
+                f"{self.root / 'index.json'} is not valid JSON ({e}); the image store is damaged"
+            ) from None
         index.setdefault("manifests", [])
         return dict(index)
 
@@ -334,11 +344,20 @@ class Store:
 
     def refs(self) -> list[tuple[str, Descriptor]]:
         """Every named entry of index.json, in file order."""
+        path = self.root / "index.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        cached = _REFS.get(path)
+        if cached is not None and cached[0] == raw:
+            return list(cached[1])
         out = []
-        for m in self._read_index()["manifests"]:
+        for m in self._parse_index(raw)["manifests"]:
             name = (m.get("annotations") or {}).get(REF_ANNOTATION)
             if name:
                 out.append((name, Descriptor.from_json(m)))
+        _REFS[path] = (raw, tuple(out))
         return out
 
     def lookup(self, ref: str) -> Descriptor | None:

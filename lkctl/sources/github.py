@@ -56,9 +56,11 @@ def github_token(api_url: str, env: Mapping[str, str] | None = None) -> str:
             return env[var].strip()
     import yaml
 
+    from lkctl.yamlio import safe_load
+
     hosts = _gh_config_dir(env) / "hosts.yml"
     try:
-        data = yaml.safe_load(hosts.read_text())
+        data = safe_load(hosts.read_text())
     except (OSError, ValueError, yaml.YAMLError):  # a broken gh config must not break pulls from public repos
         return ""
     entry = data.get(_web_host(api_url)) if isinstance(data, dict) else None

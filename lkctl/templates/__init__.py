@@ -157,8 +157,10 @@ def resolve_values(template: Template, inputs: TemplateInputs) -> dict[str, str]
 def _check_yaml(text: str, source: str) -> None:
     import yaml
 
+    from lkctl.yamlio import load_all
+
     try:
-        list(yaml.load_all(text, Loader=yaml.SafeLoader))
+        load_all(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         if mark is None:

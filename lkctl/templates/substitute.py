@@ -175,12 +175,14 @@ class _Scalar:
 def _scan(text: str, source: str) -> list[_Scalar]:
     import yaml
 
+    from lkctl.yamlio import scan
+
     out: list[_Scalar] = []
     flow = 0
     parent_col = -1
     after_key = False
     try:
-        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+        for tok in scan(text):
             if isinstance(tok, yaml.FlowSequenceStartToken | yaml.FlowMappingStartToken):
                 flow += 1
             elif isinstance(tok, yaml.FlowSequenceEndToken | yaml.FlowMappingEndToken):
