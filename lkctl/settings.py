@@ -12,10 +12,12 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lkctl.errors import ConfigError
-from lkctl.runtime.libvirt.hosts import HostConfig, parse_hosts
+
+if TYPE_CHECKING:
+    from lkctl.runtime.libvirt.hosts import HostConfig
 
 __all__ = [
     "BuildSettings",
@@ -155,6 +157,8 @@ def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str
     sections: dict[str, Any] = {}
     for sec_field in dataclasses.fields(Settings):
         if sec_field.name == "hosts":  # a list of mappings, not a section of scalars
+            from lkctl.runtime.libvirt.hosts import parse_hosts
+
             sections["hosts"] = parse_hosts(env.get("LKCTL_HOSTS") or tree.get("hosts"))
             continue
         sec_default = getattr(Settings(), sec_field.name)

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import logging
+import operator
 import os
 import secrets
 import shutil
@@ -215,7 +216,7 @@ def all_records() -> list[VmRecord]:
     root = vms_dir()
     if not root.is_dir():
         return []
-    return sorted(_records_indexed(root), key=lambda r: (r.created, r.id))
+    return sorted(_records_indexed(root), key=operator.attrgetter("created", "id"))
 
 
 # The summary index: vms/.index.json caches every readable record with the inode, mtime (ns) and size of the
