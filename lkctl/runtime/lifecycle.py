@@ -148,6 +148,14 @@ def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_tim
         raise VmError(f"VM {record.name} has no recorded command line to restart with")
     if "hyperkit" in Path(record.argv[0]).name:
         raise VmError(f"restarting hyperkit VMs is not supported; remove {record.name} and run a new VM")
+    daemons = load_daemons(record.dir)
+    if not daemons and any(a.startswith("vhost-user-fs") for a in record.argv):
+        # made by an lkctl before daemons.json: its virtiofsd's command line was never kept (QEMU would only say
+        # it cannot connect to a socket); refused before the running VM is stopped
+        raise VmError(
+            f"cannot restart {record.name}: its virtiofs volume's helper was not recorded (the VM was made by an "
+            "older lkctl); remove it and run a new VM"
+        )
     stop_vm(record, timeout=stop_timeout)
     from lkctl.runtime.model import parse_port
 
@@ -159,7 +167,7 @@ def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_tim
     if "-daemonize" not in argv:
         argv.append("-daemonize")
     (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
-    plan = StartPlan(tuple(argv), load_daemons(record.dir))
+    plan = StartPlan(tuple(argv), daemons)
     try:
         record, _ = start_processes(dataclasses.replace(record, exit_reason=""), plan)
     except HypervisorFailed as e:

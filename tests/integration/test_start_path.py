@@ -3,6 +3,7 @@ QEMU (`-machine none`, nothing to boot). A failed start rolls back everything it
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import shutil
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from lkctl.errors import HypervisorFailed, VmError
 from lkctl.runtime import state
+from lkctl.runtime.lifecycle import restart_vm
 from lkctl.runtime.start import DAEMONS_FILE, Daemon, StartPlan, load_daemons, save_daemons, start_processes
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.stop import stop_vm
@@ -109,3 +111,15 @@ def test_the_daemons_of_a_start_are_kept_private_for_restarts(tmp_path: Path) ->
     assert (tmp_path / DAEMONS_FILE).stat().st_mode & 0o777 == 0o600
     assert load_daemons(tmp_path) == daemons
     assert load_daemons(tmp_path / "nothing-here") == ()
+
+
+def test_restarting_a_virtiofs_vm_made_before_daemons_were_kept_is_refused_before_it_is_stopped(
+    record: VmRecord,
+) -> None:
+    started, _ = start_processes(record, StartPlan(_qemu_argv(record)))
+    assert state.is_our_process(started)
+    old = dataclasses.replace(started, argv=[*started.argv, "-device", "vhost-user-fs-pci,chardev=vfs0,tag=lkvol0"])
+    assert not (record.dir / DAEMONS_FILE).exists()
+    with pytest.raises(VmError, match=r"helper was not recorded \(the VM was made by an older lkctl\); remove it"):
+        restart_vm(old, stop_timeout=1, ready_timeout=1)
+    assert state.is_our_process(started)  # still running: nothing was stopped
