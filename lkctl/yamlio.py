@@ -20,6 +20,7 @@ __all__ = ["load_all", "safe_load", "scan"]
 
 
 _C_VARIANTS: dict[str, type[Any]] = {}
+_ODD_BREAKS = frozenset("\ufeff\x85\u2028\u2029")
 
 
 def _c_variant(loader: type[yaml.SafeLoader]) -> type[Any] | None:
@@ -59,7 +60,7 @@ def load_all(text: str, loader: type[yaml.SafeLoader] | None = None) -> list[Any
     if fast is not None:
         try:
             return list(yaml.load_all(text, Loader=fast))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeError):  # libyaml takes UTF-8: a lone surrogate cannot be encoded
             pass  # the Python loader says what is wrong, in its own words
     return list(yaml.load_all(text, Loader=py))
 
@@ -71,7 +72,7 @@ def safe_load(text: str) -> Any:
     if getattr(yaml, "__with_libyaml__", False):
         try:
             return yaml.load(text, Loader=yaml.CSafeLoader)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeError):  # libyaml takes UTF-8: a lone surrogate cannot be encoded
             pass
     return yaml.safe_load(text)
 
@@ -82,10 +83,12 @@ def scan(text: str) -> Iterator[yaml.Token]:
     import yaml
 
     fast = _c_variant(yaml.SafeLoader)
-    if fast is not None:
+    # the two scanners count a byte-order mark and the Unicode line breaks differently in their marks, and the
+    # marks say where values are spliced in: such texts take the Python scanner
+    if fast is not None and not _ODD_BREAKS.intersection(text):
         try:
             tokens = list(yaml.scan(text, Loader=fast))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeError):  # libyaml takes UTF-8: a lone surrogate cannot be encoded
             pass
         else:
             for tok in tokens:

@@ -23,6 +23,8 @@ ODD = [
     "- yes\n- no\n- on\n- true\n- False\n- 0x1f\n- 1_000\n- ~\n- 2001-12-14\n",
     "---\na: 1\n---\nb: [1, {c: d}]\n...\n",
     "",
+    "\ufeffa: 1\nb: x\ufeffy\n",
+    "a: b\x85c\n",
 ]
 
 
@@ -61,12 +63,28 @@ def _tokens(tokens: object) -> list[tuple[object, ...]]:
 
 @pytest.mark.parametrize("text", _samples())
 def test_tokens_have_the_marks_and_styles_of_the_python_scanner(text: str) -> None:
-    assert _tokens(yamlio.scan(text)) == _tokens(yaml.scan(text, Loader=yaml.SafeLoader))
+    try:
+        want = _tokens(yaml.scan(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        with pytest.raises(yaml.YAMLError) as got:
+            _tokens(yamlio.scan(text))
+        assert str(got.value) == str(e)
+        return
+    assert _tokens(yamlio.scan(text)) == want
 
 
 @pytest.mark.parametrize(
     "text",
-    ["a: [1, 2\nb: 3\n", "a: b: c\n", "key: 'unterminated\n", "\tx: 1\n", "a: 1\na: 2\n", "- a\nb: 1\n"],
+    [
+        "a: [1, 2\nb: 3\n",
+        "a: b: c\n",
+        "key: 'unterminated\n",
+        "\tx: 1\n",
+        "a: 1\na: 2\n",
+        "- a\nb: 1\n",
+        "a: \x00\n",
+        "a: \udcff\n",  # a lone surrogate (os.environ's undecodable bytes): libyaml cannot even be given it
+    ],
 )
 def test_a_refused_text_gets_the_python_loaders_error(text: str) -> None:
     for loader in (yaml.SafeLoader, SpecLoader) if text != "a: 1\na: 2\n" else (SpecLoader,):  # duplicate keys
