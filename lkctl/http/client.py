@@ -3,8 +3,9 @@
 The one module that streams files with httpx (the OCI registry client sends its API calls through `request` and
 its blobs through `download` too). What httpx leaves to us, done here once:
 
-- resume: bytes go to `<final>.part`; a later attempt, in this run or the next, hashes the `.part` to seed the
-  sha256 and asks for the rest with `Range` (+ `If-Range` when the server gave a validator). 206 appends, 200 means
+- resume: bytes go to `<final>.part`; a later attempt, in this run or the next, takes the sha256 up from the
+  checkpoint the stopped attempt left (or hashes the kept bytes while the rest arrives, lkctl.http._partial) and
+  asks for the rest with `Range` (+ `If-Range` when the server gave a validator). 206 appends, 200 means
   the server ignored Range (start over), 416 means the `.part` is already whole (verify) or stale (start over).
 - verification while streaming: sha256 (and size) checked before `fsync` + `os.replace` to the final name, so the
   final path only ever holds a verified file. A mismatch deletes the `.part`; a resumed file that fails is fetched
@@ -270,10 +271,11 @@ def _stream_once(
         if progress:
             progress(done, total)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else 0)
+        whole = False
         fd = os.open(part.path, flags, 0o666)  # not O_APPEND: splice cannot write to an append-only descriptor
         try:
             os.lseek(fd, part.offset, os.SEEK_SET)
-            # the kept bytes of a resumed .part are hashed from disk while the rest arrives, then the new ones
+            # kept bytes a checkpoint does not cover are hashed from disk while the rest arrives, then the new ones
             hasher = FollowHash(part.path, part.hasher, part.hashed, part.offset)
             writeback = WriteBack(fd)
             try:
@@ -283,12 +285,15 @@ def _stream_once(
                     writeback.written(done)
                     if progress:
                         progress(done, total)
+                whole = total is None or done >= total
             finally:
                 writeback.stop()
                 part.offset = done
                 part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
         finally:
             os.close(fd)
+            if not whole and part.hashed == part.offset:
+                part.checkpoint()  # stopped short: a resume takes the hash up from here instead of re-hashing
         if total is not None and done < total:
             raise _Retry(f"connection closed after {done} of {total} bytes")
         return total
