@@ -211,7 +211,7 @@ class WriteBack:
     def __init__(self, fd: int, every: int = 32 << 20) -> None:
         self._fd, self._every, self._next = fd, every, every
         self._wake = threading.Event()
-        self._stop = False
+        self._stop = self._flush = False
         self._thread = threading.Thread(target=self._run, name="lkctl-writeback", daemon=True)
         self._thread.start()
 
@@ -224,12 +224,19 @@ class WriteBack:
         while True:
             self._wake.wait()
             self._wake.clear()
-            if self._stop:
+            if self._stop and not self._flush:
                 return
             with contextlib.suppress(OSError):  # the final fsync reports what matters
                 os.fdatasync(self._fd)
+            if self._stop:
+                return
 
-    def stop(self) -> None:
+    def stop(self, *, flush: bool = False) -> None:
+        """Ask the thread to end (after one last fdatasync with `flush`: it then overlaps whatever the caller does
+        next, e.g. waiting for the hash); `join` waits for it."""
+        self._flush = flush
         self._stop = True
         self._wake.set()
+
+    def join(self) -> None:
         self._thread.join()

@@ -317,11 +317,15 @@ def _stream_once(
                         progress(done, total)
                 whole = total is None or done >= total
             finally:
-                writeback.stop()
+                writeback.stop(flush=whole)  # a whole body's last write-back overlaps the end of the hash
                 part.offset = done
                 began = _add(phases, "body", began)
-                part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
-                _add(phases, "hash", began)
+                try:
+                    part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
+                finally:
+                    began = _add(phases, "hash", began)
+                    writeback.join()
+                    _add(phases, "fsync", began)
         finally:
             os.close(fd)
             if not whole and part.hashed == part.offset:

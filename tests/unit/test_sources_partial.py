@@ -78,7 +78,8 @@ def test_writeback_syncs_in_the_background_and_stops(tmp_path: Path) -> None:
         for i in range(1, 5):
             os.write(fd, BLOCK)
             wb.written(i << 20)
-        wb.stop()
+        wb.stop(flush=True)
+        wb.join()
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == BLOCK * 4
