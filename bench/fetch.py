@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/fetch.py [--size-mib 512] [--runs 3]
 
-Generates the file (1 MiB of random bytes repeated), reads it once so nginx serves it from the page cache for
-every run, and serves it with nginx on 127.0.0.1 (sendfile). Each round runs, in this order, with `sync` before
-each so no earlier run's write-back is still going on and every side starts from the same page-cache state:
+Generates the file (1 MiB of random bytes repeated; it stays in the page cache, so nginx serves every run from
+memory) and serves it with nginx on 127.0.0.1 (sendfile). Each round runs every side below, each round starting
+one side later than the last, with `sync` before each run so no earlier run's write-back is still going on and
+every side starts from the same page-cache state:
 
 - curl         `curl -o FILE URL`: no checksum, no fsync (the bytes may still be only in the page cache)
 - curl+fsync   the same, then fsync + rename + fsync of the directory: the durability lkctl gives
@@ -147,8 +148,10 @@ def main() -> int:
             ]
             times: dict[str, list[float]] = {name: [] for name, _, _ in sides}
             load0 = os.getloadavg()[0]
-            for _ in range(args.runs):
-                for name, run, prepare in sides:
+            for i in range(args.runs):
+                # each round starts one side later: what ran just before (and the disk's write-back or throttling
+                # it left) is not always the same for a side
+                for name, run, prepare in sides[i % len(sides) :] + sides[: i % len(sides)]:
                     drop(dest)
                     dest.with_name("curl.tmp").unlink(missing_ok=True)
                     if prepare is not None:
@@ -168,7 +171,7 @@ def report(
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"file        {format_size(size)} over http://127.0.0.1 (nginx, sendfile, source in the page cache); "
-        f"{runs} interleaved rounds, sync before each run; load {load[0]:.1f} -> {load[1]:.1f}"
+        f"{runs} interleaved rounds in rotated order, sync before each run; load {load[0]:.1f} -> {load[1]:.1f}"
     )
     what = {
         "curl": "no checksum, no fsync",
