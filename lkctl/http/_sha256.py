@@ -207,7 +207,12 @@ class Sha256:
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = os.preadv(fd, [view[got:]], offset + got)
+            if hasattr(os, "preadv"):  # into the one buffer
+                k = os.preadv(fd, [view[got:]], offset + got)
+            else:  # macOS
+                chunk = os.pread(fd, n - got, offset + got)
+                k = len(chunk)
+                view[got : got + k] = chunk
             if k <= 0:
                 raise OSError(f"the file ended at {offset + got} bytes, {offset + n} expected")
             got += k

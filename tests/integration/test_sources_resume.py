@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lkctl.http import DownloadError
+from lkctl.http import DownloadError, _sha256
 from lkctl.http._partial import Part
 from lkctl.http._sha256 import Sha256
 from lkctl.http.client import RetryPolicy, download
@@ -124,3 +124,14 @@ def test_a_wrong_midstate_is_caught_by_the_final_hash_and_the_file_fetched_again
         got = download([url], dest, sha256=SHA, retry=RetryPolicy(attempts=2, sleep=lambda _: None))
     assert got.resumed_from == 0 and dest.read_bytes() == DATA
     assert [h.get("range") for h in faults.seen] == [f"bytes={HALF}-", None]
+
+
+def test_without_an_exportable_hash_the_resume_hashes_the_kept_bytes_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sha256, "_LIBS", None)  # a Python whose libcrypto lkctl cannot use
+    dest, part, meta = interrupted(tmp_path)
+    assert "checkpoint" not in meta and adopted(part).hashed == 0
+    with faulty_server(Faults()) as url:
+        got = download([url], dest, sha256=SHA, retry=once())
+    assert got.resumed_from == HALF and dest.read_bytes() == DATA

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lkctl.http import _sha256
 from lkctl.http._sha256 import Midstate, Sha256
 
 DATA = os.urandom((3 << 20) + 12345)
@@ -66,3 +67,18 @@ def test_a_midstate_beyond_4_gib_keeps_its_length() -> None:
 def test_a_malformed_midstate_is_refused(text: str, length: int) -> None:
     with pytest.raises(ValueError):
         Midstate.from_hex(text, length)
+
+
+def test_without_libcrypto_hashlib_hashes_files_and_no_midstate_is_offered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_sha256, "_LIBS", None)  # as on a platform where libcrypto is not found
+    path = tmp_path / "f"
+    path.write_bytes(DATA)
+    h = Sha256()
+    with open(path, "rb") as f:
+        h.update_file(f.fileno(), 0, len(DATA))
+    assert h.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert h.midstate() is None and not Sha256.can_resume()
+    with pytest.raises(ValueError):
+        Sha256(Midstate((0,) * 8, 64))
