@@ -34,6 +34,7 @@ def hash_file(path: Path, hasher: Any | None = None) -> Any:
     with open(path, "rb") as f:
         if isinstance(h, Sha256):
             h.update_file(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            h.close()
         else:
             while chunk := f.read(4 << 20):
                 h.update(chunk)
@@ -65,6 +66,7 @@ class Part:
         if self.hashed < self.offset:
             with open(self.path, "rb") as f:
                 self.hasher.update_file(f.fileno(), self.hashed, self.offset - self.hashed)
+            self.hasher.close()
             self.hashed = self.offset
 
     def load(self, expected: str | None) -> None:
@@ -124,6 +126,7 @@ def _tail_sha256(fd: int, length: int, size: int) -> str:
     h = Sha256()
     start = max(0, length - _TAIL)
     h.update_file(fd, start, size - start)
+    h.close()
     return h.hexdigest()
 
 
@@ -185,6 +188,8 @@ class FollowHash:
                 self.pos += want
         except OSError as e:
             self._error = OSError(f"the file ended at {self.pos} bytes, {self._limit} were written ({e})")
+        finally:
+            self.hasher.close()
 
     def finish(self, written: int) -> int:
         """Hash up to `written`, stop, and return how many leading bytes the hasher has seen."""

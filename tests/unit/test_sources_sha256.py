@@ -82,3 +82,18 @@ def test_without_libcrypto_hashlib_hashes_files_and_no_midstate_is_offered(
     assert h.midstate() is None and not Sha256.can_resume()
     with pytest.raises(ValueError):
         Sha256(Midstate((0,) * 8, 64))
+
+
+def test_a_file_that_grows_between_calls_and_a_second_file_are_both_read_right(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(DATA[:1000])
+    b.write_bytes(DATA)
+    h = Sha256()
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        h.update_file(fa.fileno(), 0, 1000)  # maps a window reaching past a's end
+        with open(a, "ab") as grow:
+            grow.write(DATA[1000:200_000])
+        h.update_file(fa.fileno(), 1000, 199_000)  # the same mapping now sees the new bytes
+        h.update_file(fb.fileno(), 5, 1000)  # another file: another mapping
+        h.close()
+    assert h.hexdigest() == hashlib.sha256(DATA[:200_000] + DATA[5:1005]).hexdigest()
