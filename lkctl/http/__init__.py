@@ -27,3 +27,6 @@ class Fetched:
     size: int
     url: str  # where the bytes came from ("" when an already complete file was reused)
     resumed_from: int = 0  # bytes taken over from an earlier interrupted download
+    # seconds spent per phase, summed over attempts: "headers" (connect + request + response headers), "body"
+    # (until the last byte is on disk), "hash" (hashing what the follower had not reached), "fsync", "rename"
+    phases: tuple[tuple[str, float], ...] = ()

@@ -20,7 +20,8 @@ import httpx
 
 __all__ = ["write_body"]
 
-_PIPE_SIZE = 256 << 10  # bytes per splice (and per progress report); the kernel may give a smaller pipe
+_PIPE_SIZES = (1 << 20, 256 << 10)  # bytes per splice (and per progress report), the first the kernel allows
+_MIN_STEP = 256 << 10
 _READ_SIZE = 256 << 10  # per recv when splice is not available
 
 
@@ -74,11 +75,12 @@ def _from_socket(sock: socket.socket, fd: int, left: int, timeout: float) -> Ite
             raise httpx.ReadTimeout(f"no data for {timeout:g} s")
 
     pipe = _pipe() if hasattr(os, "splice") else None
+    step = max(_MIN_STEP, left // 16)  # a small body still reports its progress in several steps
     try:
         while pipe is not None and left > 0:
             rp, wp, size = pipe
             try:
-                n = os.splice(sock.fileno(), wp, min(left, size), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+                n = os.splice(sock.fileno(), wp, min(left, size, step), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
             except BlockingIOError:
                 wait()
                 continue
@@ -121,7 +123,10 @@ def _pipe() -> tuple[int, int, int] | None:
     with contextlib.suppress(OSError, AttributeError):
         import fcntl
 
-        fcntl.fcntl(wp, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        for want in _PIPE_SIZES:  # 1 MiB (Linux's default pipe-max-size for users): a quarter of the splices
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(wp, fcntl.F_SETPIPE_SZ, want)
+                break
         size = fcntl.fcntl(wp, fcntl.F_GETPIPE_SZ)
     return rp, wp, size
 

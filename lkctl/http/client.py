@@ -3,8 +3,9 @@
 The one module that streams files with httpx (the OCI registry client sends its API calls through `request` and
 its blobs through `download` too). What httpx leaves to us, done here once:
 
-- resume: bytes go to `<final>.part`; a later attempt, in this run or the next, hashes the `.part` to seed the
-  sha256 and asks for the rest with `Range` (+ `If-Range` when the server gave a validator). 206 appends, 200 means
+- resume: bytes go to `<final>.part`; a later attempt, in this run or the next, takes the sha256 up from the
+  checkpoint the stopped attempt left (or hashes the kept bytes while the rest arrives, lkctl.http._partial) and
+  asks for the rest with `Range` (+ `If-Range` when the server gave a validator). 206 appends, 200 means
   the server ignored Range (start over), 416 means the `.part` is already whole (verify) or stale (start over).
 - verification while streaming: sha256 (and size) checked before `fsync` + `os.replace` to the final name, so the
   final path only ever holds a verified file. A mismatch deletes the `.part`; a resumed file that fails is fetched
@@ -23,6 +24,7 @@ import email.utils
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,8 +115,32 @@ def new_client(
         follow_redirects=True,
         timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
         headers=base,
-        transport=transport,
+        transport=transport if transport is not None else _TlsOnDemand(),
     )
+
+
+class _TlsOnDemand(httpx.BaseTransport):
+    """httpx's own transport, but the verifying TLS context (the CA bundle: 60-100 ms here, more than a 16 MiB
+    download over loopback) is made on the first https request instead of with every client; plain http never
+    needs it. Proxies from the environment are mounted by httpx.Client as before."""
+
+    def __init__(self) -> None:
+        self._plain = httpx.HTTPTransport(verify=False)  # no certificate is ever looked at on http://
+        self._tls: httpx.HTTPTransport | None = None
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "https":
+            return self._plain.handle_request(request)
+        with self._lock:
+            if self._tls is None:
+                self._tls = httpx.HTTPTransport()
+        return self._tls.handle_request(request)
+
+    def close(self) -> None:
+        self._plain.close()
+        if self._tls is not None:
+            self._tls.close()
 
 
 class ClientOwner:
@@ -228,8 +254,10 @@ def _stream_once(
     size: int | None,
     headers: Mapping[str, str],
     progress: ProgressFn | None,
+    phases: dict[str, float],
 ) -> int | None:
-    """One GET into the `.part`, resuming from its end. Returns the total size if known; raises _Retry."""
+    """One GET into the `.part`, resuming from its end. Returns the total size if known; raises _Retry.
+    Adds the seconds it spends to `phases`."""
     h = dict(headers)
     if part.offset > 0:
         if part.url == url and part.validator:
@@ -238,7 +266,9 @@ def _stream_once(
             part.reset()  # without a checksum, only a validated resume is safe
     if part.offset > 0:
         h["Range"] = f"bytes={part.offset}-"
+    began = time.monotonic()
     with client.stream("GET", url, headers=h) as r:
+        _add(phases, "headers", began)
         if r.status_code == 416 and part.offset > 0:
             m = _UNSATISFIED_RANGE.match(r.headers.get("content-range", ""))
             if m and int(m.group(1)) == part.offset:
@@ -270,12 +300,14 @@ def _stream_once(
         if progress:
             progress(done, total)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else 0)
+        whole = False
         fd = os.open(part.path, flags, 0o666)  # not O_APPEND: splice cannot write to an append-only descriptor
         try:
             os.lseek(fd, part.offset, os.SEEK_SET)
-            # the kept bytes of a resumed .part are hashed from disk while the rest arrives, then the new ones
+            # kept bytes a checkpoint does not cover are hashed from disk while the rest arrives, then the new ones
             hasher = FollowHash(part.path, part.hasher, part.hashed, part.offset)
             writeback = WriteBack(fd)
+            began = time.monotonic()
             try:
                 for n in write_body(r, fd, _read_timeout(client)):
                     done += n
@@ -283,15 +315,30 @@ def _stream_once(
                     writeback.written(done)
                     if progress:
                         progress(done, total)
+                whole = total is None or done >= total
             finally:
-                writeback.stop()
+                writeback.stop(flush=whole)  # a whole body's last write-back overlaps the end of the hash
                 part.offset = done
-                part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
+                began = _add(phases, "body", began)
+                try:
+                    part.hashed = hasher.finish(done)  # the hash covers exactly the bytes written, whatever happened
+                finally:
+                    began = _add(phases, "hash", began)
+                    writeback.join()
+                    _add(phases, "fsync", began)
         finally:
             os.close(fd)
+            if not whole and part.hashed == part.offset:
+                part.checkpoint()  # stopped short: a resume takes the hash up from here instead of re-hashing
         if total is not None and done < total:
             raise _Retry(f"connection closed after {done} of {total} bytes")
         return total
+
+
+def _add(phases: dict[str, float], name: str, began: float) -> float:
+    now = time.monotonic()
+    phases[name] = phases.get(name, 0.0) + now - began
+    return now
 
 
 def _read_timeout(client: httpx.Client) -> float:
@@ -323,17 +370,22 @@ def _download_one(
     resumed_from = part.offset
     restarted = False
     attempt = 0
+    phases: dict[str, float] = {}
     while True:
         before = part.offset
         try:
-            _stream_once(client, url, part, expected=expected, size=size, headers=headers, progress=progress)
+            _stream_once(
+                client, url, part, expected=expected, size=size, headers=headers, progress=progress, phases=phases
+            )
         except _RETRY_ERRORS as e:
             err = _Retry(f"{type(e).__name__}: {e}")
         except _Retry as e:
             err = e
         else:
+            began = time.monotonic()
             part.catch_up()  # a 416 on a whole .part: nothing was downloaded to hash it alongside
             got = part.hasher.hexdigest()
+            began = _add(phases, "hash", began)
             n = part.path.stat().st_size
             if (expected and got != expected) or (size is not None and n != size):
                 was_resumed = resumed_from > 0
@@ -345,11 +397,13 @@ def _download_one(
                 raise ChecksumMismatch(f"{dest.name} from {url}: {what}; the download was discarded")
             with open(part.path, "rb+") as f:
                 os.fsync(f.fileno())
+            began = _add(phases, "fsync", began)
             os.replace(part.path, dest)
             _fsync_dir(dest.parent)
             with contextlib.suppress(FileNotFoundError):
                 part.meta_path.unlink()
-            return Fetched(dest, got, n, url, resumed_from)
+            _add(phases, "rename", began)
+            return Fetched(dest, got, n, url, resumed_from, tuple(phases.items()))
         if part.offset > before:
             attempt = 0  # progress was made: a flaky but moving connection keeps going
         if err.immediate and attempt + 1 < retry.attempts:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lkctl.http._partial import FollowHash, WriteBack
+from lkctl.http._sha256 import Sha256
 
 BLOCK = os.urandom(1 << 20)
 
@@ -18,7 +19,7 @@ def test_the_kept_bytes_and_the_ones_written_meanwhile_hash_like_the_whole_file(
     path = tmp_path / "f.part"
     kept = BLOCK * 5 + BLOCK[:12345]
     path.write_bytes(kept)
-    h = hashlib.sha256()
+    h = Sha256()
     follow = FollowHash(path, h, 0, len(kept))
     written = len(kept)
     with open(path, "ab", buffering=0) as f:
@@ -34,7 +35,8 @@ def test_the_kept_bytes_and_the_ones_written_meanwhile_hash_like_the_whole_file(
 def test_hashing_resumes_where_an_earlier_hash_stopped(tmp_path: Path) -> None:
     path = tmp_path / "f.part"
     path.write_bytes(BLOCK * 3)
-    h = hashlib.sha256(BLOCK)  # the first MiB was hashed by an earlier attempt
+    h = Sha256()
+    h.update(BLOCK)  # the first MiB was hashed by an earlier attempt
     assert FollowHash(path, h, len(BLOCK), len(BLOCK) * 3).finish(len(BLOCK) * 3) == len(BLOCK) * 3
     assert h.hexdigest() == hashlib.sha256(BLOCK * 3).hexdigest()
 
@@ -42,7 +44,7 @@ def test_hashing_resumes_where_an_earlier_hash_stopped(tmp_path: Path) -> None:
 def test_a_writer_in_another_thread_is_followed_until_finish(tmp_path: Path) -> None:
     path = tmp_path / "f.part"
     path.write_bytes(b"")
-    h = hashlib.sha256()
+    h = Sha256()
     follow = FollowHash(path, h, 0, 0)
     total = 0
 
@@ -64,7 +66,7 @@ def test_a_writer_in_another_thread_is_followed_until_finish(tmp_path: Path) -> 
 def test_a_file_shorter_than_reported_is_an_error_not_a_wrong_hash(tmp_path: Path) -> None:
     path = tmp_path / "f.part"
     path.write_bytes(BLOCK)
-    follow = FollowHash(path, hashlib.sha256(), 0, len(BLOCK) * 2)
+    follow = FollowHash(path, Sha256(), 0, len(BLOCK) * 2)
     with pytest.raises(OSError, match="ended at"):
         follow.finish(len(BLOCK) * 2)
 
@@ -76,7 +78,8 @@ def test_writeback_syncs_in_the_background_and_stops(tmp_path: Path) -> None:
         for i in range(1, 5):
             os.write(fd, BLOCK)
             wb.written(i << 20)
-        wb.stop()
+        wb.stop(flush=True)
+        wb.join()
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == BLOCK * 4
