@@ -26,6 +26,7 @@ from lkctl.dev.command import (
     run_tests,
     shell_dev,
 )
+from lkctl.dev.gocache import GO_ENV
 from lkctl.dev.image import installed_dev_image
 from lkctl.dev.project import GUEST_APP, Project
 from lkctl.errors import ConfigError, VmError
@@ -70,7 +71,7 @@ _CONSOLE_SHELL = (
 )
 # What every dev VM's services, `vm.exec` and shells see (fw_cfg /run/config/env): the dev user is root, which
 # Composer refuses without this; the image has Go but no C compiler, so cgo is off (`go test` needs none).
-DEV_ENV = (("COMPOSER_ALLOW_SUPERUSER", "1"), ("CGO_ENABLED", "0"))
+DEV_ENV = (("COMPOSER_ALLOW_SUPERUSER", "1"), *GO_ENV)
 
 
 @dataclass(frozen=True)
