@@ -41,6 +41,7 @@ def test_bad_commands_are_config_errors(argv: list[str], line: str, env: dict[st
 def test_dev_path_is_the_dev_images_path() -> None:
     recipe = yaml.safe_load((paths.resource_dir("images") / "devdisk" / "recipe.yml").read_text())
     assert f'PATH="{DEV_PATH}"' in recipe["files"]["etc/environment"].splitlines()
+    assert f'  PATH="{DEV_PATH}"' in recipe["files"]["etc/profile"].splitlines()  # root's, in a login shell
 
 
 @pytest.mark.parametrize(
