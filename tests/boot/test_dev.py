@@ -255,6 +255,8 @@ def test_go_test_of_a_net_http_package_compiles_no_standard_library_package(dev:
         took = time.monotonic() - start
         compiled = {w.split(" -p ")[1].split()[0] for w in out.stdout.splitlines() if "/compile " in w and " -p " in w}
         assert compiled == {"example.com/gohttp", "main"}, compiled  # the test package and its testmain only
+        vetted = [line for line in out.stdout.splitlines() if "/vet -" in line]  # std's vet facts are cached
+        assert len(vetted) == 1, vetted
         assert "ok  \texample.com/gohttp" in out.stdout
         print(f"first go test of a net/http package in the dev VM: {took:.1f}s")
     finally:
