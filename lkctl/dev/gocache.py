@@ -32,7 +32,7 @@ from pathlib import Path
 from lkctl.errors import LkError
 from lkctl.proc import minimal_env, run
 
-__all__ = ["GO_ENV", "GUEST_GOCACHE", "GoCache", "date_go_cache", "warm_go_cache"]
+__all__ = ["GO_ENV", "GUEST_GOCACHE", "WARM_KEY", "GoCache", "date_go_cache", "warm_go_cache"]
 
 log = logging.getLogger("lkctl.dev.gocache")
 
@@ -44,6 +44,10 @@ GUEST_GOCACHE = "root/.cache/go-build"
 
 _FUTURE = 4102444800  # 2100-01-01T00:00:00Z
 _PACKAGES = ("std",)
+
+WARM_KEY = f"go-warm 2 {GO_ENV} {_PACKAGES}"
+"""What the prebuilt cache depends on besides the Go package's version: part of the dev disk's fingerprint
+(bump the number when what warm_go_cache builds changes)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 from lkctl import paths
 from lkctl.debpackages import InstalledPackage, PackageEntry, package_closure
-from lkctl.dev.gocache import GO_ENV, date_go_cache, warm_go_cache
+from lkctl.dev.gocache import WARM_KEY, date_go_cache, warm_go_cache
 from lkctl.errors import BuildError
 from lkctl.proc import find_program, minimal_env, run
 
@@ -170,9 +170,9 @@ def chosen_packages(recipe: DiskRecipe, packages: Mapping[str, InstalledPackage]
 def disk_fingerprint(
     recipe: DiskRecipe, packages: Mapping[str, InstalledPackage], host_facts: Sequence[str] = ()
 ) -> str:
-    """sha256 of what the disk is made of: builder, recipe text, every closure package's name, version and
-    architecture, and `host_facts` (the copied host paths' contents). Pure."""
-    h = hashlib.sha256(f"lkctl-rootdisk {_BUILDER_VERSION} {GO_ENV}\n".encode())  # GO_ENV: the Go cache built
+    """sha256 of what the disk is made of: builder (with the prebuilt Go cache's WARM_KEY), recipe text, every
+    closure package's name, version and architecture, and `host_facts` (the copied host paths' contents). Pure."""
+    h = hashlib.sha256(f"lkctl-rootdisk {_BUILDER_VERSION} {WARM_KEY}\n".encode())
     h.update(recipe.text.encode() + b"\0")
     for name in chosen_packages(recipe, packages):
         pkg = packages[name]
