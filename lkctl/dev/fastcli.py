@@ -61,7 +61,6 @@ def fast_dev(args: list[str]) -> int | None:
                 code = run_tests(project, name=name, argv=words, stdout=out, stderr=err, say=_say)
             else:
                 code = shell_dev(project, words, stdin=sys.stdin.buffer, stdout=out, stderr=err)
-            out.flush()
             return code
         except LkError as e:
             _say(e.message)
@@ -69,5 +68,7 @@ def fast_dev(args: list[str]) -> int | None:
         except KeyboardInterrupt:
             _say("interrupted")
             return 130
+        finally:
+            out.flush()  # what an SSH fallback wrote before failing, too: the launcher ends with os._exit
     except BrokenPipeError:
         return 141  # our stdout was closed (`| head`): end quietly, as a shell pipeline member killed by SIGPIPE
