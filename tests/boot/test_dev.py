@@ -216,6 +216,15 @@ def test_dev_test_and_shell_take_the_lean_path_without_a_login_shell_bytes_and_c
     assert (said.returncode, said.stdout) == (3, "out\n")
     assert said.stderr.startswith("lkctl: running \"sh -c 'echo out; echo err >&2; exit 3'\" (command line) in /app\n")
     assert re.search(r"\nerr\nlkctl: exit status 3 after \d+\.\ds\n$", said.stderr), said.stderr
+    # without the connection holder (its socket moved away) the same line goes over a new SSH connection
+    sock = dev.vm_dir() / "holder.sock"
+    sock.rename(sock.with_name("holder.away"))
+    try:
+        over_ssh = dev.cli("dev.test", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+        assert (over_ssh.returncode, over_ssh.stdout) == (3, "out\n") and "\nerr\n" in over_ssh.stderr
+        assert dev.cli("dev.shell", "--", "sh", "-c", 'echo "$PATH|$(pwd)"').stdout == f"{DEV_PATH}|/app\n"
+    finally:
+        sock.with_name("holder.away").rename(sock)
 
 
 # a test of a package importing net/http: its first run compiled crypto/tls and the rest under TCG for > 15 min
