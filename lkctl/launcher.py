@@ -44,6 +44,10 @@ def fast_exec(args: list[str]) -> int | None:
 
 def main() -> None:
     code = fast_exec(sys.argv[1:])
+    if code is None and sys.argv[1:2] in (["dev.test"], ["dev.shell"]):
+        from lkctl.dev.fastcli import fast_dev  # dev.test / dev.shell -- CMD: the same lean path
+
+        code = fast_dev(sys.argv[1:])
     if code is not None:
         sys.stderr.flush()
         os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown

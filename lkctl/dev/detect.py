@@ -150,10 +150,6 @@ def _str_field(path: Path, data: Mapping[str, Any], key: str) -> str:
 
 def load_test_config(root: Path) -> TestConfig | None:
     """`.lkctl/test.yaml` of the project, None if there is none; an invalid file is a ConfigError naming it."""
-    import yaml
-
-    from lkctl.yamlio import safe_load
-
     path = root / TEST_YAML
     try:
         text = path.read_text(encoding="utf-8")
@@ -161,6 +157,10 @@ def load_test_config(root: Path) -> TestConfig | None:
         return None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    import yaml  # only when there is a file to read: dev.test's lean path has no other use for it
+
+    from lkctl.yamlio import safe_load
+
     try:
         data = safe_load(text)
     except yaml.YAMLError as e:

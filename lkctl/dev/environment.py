@@ -12,21 +12,21 @@ import contextlib
 import dataclasses
 import io
 import os
-import posixpath
 import re
 import shlex
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
-from lkctl.dev.detect import (
-    TEST_YAML,
-    DetectedCommand,
-    detect_test_command,
-    load_test_config,
-    missing_test_command_help,
+from lkctl.dev.command import (
+    app_path,
+    find_dev_vm,
+    require_running,
+    resolve_test_command,
+    run_tests,
+    shell_dev,
 )
+from lkctl.dev.gocache import GO_ENV
 from lkctl.dev.image import installed_dev_image
 from lkctl.dev.project import GUEST_APP, Project
 from lkctl.errors import ConfigError, VmError
@@ -34,6 +34,8 @@ from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
 from lkctl.settings import Settings
 
+# find_dev_vm, require_running, resolve_test_command, run_tests and shell_dev live in lkctl.dev.command (import-light,
+# for the lkctl executable's lean path) and are re-exported here
 __all__ = [
     "BootOptions",
     "BootResult",
@@ -69,7 +71,7 @@ _CONSOLE_SHELL = (
 )
 # What every dev VM's services, `vm.exec` and shells see (fw_cfg /run/config/env): the dev user is root, which
 # Composer refuses without this; the image has Go but no C compiler, so cgo is off (`go test` needs none).
-DEV_ENV = (("COMPOSER_ALLOW_SUPERUSER", "1"), ("CGO_ENABLED", "0"))
+DEV_ENV = (("COMPOSER_ALLOW_SUPERUSER", "1"), *GO_ENV)
 
 
 @dataclass(frozen=True)
@@ -110,18 +112,6 @@ class DevStatus:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def find_dev_vm(project: Project) -> VmRecord | None:
-    """The project's dev VM record (running or not), or None."""
-    return next((r for r in state.all_records() if r.name == project.vm_name), None)
-
-
-def require_running(project: Project) -> VmRecord:
-    record = find_dev_vm(project)
-    if record is None or state.vm_status(record) != "running":
-        raise VmError(f"the dev VM of {project.root} is not running; start it with dev.boot")
-    return record
 
 
 def _start_console_shell(record: VmRecord) -> None:
@@ -257,7 +247,8 @@ def dev_status(project: Project, settings: Settings) -> DevStatus:
 
 def guest_shell_argv(command: str, *, env: Mapping[str, str] | None = None, subdir: str = "") -> list[str]:
     """argv that runs shell `command` in /app[/subdir] in a login shell (the image's profile sets PATH for its
-    toolchains), with `env` exported after the profile so nothing there overrides it."""
+    toolchains), with `env` exported after the profile so nothing there overrides it. `dev.claude` runs the
+    agent this way (an interactive session); tests, `dev.shell -- CMD` and the server use lkctl.dev.command."""
     parts = []
     for k, v in (env or {}).items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
@@ -266,114 +257,3 @@ def guest_shell_argv(command: str, *, env: Mapping[str, str] | None = None, subd
     parts.append(f"cd -- {shlex.quote(app_path(subdir))}")
     parts.append(command)
     return ["/bin/sh", "-lc", " && ".join(parts)]
-
-
-def app_path(subdir: str = "") -> str:
-    """/app or /app/SUBDIR; SUBDIR must stay inside the project."""
-    if not subdir:
-        return GUEST_APP
-    norm = posixpath.normpath(subdir)
-    if posixpath.isabs(norm) or norm == ".." or norm.startswith("../"):
-        raise ConfigError(f"--path {subdir}: give a directory inside the project, relative to its root")
-    return GUEST_APP if norm == "." else f"{GUEST_APP}/{norm}"
-
-
-def _is_tty(stream: object) -> bool:
-    fileno = getattr(stream, "fileno", None)
-    try:
-        return fileno is not None and os.isatty(fileno())
-    except (OSError, ValueError):
-        return False
-
-
-def shell_dev(
-    project: Project,
-    argv: Sequence[str] | None,
-    *,
-    stdin: IO[bytes] | None,
-    stdout: IO[bytes],
-    stderr: IO[bytes],
-) -> int:
-    """A login shell in /app on a pseudo-terminal, or `argv` run there; returns the exit status unchanged."""
-    from lkctl import ssh
-    from lkctl.runtime.vm import ssh_target
-
-    record = require_running(project)
-    if argv:
-        command = shlex.join(argv)
-        tty = _is_tty(stdin) and _is_tty(stdout)
-    else:
-        command = 'exec "${SHELL:-/bin/sh}" -l'
-        tty = True
-    return int(
-        ssh.exec_command(
-            ssh_target(record),
-            guest_shell_argv(command),
-            stdin=stdin if (tty or not _is_tty(stdin)) else None,
-            stdout=stdout,
-            stderr=stderr,
-            pty=tty,
-        )
-    )
-
-
-def resolve_test_command(project: Project, *, name: str = "", argv: Sequence[str] = ()) -> DetectedCommand:
-    """What dev.test runs: `argv`, else test.yaml's command `name`, else its `command`, else detection.
-
-    `.lkctl/test.yaml`'s `env` comes with whichever command is chosen."""
-    config = load_test_config(project.root)
-    env = dict(config.env) if config else {}
-    if argv:
-        return DetectedCommand(shlex.join(argv), "command line", env)
-    if name:
-        if config is None:
-            raise ConfigError(f"--name {name}: {project.root / TEST_YAML} does not exist (its `commands` name tests)")
-        return DetectedCommand(config.named(name), f"{TEST_YAML} commands[{name}]", env)
-    if config is not None and config.command:
-        return DetectedCommand(config.command, f"{TEST_YAML} command", env)
-    detected = detect_test_command(project.root)
-    if detected is None:
-        raise ConfigError(missing_test_command_help(project.root))
-    return DetectedCommand(detected.command, detected.reason, env)
-
-
-def _via_holder(record: VmRecord, argv: Sequence[str], stdout: IO[bytes], stderr: IO[bytes]) -> int | None:
-    """Run argv (no stdin, no pty) through the VM's connection holder, as the lean `vm.exec` does: no new SSH
-    handshake. None when the holder cannot take it (or the streams have no descriptors): use SSH then."""
-    from lkctl.runtime.holder import HolderUnavailable, exec_via_holder
-
-    try:
-        out_fd, err_fd = stdout.fileno(), stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # in-memory streams
-        return None
-    stdout.flush()
-    stderr.flush()
-    try:
-        return exec_via_holder(record, argv, stdin_fd=None, stdout_fd=out_fd, stderr_fd=err_fd)
-    except HolderUnavailable:
-        return None
-
-
-def run_tests(
-    project: Project,
-    *,
-    name: str = "",
-    argv: Sequence[str] = (),
-    stdout: IO[bytes],
-    stderr: IO[bytes],
-    say: Callable[[str], None] = lambda _: None,
-) -> int:
-    """Run the project's tests in /app in its dev VM, output streamed; returns their exit status."""
-    from lkctl import ssh
-    from lkctl.runtime.vm import ssh_target
-
-    test = resolve_test_command(project, name=name, argv=argv)
-    record = require_running(project)
-    say(f"running {test.command!r} ({test.reason}) in {GUEST_APP}")
-    started = time.monotonic()
-    argv = guest_shell_argv(test.command, env=test.env)
-    code = _via_holder(record, argv, stdout, stderr)
-    if code is None:
-        code = int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr))
-    say(f"exit status {code} after {time.monotonic() - started:.1f}s")
-    return code

@@ -26,6 +26,7 @@ from typing import Any
 
 from lkctl import paths
 from lkctl.debpackages import InstalledPackage, PackageEntry, package_closure
+from lkctl.dev.gocache import WARM_KEY, date_go_cache, warm_go_cache
 from lkctl.errors import BuildError
 from lkctl.proc import find_program, minimal_env, run
 
@@ -44,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger("lkctl.dev.rootdisk")
 
-_BUILDER_VERSION = "1"  # bump when the layout this module writes changes
+_BUILDER_VERSION = "2"  # bump when the layout this module writes changes
 _MTIME = 1492533000  # 2017-04-18T16:30:00Z, the timestamp of every file (LinuxKit's)
 _MERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # top-level links into /usr on a merged-/usr host
 _FS_LABEL = "lkctl-root"
@@ -171,9 +172,9 @@ def chosen_packages(recipe: DiskRecipe, packages: Mapping[str, InstalledPackage]
 def disk_fingerprint(
     recipe: DiskRecipe, packages: Mapping[str, InstalledPackage], host_facts: Sequence[str] = ()
 ) -> str:
-    """sha256 of what the disk is made of: builder, recipe text, every closure package's name, version and
-    architecture, and `host_facts` (the copied host paths' contents). Pure."""
-    h = hashlib.sha256(f"lkctl-rootdisk {_BUILDER_VERSION}\n".encode())
+    """sha256 of what the disk is made of: builder (with the prebuilt Go cache's WARM_KEY), recipe text, every
+    closure package's name, version and architecture, and `host_facts` (the copied host paths' contents). Pure."""
+    h = hashlib.sha256(f"lkctl-rootdisk {_BUILDER_VERSION} {WARM_KEY}\n".encode())
     h.update(recipe.text.encode() + b"\0")
     for name in chosen_packages(recipe, packages):
         pkg = packages[name]
@@ -366,7 +367,9 @@ def build_root_disk(recipe: DiskRecipe, out: Path, fingerprint: str, *, names: l
         staging = work / "root"
         staging.mkdir(mode=0o755)
         _stage(recipe, staging, names)
+        warm_go_cache(staging)  # Go's standard library compiled here, at native speed (see gocache.py)
         content, count, names_in_fs = _settle(staging)
+        date_go_cache(staging)
         # ext4 metadata (inode tables, journal, directories) on top of the contents, plus the free space
         size = ((content * 5 // 4 + count * 4096 + recipe.free + (256 << 20)) >> 20) << 20
         raw = work / "root.ext4"

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from lkctl.dev.command import app_command, app_path, require_running, run_app_command
 from lkctl.dev.detect import DetectedCommand, detect_serve_command
-from lkctl.dev.environment import app_path, guest_shell_argv, require_running
 from lkctl.dev.forward import add_forward, remove_forward
 from lkctl.dev.project import Project
 from lkctl.errors import ConfigError, VmError
@@ -90,17 +90,14 @@ def serve_dev(
     say: Callable[[str], None] = lambda _: None,
 ) -> int:
     """Run the server in the dev VM until it exits or Ctrl-C; returns its exit status (130 after Ctrl-C)."""
-    from lkctl import ssh
-    from lkctl.runtime.vm import ssh_target
-
     server = serve_command(project, opts)
     record = require_running(project)
     forward = PortForward(opts.port, opts.port)
     url = f"http://127.0.0.1:{opts.port}/"
     pidfile = f"/run/lkctl-serve-{opts.port}.pid"
-    # the login shell that runs the server records its pid (= its process group, on the pty) and becomes it
+    # the shell that runs the server records its pid (= its process group, on the pty) and becomes it
     command = f"echo $$ > {pidfile} && exec {server.command}"
-    argv = guest_shell_argv(command, env=server.env, subdir=opts.path)
+    cmd = app_command(line=command, env=server.env, subdir=opts.path)
     done = threading.Event()
 
     def announce() -> None:
@@ -119,7 +116,7 @@ def serve_dev(
         watcher.start()
         try:
             # a pty: when the channel closes the server's session gets SIGHUP, like a closed terminal
-            return int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr, pty=True))
+            return run_app_command(record, cmd, stdin=None, stdout=stdout, stderr=stderr, pty=True)
         except KeyboardInterrupt:
             return 130
         finally:

@@ -132,7 +132,7 @@ def shell(c: Context, console: bool = False) -> None:
             raise ConfigError("--console attaches a terminal; it does not run a command (drop the words after --)")
         _err(f"\r\n{attach_dev_console(project, sys.stdin.buffer, sys.stdout.buffer, say=_err)}")
         return
-    from lkctl.dev.environment import shell_dev
+    from lkctl.dev.command import shell_dev
 
     _exit(shell_dev(project, argv or None, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer,
                     stderr=sys.stderr.buffer))  # fmt: skip
@@ -161,7 +161,7 @@ def serve(c: Context, port: int = 0, path: str = "", command: str = "") -> None:
 @adapt
 def test(c: Context, name: str = "") -> None:
     """Run the project's tests in /app of its dev VM (detected, .lkctl/test.yaml, or `-- CMD`)."""
-    from lkctl.dev.environment import run_tests
+    from lkctl.dev.command import run_tests
     from lkctl.dev.project import find_project
 
     code = run_tests(find_project(), name=name, argv=remainder_argv(c), stdout=sys.stdout.buffer,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lkctl.dev.command import DEV_PATH
 from lkctl.dev.share import choose_share
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 from tests.conftest import require_qemu
@@ -186,6 +188,88 @@ def test_test_yaml_env_reaches_the_command_and_names_pick_commands(dev: Dev) -> 
         assert bad.stderr.startswith(f"lkctl: {cfg}: not valid YAML") and bad.stderr.count("\n") == 1
     finally:
         shutil.rmtree(cfg.parent)
+
+
+def test_dev_test_and_shell_take_the_lean_path_without_a_login_shell_bytes_and_codes_unchanged(dev: Dev) -> None:
+    # a profile.d script a login shell would read: dev.test and dev.shell -- CMD run in /app without it, with the
+    # image's PATH (what the profile gave them before)
+    dev.cli("dev.shell", "--", "sh", "-c", "echo export PROFILE_READ=yes > /etc/profile.d/zz-probe.sh")
+    try:
+        probe = ["sh", "-c", 'echo "${PROFILE_READ:-no}|$PATH|$(pwd)"']
+        expected = f"no|{DEV_PATH}|/app\n"
+        timed = {**dev.cli.env, "PYTHONPROFILEIMPORTTIME": "1"}  # which modules the lkctl process imported
+        for task in ("dev.test", "dev.shell"):
+            out = Cli(timed, dev.cli.cwd)(task, "--", *probe)
+            assert out.stdout == expected, (task, out.stdout)
+            imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+            assert "lkctl.dev.command" in imported and not {"invoke", "paramiko", "lkctl.settings"} & imported
+        # the probe works: a login shell reads it
+        assert "yes" in dev.cli("dev.shell", "--", "bash", "-lc", "echo $PROFILE_READ").stdout
+    finally:
+        dev.cli("dev.shell", "--", "rm", "-f", "/etc/profile.d/zz-probe.sh")
+    data = bytes(range(256)) * 64 + b"no newline at the end"  # stdin streamed, output byte for byte
+    fed = subprocess.run([str(BIN / "lkctl"), "dev.shell", "--", "cat"], input=data, capture_output=True,
+                         env=dev.cli.env, cwd=dev.cli.cwd, timeout=300, check=True)  # fmt: skip
+    assert fed.stdout == data
+    assert dev.cli("dev.test", "--", "sh", "-c", "kill -TERM $$", check=False).returncode == 128 + 15
+    said = dev.cli("dev.test", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert (said.returncode, said.stdout) == (3, "out\n")
+    assert said.stderr.startswith("lkctl: running \"sh -c 'echo out; echo err >&2; exit 3'\" (command line) in /app\n")
+    assert re.search(r"\nerr\nlkctl: exit status 3 after \d+\.\ds\n$", said.stderr), said.stderr
+    # without the connection holder (its socket moved away) the same line goes over a new SSH connection
+    sock = dev.vm_dir() / "holder.sock"
+    sock.rename(sock.with_name("holder.away"))
+    try:
+        over_ssh = dev.cli("dev.test", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+        assert (over_ssh.returncode, over_ssh.stdout) == (3, "out\n") and "\nerr\n" in over_ssh.stderr
+        assert dev.cli("dev.shell", "--", "sh", "-c", 'echo "$PATH|$(pwd)"').stdout == f"{DEV_PATH}|/app\n"
+    finally:
+        sock.with_name("holder.away").rename(sock)
+
+
+# a test of a package importing net/http: its first run compiled crypto/tls and the rest under TCG for > 15 min
+_GO_HTTP_TEST = """package gohttp
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func TestServe(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") })
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "hi" {
+		t.Fatalf("got %q", b)
+	}
+}
+"""
+
+
+def test_go_test_of_a_net_http_package_compiles_no_standard_library_package(dev: Dev) -> None:
+    pkg = dev.project / "gohttp"
+    pkg.mkdir()
+    (pkg / "go.mod").write_text("module example.com/gohttp\n\ngo 1.19\n")
+    (pkg / "h_test.go").write_text(_GO_HTTP_TEST)
+    try:
+        assert dev.cli("dev.shell", "--", "go", "env", "GOCACHE").stdout == "/root/.cache/go-build\n"
+        start = time.monotonic()
+        out = dev.cli("dev.test", "--", "sh", "-c", "cd gohttp && go test -x ./... 2>&1", timeout=1200)
+        took = time.monotonic() - start
+        compiled = {w.split(" -p ")[1].split()[0] for w in out.stdout.splitlines() if "/compile " in w and " -p " in w}
+        assert compiled == {"example.com/gohttp", "main"}, compiled  # the test package and its testmain only
+        vetted = [line for line in out.stdout.splitlines() if "/vet -" in line]  # std's vet facts are cached
+        assert len(vetted) == 1, vetted
+        assert "ok  \texample.com/gohttp" in out.stdout
+        print(f"first go test of a net/http package in the dev VM: {took:.1f}s")
+    finally:
+        shutil.rmtree(pkg)
 
 
 @pytest.mark.parametrize(

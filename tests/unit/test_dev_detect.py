@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from lkctl.dev.agent import collect_credentials, parse_auth
+from lkctl.dev.command import app_path, resolve_test_command
 from lkctl.dev.detect import detect_serve_command, detect_test_command, load_test_config
-from lkctl.dev.environment import app_path, guest_shell_argv, resolve_test_command
+from lkctl.dev.environment import guest_shell_argv
 from lkctl.dev.forward import parse_usernet
 from lkctl.dev.project import dev_vm_name, find_project
 from lkctl.errors import ConfigError
