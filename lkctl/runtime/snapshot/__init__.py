@@ -19,7 +19,10 @@ accelerator, CPU model, memory, CPUs, kernel command line, devices, fw_cfg names
 initrd files and of the QEMU binary with its version, and the environment's digest (services started before the
 snapshot saw it). Anything else that would differ after a restore is refused up front (`check_supported`).
 Snapshots live in `<cache>/snapshots/` (0700; files 0600, written to a temp name and renamed). Any failure to
-take or restore one falls back to a cold boot, said in one line.
+take or restore one falls back to a cold boot, said in one line (to the caller's `say`, else as a warning of the
+`lkctl.runtime.snapshot` logger). `image.prune` and `image.rm` remove the snapshots that can never be restored
+again (`prune_snapshots`); `lkctl doctor` shows the store's size (`snapshot_usage`). `vm.run --dry-run --snapshot`
+prints the restore's argv (`planned_start`).
 """
 
 from lkctl.runtime.snapshot._plan import (
@@ -27,6 +30,7 @@ from lkctl.runtime.snapshot._plan import (
     IDENTITY_SOCKET,
     SnapshotKey,
     check_supported,
+    clock_line,
     guest_file_entries,
     identity_message,
     key_argv,
@@ -34,20 +38,27 @@ from lkctl.runtime.snapshot._plan import (
     snapshot_argv,
     template_argv,
 )
-from lkctl.runtime.snapshot._store import restore, snapshot_key, snapshots_dir, take_snapshot
+from lkctl.runtime.snapshot._prune import PrunedSnapshots, SnapshotUsage, prune_snapshots, snapshot_usage
+from lkctl.runtime.snapshot._store import planned_start, restore, snapshot_key, snapshots_dir, take_snapshot
 
 __all__ = [
     "IDENTITY_PORT",
     "IDENTITY_SOCKET",
+    "PrunedSnapshots",
     "SnapshotKey",
+    "SnapshotUsage",
     "check_supported",
+    "clock_line",
     "guest_file_entries",
     "identity_message",
     "key_argv",
     "key_inputs",
+    "planned_start",
+    "prune_snapshots",
     "restore",
     "snapshot_argv",
     "snapshot_key",
+    "snapshot_usage",
     "snapshots_dir",
     "take_snapshot",
     "template_argv",
