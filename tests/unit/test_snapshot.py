@@ -113,7 +113,7 @@ def test_identity_message_is_lines_the_guest_shell_reads_without_evaluating() ->
     files = [("vm-hostname", b"web\n"), ("env", b"A=1 2\nB=$(x) \\n\n"), ("ssh/authorized_keys", b"ssh-ed25519 K")]
     msg = identity_message(files, now=1700000000.6, rng=b"\x00\xff\x08")
     assert msg.split(b"\n") == [
-        b"time 1700000000 0.400000",
+        b"time 1700000000 400000",
         b"rng \\000\\377\\010",  # octal escapes for the guest's builtin printf
         b"file vm-hostname",
         b"line web",
@@ -180,13 +180,13 @@ def test_snapshot_allows_a_plain_detached_kernel_initrd_vm() -> None:
 @pytest.mark.parametrize(
     ("now", "line"),
     [
-        (1700000000.25, b"time 1700000000 0.750000"),  # set 1700000000 now, 1700000001 in 0.75 s
-        (1700000000.999999, b"time 1700000000 0.000001"),
-        (1700000000.0, b"time 1700000000 0.999999"),  # never a full second: the step lands before the next one
-        (1700000000.1234567, b"time 1700000000 0.876543"),
+        (1700000000.25, b"time 1700000000 750000"),  # set 1700000000 now, 1700000001 in 0.75 s
+        (1700000000.9999996, b"time 1700000000 1"),  # never 0: the step is always to the next second
+        (1700000000.0, b"time 1700000000 1000000"),
+        (1700000000.1234567, b"time 1700000000 876543"),
     ],
 )
 def test_clock_line_rounds_down_and_says_when_the_next_whole_second_comes(now: float, line: bytes) -> None:
     assert clock_line(now) == line
-    seconds, wait = line.split()[1:]
-    assert int(seconds) <= now < int(seconds) + 1 and abs(int(seconds) + 1 - float(wait) - now) < 2e-6
+    seconds, usec = (int(x) for x in line.split()[1:])
+    assert seconds <= now < seconds + 1 and abs(seconds + 1 - usec / 1e6 - now) < 1e-6

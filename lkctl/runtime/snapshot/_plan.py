@@ -167,11 +167,11 @@ def _octal(data: bytes) -> bytes:
 
 
 def clock_line(now: float) -> bytes:
-    """`time SECONDS WAIT`: busybox's `date -s` sets whole seconds, so the guest sets SECONDS (the host clock rounded
-    down) at once and, WAIT seconds later (when the host clock reaches SECONDS + 1), steps it to SECONDS + 1: the
-    guest clock ends within the restore's latency of the host's and only ever steps forward. Pure."""
+    """`time SECONDS USEC`: busybox's `date -s` sets whole seconds, so the guest sets SECONDS (the host clock rounded
+    down) at once and steps it to SECONDS + 1 when USEC microseconds have passed, as the host clock reaches it: the
+    guest clock ends within the restore's latency of the host's (milliseconds) and only ever steps forward. Pure."""
     seconds = int(now // 1)
-    return f"time {seconds} {min(max(seconds + 1 - now, 0.0), 0.999999):.6f}".encode()
+    return f"time {seconds} {min(max(round((seconds + 1 - now) * 1e6), 1), 1_000_000)}".encode()
 
 
 def identity_message(files: Sequence[tuple[str, bytes]], *, now: float, rng: bytes) -> bytes:

@@ -31,6 +31,7 @@ from lkctl.runtime.snapshot._plan import (
     IDENTITY_SOCKET,
     TEMPLATE_HOSTNAME,
     SnapshotKey,
+    clock_line,
     guest_file_entries,
     identity_message,
     key_inputs,
@@ -312,7 +313,8 @@ def _wait_paused(vm_dir: Path, pid: int, timeout: float) -> None:
 
 
 def _send_identity(vm_dir: Path, argv: Sequence[str], timeout: float) -> None:
-    """Give the restored guest its identity over the port and wait for its `ok` (see the guest's `identity`)."""
+    """Give the restored guest its identity over the port, wait for its `ok` and answer with the clock again (the
+    guest times its sub-second step from that line; see the guest's `identity`)."""
     files = [(name, (vm_dir / rel).read_bytes()) for name, rel in guest_file_entries(argv)]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -329,6 +331,9 @@ def _send_identity(vm_dir: Path, argv: Sequence[str], timeout: float) -> None:
                 answer += chunk
         except TimeoutError:
             raise VmError(f"the restored guest did not take its identity within {timeout:g} s") from None
+        if answer.strip() == b"ok":
+            with contextlib.suppress(OSError):  # the clock is then right to the second: the VM is usable
+                sock.sendall(clock_line(time.time()) + b"\n")
     if answer.strip() != b"ok":
         raise VmError(f"the restored guest answered {answer[:60]!r} to its identity")
 
