@@ -149,11 +149,13 @@ def test_restored_guest_clock_is_the_hosts_to_the_millisecond(warm: Cli, pair: t
             after = time.time()
             assert code == 0, err
             guest = float(out)
-            offsets.append((max(0.0, before - guest, guest - after), after - before))
-    # the snapshot's clock was minutes behind by now; the restore set it to the second at once, then stepped it to
-    # the host's next whole second (busybox date sets whole seconds): within ms, not up to a second
+            offsets.append((max(0.0, before - guest, guest - after), after - before, guest - (before + after) / 2))
+    # the snapshot's clock was minutes behind by now; the restore set it to the second at once, then stepped it to a
+    # whole second as the host's reached it (busybox date sets whole seconds): a few hundredths of a second off, not
+    # up to a second; the bound leaves room for a guest starved by a busy host (TCG, other VMs)
     best = min(offsets, key=lambda o: o[1])
-    assert best[0] <= 0.1, offsets
+    stepped = [line for line in (b / "console.log").read_text(errors="replace").splitlines() if "clock stepped" in line]
+    assert len(stepped) == 1 and best[0] <= 0.25, (offsets, stepped)
 
 
 def test_restored_vm_serves_the_dropbear_format_key_it_was_sent(warm: Cli, pair: tuple[str, str]) -> None:

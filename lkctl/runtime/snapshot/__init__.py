@@ -10,8 +10,10 @@ port and sshd waits on the agent, QEMU is stopped and its state migrated into a 
 
 A restore starts the VM's own argv plus those devices and `-incoming "exec:cat FILE"`, waits for `paused`, sends
 `cont`, then writes the identity message on the port: the host's clock, random bytes for /dev/urandom, and the
-VM's fw_cfg files (its host key, authorized key, host name, environment). The agent answers `ok` once they are in
-place and the host name is set; only then does dropbear start, with this VM's pinned host key. QEMU's `vmgenid`
+VM's fw_cfg files (its host key, also in dropbear's format, authorized key, host name, environment). The agent
+answers `ok` once they are in place and the host name is set; only then does dropbear start, with this VM's pinned
+host key. The host answers `ok` with its clock again, from which the guest steps its clock to the millisecond
+(`clock_line`; busybox's date sets whole seconds). QEMU's `vmgenid`
 gets a fresh GUID on every start (`guid=auto`), so the guest kernel reseeds its RNG on restore by itself.
 
 A snapshot is keyed by a digest of what it depends on (`key_inputs`): the argv without per-VM parts (machine,
