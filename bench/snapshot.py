@@ -8,26 +8,21 @@ seconds at which `vm.run` printed its lines. Usage: python bench/snapshot.py [--
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BIN, bench_args, bench_home, lkctl
+
 WARM_LINES = (  # vm.run's stderr lines on the warm path, in order
     ("image resolved", "lkctl: accelerator"),
     ("restored + identity", "restored from snapshot"),
     ("vm.run returned", None),
     ("first exec returned", None),
 )
-
-
-def lkctl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "lkctl"), *args], env=env, check=True, capture_output=True, text=True)
 
 
 def run_then_exec(env: dict[str, str], name: str, *, warm: bool) -> tuple[float, dict[str, float]]:
@@ -57,15 +52,8 @@ def run_then_exec(env: dict[str, str], name: str, *, warm: bool) -> tuple[float,
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import precompile
-
-    precompile()
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="lkbench-") as home:
-        env = dict(os.environ, LKCTL_HOME=home)
+    args = bench_args(__doc__, rounds=3)
+    with bench_home() as env:
         start = time.monotonic()
         first = lkctl("vm.run", "--image=minimal", "-d", "--snapshot", "--name", "first", env=env)
         lkctl("vm.rm", "--force", "first", env=env)

@@ -202,6 +202,10 @@ def diagnose(
         name: {"path": str(p), "writable": _writable(p)}
         for name, p in (("cache", paths.cache_dir()), ("state", paths.state_dir()), ("data", paths.data_dir()))
     }
+    from lkctl.runtime.snapshot import snapshot_usage
+
+    snaps = snapshot_usage()
+    report["snapshots"] = {"path": str(snaps.directory), "count": snaps.count, "bytes": snaps.size}
     report["config"] = {
         "files": [str(p) for p in config_files or []],
         "vm": {
@@ -255,6 +259,9 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{'' if d['writable'] else '! '}{name:<12} {d['path']}" + ("" if d["writable"] else " (not writable)")
         )
+    sn = report["snapshots"]
+    lines.append(f"snapshots    {sn['count']} ({sn['bytes'] / 2**20:.0f} MiB) in {sn['path']} (vm.run --snapshot; "
+                 "image.prune removes those no longer usable)")  # fmt: skip
     cfg = report["config"]
     lines.append(f"config files {', '.join(cfg['files']) or 'none'}")
     vm = cfg["vm"]

@@ -26,7 +26,7 @@ def run_image(
     variables: Mapping[str, str] | None = None,
     use_env: bool = False,
     console: IO[bytes] | None = None,
-    say: Callable[[str], None] = lambda _: None,
+    say: Callable[[str], None] | None = None,
     size_sources: Mapping[str, str] | None = None,
     progress: TextIO | None = None,
 ) -> tuple[VmRecord, int]:
@@ -39,12 +39,14 @@ def run_image(
     `size_sources` names where non-zero option sizes came from (`--memory`, `config`...); a size that is not the
     default is then said with its source. With `progress` (a text stream, e.g. stderr), a detached run shows its
     boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
+    Without `say`, a warm start's fallback to a cold boot is a warning of the `lkctl.runtime.snapshot` logger.
     """
     from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
     from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.templates import inputs_from_settings
 
+    warm_say, say = say, say or (lambda _: None)
     if opts.name:
         check_vm_name(opts.name)
         state.check_name_free(opts.name)  # checked again under the lock when the record is made
@@ -101,7 +103,8 @@ def run_image(
         say(f"accelerator {host_accel_reason(caps.accel.value, settings.vm.accel)}")
         say("booting" + (" and waiting for SSH" if opts.detach and opts.wait_ssh else ""))
         if progress is None:
-            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console, say=say)
+            return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console,
+                          say=warm_say)  # fmt: skip
         from lkctl.progress import BootProgress
 
         boot = BootProgress(opts.name or "the VM", stream=progress)
@@ -115,7 +118,7 @@ def run_image(
 
         try:
             return run_vm(resolved.boot, resolved.label, opts, settings, keys_from=keys_from, console=console,
-                          on_started=started, on_wait=boot, say=say)  # fmt: skip
+                          on_started=started, on_wait=boot, say=warm_say)  # fmt: skip
         finally:
             boot.finish()
 
@@ -128,6 +131,7 @@ class RunPlan:
     record: VmRecord
     boot_path: str
     built: bool  # the image was built (or rebuilt) to make this plan: builds are not skipped by --dry-run
+    note: str = ""  # --snapshot: whether the snapshot exists or would be taken first (argv is then the restore's)
 
 
 def plan_image(
@@ -144,14 +148,21 @@ def plan_image(
     from lkctl.runtime.vm import plan_vm
     from lkctl.templates import inputs_from_settings
 
-    require_hypervisor(opts.hypervisor, settings.vm.qemu)
+    hypervisor = require_hypervisor(opts.hypervisor, settings.vm.qemu)
     preflight(opts)
     with staged_vm_keys() as keys:
         inputs = inputs_from_settings(settings.templates, variables, use_env=use_env, vm_keys=keys.variables)
         resolved = resolve_image(what, inputs)
         opts = dataclasses.replace(opts, memory=opts.memory or resolved.memory, cpus=opts.cpus or resolved.cpus)
         argv, record = plan_vm(resolved.boot, resolved.label, opts, settings)
-        return RunPlan(argv, record, str(resolved.boot.path), resolved.built)
+        note = ""
+        if opts.snapshot:  # what would really run: the restore, perhaps after taking the snapshot
+            from lkctl.runtime.guest import env_file_text
+            from lkctl.runtime.snapshot import check_supported, planned_start
+
+            check_supported(resolved.boot, opts, hypervisor, keys_from=keys.directory if keys.made else None)
+            argv, note = planned_start(argv, env=env_file_text(dict(opts.env)).encode())
+        return RunPlan(argv, record, str(resolved.boot.path), resolved.built, note)
 
 
 @dataclasses.dataclass(frozen=True)

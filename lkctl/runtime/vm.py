@@ -229,7 +229,7 @@ def _launch(
     settings: Settings,
     plan: LaunchPlan,
     host: HostCaps,
-    say: Callable[[str], None] = lambda _: None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[VmRecord, subprocess.Popen[bytes] | None]:
     """Plan and start the VM (retrying with another port if an auto-picked SSH port was taken meanwhile)."""
     from lkctl import ssh
@@ -296,14 +296,14 @@ def run_vm(
     console: IO[bytes] | None = None,
     on_started: Callable[[VmRecord], None] | None = None,
     on_wait: Callable[[bytes], None] | None = None,
-    say: Callable[[str], None] = lambda _: None,
+    say: Callable[[str], None] | None = None,
 ) -> tuple[VmRecord, int]:
     """Boot `boot` as a new VM. Detached: returns once the guest answers SSH (exit status 0). Foreground: streams
     the console to `console` until the VM ends and returns its record and an exit status (0 = clean power-off).
 
     Any failure leaves no QEMU running: the VM is killed and marked `error` with the reason. `on_started` is called
     once QEMU runs; `on_wait` with the console so far while a detached run waits for SSH (progress for people);
-    `say` with one-line notes (a warm start that fell back to a cold boot).
+    `say` with one-line notes (a warm start that fell back to a cold boot; without `say`, a logged warning).
     `keys_from`: a directory of SSH keys made before the VM (a template was rendered with them), adopted by it.
     """
     plan = resolve_options(opts, settings)  # before anything is created

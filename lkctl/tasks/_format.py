@@ -93,4 +93,5 @@ def plan_line(plan: RunPlan) -> str:
         f"lkctl: dry run, nothing started. Would create VM {r.name} ({r.id}) from {plan.boot_path} "
         f"({'built now' if plan.built else 'cached'}): {r.memory} MB, {r.cpus} CPU(s), accel {r.accel}, "
         f"ssh on 127.0.0.1:{r.ssh_port}{', ports ' + ', '.join(r.ports) if r.ports else ''}; state in {r.dir}"
+        + (f"; {plan.note}" if plan.note else "")
     )

@@ -16,6 +16,7 @@ from lkctl.tasks._format import table
 
 if TYPE_CHECKING:
     from lkctl.installed import PullResult
+    from lkctl.runtime.snapshot import PrunedSnapshots
     from lkctl.sources import Download, ProgressFn
 
 __all__ = ["base", "build", "export", "import_", "ls", "prune", "pull", "push", "rm", "update"]
@@ -282,9 +283,13 @@ def rm(c: Context, name: str, oci: bool = False) -> None:
         print(f"lkctl: removed {name} ({len(deleted)} blobs no other image uses)", file=sys.stderr)
         return
     from lkctl.installed import remove_installed
+    from lkctl.runtime.snapshot import prune_snapshots
 
     path = remove_installed(name)
     print(f"lkctl: removed {name} ({path})", file=sys.stderr)
+    pruned = prune_snapshots()  # the image's snapshots can no longer be restored
+    if pruned.removed:
+        print(_snapshots_line(pruned), file=sys.stderr)
 
 
 @task(
@@ -314,11 +319,21 @@ def import_(c: Context, src: str, ref: str = "", arch: str = "") -> None:
 @task
 @adapt
 def prune(c: Context) -> None:
-    """Remove build outputs no VM uses, and what killed builds left (rebuilt on demand)."""
+    """Remove build outputs no VM uses, snapshots no VM can restore, and what killed builds left (rebuilt on demand)."""
     from lkctl.images import prune_builds
+    from lkctl.runtime.snapshot import prune_snapshots
 
     removed = prune_builds()
     print(f"lkctl: removed {len(removed)} build output(s)" + "".join(f"\n  {p}" for p in removed), file=sys.stderr)
+    print(_snapshots_line(prune_snapshots()), file=sys.stderr)
+
+
+def _snapshots_line(pruned: PrunedSnapshots) -> str:
+    left = pruned.left
+    return (
+        f"lkctl: removed {len(pruned.removed)} memory snapshot(s) no VM can restore, {pruned.freed / 2**20:.0f} MiB "
+        f"freed; {left.count} kept ({left.size / 2**20:.0f} MiB in {left.directory})"
+    )
 
 
 @task(help={"ref": "an image in the local store", "to": "push under this reference instead (REGISTRY/REPO:TAG)"})

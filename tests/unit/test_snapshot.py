@@ -15,6 +15,7 @@ from lkctl.runtime.snapshot import (
     IDENTITY_PORT,
     SnapshotKey,
     check_supported,
+    clock_line,
     guest_file_entries,
     identity_message,
     key_argv,
@@ -93,16 +94,26 @@ def test_guest_file_entries_refuse_what_a_restore_cannot_deliver() -> None:
         guest_file_entries(with_volume)
 
 
-def test_the_dropbear_format_host_key_is_not_restored_the_guest_converts_the_new_one() -> None:
+def test_the_dropbear_format_host_key_goes_to_a_restored_vm_as_octal_bytes_after_the_openssh_key() -> None:
     dropbear = ["-fw_cfg", "name=opt/lkctl/ssh/dropbear_ed25519_host_key,file=dropbear_ed25519_host_key"]
-    assert guest_file_entries([*_argv(), *dropbear]) == guest_file_entries(_argv())
+    entries = guest_file_entries([*dropbear, *_argv()])
+    assert ("ssh/dropbear_ed25519_host_key", "dropbear_ed25519_host_key") in entries
+    key = bytes(range(70))  # binary: NUL, CR and LF bytes too, more than one `bytes` line
+    files = [("ssh/dropbear_ed25519_host_key", key), ("ssh/ssh_host_ed25519_key", b"-----BEGIN\nK\n")]
+    lines = identity_message(files, now=0, rng=b"").split(b"\n")
+    # sent last whatever the argv order: the guest then writes it after the OpenSSH key (lkctl-sshd checks)
+    assert lines.index(b"file ssh/dropbear_ed25519_host_key") > lines.index(b"line K")
+    chunks = [line.removeprefix(b"bytes ") for line in lines if line.startswith(b"bytes ")]
+    assert len(chunks) == 2 and all(len(c) <= 256 for c in chunks)
+    octal = b"".join(chunks).decode()
+    assert bytes(int(octal[i + 1 : i + 4], 8) for i in range(0, len(octal), 4)) == key
 
 
 def test_identity_message_is_lines_the_guest_shell_reads_without_evaluating() -> None:
     files = [("vm-hostname", b"web\n"), ("env", b"A=1 2\nB=$(x) \\n\n"), ("ssh/authorized_keys", b"ssh-ed25519 K")]
     msg = identity_message(files, now=1700000000.6, rng=b"\x00\xff\x08")
     assert msg.split(b"\n") == [
-        b"time 1700000001",
+        b"time 1700000000 400000",
         b"rng \\000\\377\\010",  # octal escapes for the guest's builtin printf
         b"file vm-hostname",
         b"line web",
@@ -164,3 +175,18 @@ def test_snapshot_refuses_an_image_built_with_the_vms_own_keys() -> None:
 
 def test_snapshot_allows_a_plain_detached_kernel_initrd_vm() -> None:
     check_supported(BOOT, RunOptions(detach=True, snapshot=True, ports=(PortForward(8080, 80),)), "qemu")
+
+
+@pytest.mark.parametrize(
+    ("now", "line"),
+    [
+        (1700000000.25, b"time 1700000000 750000"),  # set 1700000000 now, 1700000001 in 0.75 s
+        (1700000000.9999996, b"time 1700000000 1"),  # never 0: the step is always to the next second
+        (1700000000.0, b"time 1700000000 1000000"),
+        (1700000000.1234567, b"time 1700000000 876543"),
+    ],
+)
+def test_clock_line_rounds_down_and_says_when_the_next_whole_second_comes(now: float, line: bytes) -> None:
+    assert clock_line(now) == line
+    seconds, usec = (int(x) for x in line.split()[1:])
+    assert seconds <= now < seconds + 1 and abs(seconds + 1 - usec / 1e6 - now) < 1e-6

@@ -20,14 +20,15 @@ if TYPE_CHECKING:
     from lkctl.runtime.vm import RunOptions
 
 __all__ = [
+    "BINARY_FILES",
     "FORMAT",
     "IDENTITY_FILES",
     "IDENTITY_PORT",
     "IDENTITY_SOCKET",
-    "NOT_RESTORED_FILES",
     "TEMPLATE_HOSTNAME",
     "SnapshotKey",
     "check_supported",
+    "clock_line",
     "guest_file_entries",
     "identity_message",
     "key_argv",
@@ -38,11 +39,12 @@ __all__ = [
 
 IDENTITY_PORT = "org.lkctl.identity"  # the guest's /sys/class/virtio-ports/*/name
 IDENTITY_SOCKET = "identity.sock"  # the host side of the port, in the VM's state dir
-FORMAT = 1  # bumped when what a snapshot holds or the identity protocol changes: older snapshots are not used
+FORMAT = 2  # bumped when what a snapshot holds or the identity protocol changes: older snapshots are not used
+# The host key again in dropbear's format: binary, sent as octal escapes like the random bytes, so neither a cold
+# boot nor a restore runs dropbearconvert (the guest writes it after the OpenSSH key, which lkctl-sshd checks).
+BINARY_FILES = frozenset({"ssh/dropbear_ed25519_host_key"})
 IDENTITY_FILES = frozenset({"ssh/ssh_host_ed25519_key", "ssh/authorized_keys", "hostname", "vm-hostname", "env"})
-# The host key again in dropbear's format (binary, so a cold boot runs no dropbearconvert): a restored VM does not
-# get it; its identity agent drops the template's copy and lkctl-sshd converts the new OpenSSH key (~0.3 s).
-NOT_RESTORED_FILES = frozenset({"ssh/dropbear_ed25519_host_key"})
+_OCTETS_PER_LINE = 64  # a `bytes` line of at most 256 characters
 TEMPLATE_HOSTNAME = "lkctl-snapshot"
 
 
@@ -154,20 +156,37 @@ def guest_file_entries(argv: Sequence[str]) -> list[tuple[str, str]]:
             continue
         parts = dict(p.split("=", 1) for p in _option_parts(value) if "=" in p)
         name = parts.get("name", "").removeprefix("opt/lkctl/")
-        if name in NOT_RESTORED_FILES:
-            continue
-        if name not in IDENTITY_FILES or "file" not in parts:
+        if name not in IDENTITY_FILES | BINARY_FILES or "file" not in parts:
             raise ConfigError(f"fw_cfg {parts.get('name', value)} cannot be given to a restored VM")
         entries.append((name, parts["file"].replace(",,", ",")))
     return entries
 
 
+def _octal(data: bytes) -> bytes:
+    return "".join(f"\\{b:03o}" for b in data).encode()
+
+
+def clock_line(now: float) -> bytes:
+    """`time SECONDS USEC`: busybox's `date -s` sets whole seconds, so the guest sets SECONDS (the host clock rounded
+    down) at once and steps it to SECONDS + 1 when USEC microseconds have passed, as the host clock reaches it: the
+    guest clock ends within the restore's latency of the host's (milliseconds) and only ever steps forward. Pure."""
+    seconds = int(now // 1)
+    return f"time {seconds} {min(max(round((seconds + 1 - now) * 1e6), 1), 1_000_000)}".encode()
+
+
 def identity_message(files: Sequence[tuple[str, bytes]], *, now: float, rng: bytes) -> bytes:
-    """The message the guest's identity agent reads (see images/init/rootfs/usr/lib/lkctl/identity): the clock,
-    random bytes as octal escapes (the guest's shell printf writes them without a fork), then each file as
-    `file NAME` and one `line TEXT` per line (files are text; a missing final newline is added). Pure."""
-    lines = [f"time {round(now)}".encode(), b"rng " + "".join(f"\\{b:03o}" for b in rng).encode()]
-    for name, data in files:
+    """The message the guest's identity agent reads (see images/init/rootfs/usr/lib/lkctl/identity): the clock
+    (`clock_line`), random bytes as octal escapes (the guest's shell printf writes them without a fork), then each
+    file as `file NAME` and one `line TEXT` per line (text files; a missing final newline is added) or, for
+    BINARY_FILES, `bytes OCTAL` lines. Pure."""
+    lines = [clock_line(now), b"rng " + _octal(rng)]
+    # binary files last: the guest then writes the dropbear-format key after the OpenSSH one (lkctl-sshd uses it
+    # only if it is not older)
+    for name, data in sorted(files, key=lambda f: f[0] in BINARY_FILES):
+        if name in BINARY_FILES:
+            lines.append(f"file {name}".encode())
+            lines += [b"bytes " + _octal(data[i : i + _OCTETS_PER_LINE]) for i in range(0, len(data), _OCTETS_PER_LINE)]
+            continue
         if name not in IDENTITY_FILES:
             raise ConfigError(f"{name} is not a file a restored VM takes")
         if b"\0" in data or b"\r" in data:

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -26,9 +27,11 @@ from lkctl.paths import cache_dir
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.qmp import qmp_command
 from lkctl.runtime.snapshot._plan import (
+    FORMAT,
     IDENTITY_SOCKET,
     TEMPLATE_HOSTNAME,
     SnapshotKey,
+    clock_line,
     guest_file_entries,
     identity_message,
     key_inputs,
@@ -36,7 +39,19 @@ from lkctl.runtime.snapshot._plan import (
     template_argv,
 )
 
-__all__ = ["restore", "snapshot_key", "snapshots_dir", "take_snapshot"]
+__all__ = [
+    "file_identity",
+    "is_stale",
+    "planned_start",
+    "restore",
+    "snapshot_files",
+    "snapshot_key",
+    "snapshots_dir",
+    "take_snapshot",
+    "version_memo",
+]
+
+log = logging.getLogger("lkctl.runtime.snapshot")
 
 # the template boot is snapshotted once init is ready, the agent waits on its port and sshd waits for the agent
 _WAIT_MARKERS = (b"lkctl-init: ready", b"lkctl-init: identity: waiting", b"waiting for this VM's identity")
@@ -52,17 +67,24 @@ def snapshots_dir() -> Path:
     return private_dir(cache_dir() / "snapshots")
 
 
-def _identity(path: Path) -> list[int]:
+def file_identity(path: Path) -> list[int]:
+    """What says a file is still the one a snapshot was taken with: size, mtime, inode."""
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def version_memo(path: str, identity: Sequence[int]) -> Path:
+    """Where the version of the QEMU binary at `path` with `identity` is remembered."""
+    name = hashlib.sha256(f"{path}:{list(identity)}".encode()).hexdigest()[:16]
+    return snapshots_dir() / f"qemu-{name}.version"
 
 
 def _qemu_facts(binary: str) -> dict[str, Any]:
     """The QEMU binary's path, identity and version; the version is remembered per identity (running
     `qemu --version` on every warm start would cost it a tenth of a second)."""
     path = os.path.abspath(shutil.which(binary) or binary)
-    ident = _identity(Path(path))
-    memo = snapshots_dir() / ("qemu-" + hashlib.sha256(f"{path}:{ident}".encode()).hexdigest()[:16] + ".version")
+    ident = file_identity(Path(path))
+    memo = version_memo(path, ident)
     try:
         version = memo.read_text().strip()
     except OSError:
@@ -74,57 +96,77 @@ def _qemu_facts(binary: str) -> dict[str, Any]:
     return {"path": path, "identity": ident, "version": version}
 
 
-def snapshot_key(argv: Sequence[str], vm_dir: Path) -> SnapshotKey:
-    """The key of the snapshot a VM started with `argv` (relative paths in `vm_dir`) restores from."""
+def snapshot_key(argv: Sequence[str], vm_dir: Path, *, env: bytes | None = None) -> SnapshotKey:
+    """The key of the snapshot a VM started with `argv` (relative paths in `vm_dir`) restores from; `env`: its
+    environment file's contents when that is not written yet (a dry run)."""
     files = {}
     for opt, value in itertools.pairwise(argv):
         if opt in ("-kernel", "-initrd"):
             path = os.path.abspath(value.replace(",,", ","))
-            files[path] = _identity(Path(path))
+            files[path] = file_identity(Path(path))
     env_digest = ""
     for name, rel in guest_file_entries(argv):
         if name == "env":
-            env_digest = hashlib.sha256((vm_dir / rel).read_bytes()).hexdigest()
+            env_digest = hashlib.sha256(env if env is not None else (vm_dir / rel).read_bytes()).hexdigest()
     return SnapshotKey.of(key_inputs(argv, files=files, qemu=_qemu_facts(argv[0]), env_digest=env_digest))
 
 
-def _paths(key: str) -> tuple[Path, Path]:
+def snapshot_files(digest: str) -> tuple[Path, Path]:
+    """A snapshot's state file (what QEMU loads) and its .json (what it covers, its size)."""
     d = snapshots_dir()
-    return d / f"{key}.vmstate", d / f"{key}.json"
+    return d / f"{digest}.vmstate", d / f"{digest}.json"
 
 
-def _usable(key: SnapshotKey) -> Path | None:
-    """The snapshot for `key` if it is there whole (its recorded size), else None (and a partial one removed)."""
-    state, meta = _paths(key.digest)
+def _usable(key: SnapshotKey, *, clean: bool = True) -> Path | None:
+    """The snapshot for `key` if it is there whole (its recorded size), else None (and with `clean` a partial one
+    removed)."""
+    state, meta = snapshot_files(key.digest)
     try:
         info = json.loads(meta.read_text())
         if info.get("digest") == key.digest and info.get("size") == state.stat().st_size:
             return state
     except (OSError, ValueError, AttributeError):
         pass
-    _remove(key.digest)
+    if clean:
+        _remove(key.digest)
     return None
 
 
 def _remove(digest: str) -> None:
-    for p in _paths(digest):
+    for p in snapshot_files(digest):
         p.unlink(missing_ok=True)
 
 
+def is_stale(info: Any) -> bool:
+    """Whether the snapshot described by `info` (its .json) can never be restored again: an older format, or its
+    kernel, initrd or QEMU binary changed or is gone (a new QEMU at the same path has a new identity)."""
+    try:
+        inputs = info["inputs"]
+        if inputs["format"] != FORMAT:
+            return True
+        files = [(p, list(ident)) for p, ident in inputs["files"].items()] + [
+            (inputs["qemu"]["path"], list(inputs["qemu"]["identity"]))
+        ]
+    except (KeyError, TypeError):
+        return True
+    for path, ident in files:
+        try:
+            if file_identity(Path(path)) != ident:
+                return True
+        except (OSError, TypeError):
+            return True
+    return False
+
+
 def _remove_stale(key: SnapshotKey) -> None:
-    """Remove snapshots that can never be used again: their kernel/initrd or QEMU changed or is gone."""
-    ours_files, ours_qemu = key.inputs["files"], key.inputs["qemu"]
+    """Remove snapshots that can never be used again (`is_stale`)."""
     for meta in snapshots_dir().glob("*.json"):
         try:
             info = json.loads(meta.read_text())
-            files, qemu = info["inputs"]["files"], info["inputs"]["qemu"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             continue
-        if info.get("digest") == key.digest:
-            continue
-        gone = any(not os.path.exists(p) or (p in ours_files and ours_files[p] != ident) for p, ident in files.items())
-        if gone or (qemu.get("path") == ours_qemu["path"] and qemu != ours_qemu):
-            _remove(str(info.get("digest")))
+        if isinstance(info, dict) and info.get("digest") != key.digest and is_stale(info):
+            _remove(meta.stem)
 
 
 def _die_with_parent() -> None:
@@ -193,8 +235,8 @@ def take_snapshot(argv: Sequence[str], vm_dir: Path, key: SnapshotKey, *, timeou
     directory = snapshots_dir()
     reclaim(directory, "take-")  # work dirs of a template boot whose lkctl was killed
     work = owned_tempdir(directory, "take-")
-    state, meta = _paths(key.digest)
-    tmp = directory / f".{key.digest}.{os.getpid()}.tmp"
+    state, meta = snapshot_files(key.digest)
+    tmp = work / "snapshot.part"  # in the work dir: a killed lkctl's part is reclaimed with it
     child: subprocess.Popen[bytes] | None = None
     started = time.monotonic()
     try:
@@ -271,7 +313,8 @@ def _wait_paused(vm_dir: Path, pid: int, timeout: float) -> None:
 
 
 def _send_identity(vm_dir: Path, argv: Sequence[str], timeout: float) -> None:
-    """Give the restored guest its identity over the port and wait for its `ok` (see the guest's `identity`)."""
+    """Give the restored guest its identity over the port, wait for its `ok` and answer with the clock again (the
+    guest times its sub-second step from that line; see the guest's `identity`)."""
     files = [(name, (vm_dir / rel).read_bytes()) for name, rel in guest_file_entries(argv)]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -288,6 +331,9 @@ def _send_identity(vm_dir: Path, argv: Sequence[str], timeout: float) -> None:
                 answer += chunk
         except TimeoutError:
             raise VmError(f"the restored guest did not take its identity within {timeout:g} s") from None
+        if answer.strip() == b"ok":
+            with contextlib.suppress(OSError):  # the clock is then right to the second: the VM is usable
+                sock.sendall(clock_line(time.time()) + b"\n")
     if answer.strip() != b"ok":
         raise VmError(f"the restored guest answered {answer[:60]!r} to its identity")
 
@@ -336,11 +382,19 @@ def _why(error: BaseException) -> str:
 
 
 def restore(
-    argv: Sequence[str], vm_dir: Path, *, timeout: float, say: Callable[[str], None] = lambda _: None
+    argv: Sequence[str], vm_dir: Path, *, timeout: float, say: Callable[[str], None] | None = None
 ) -> subprocess.CompletedProcess[bytes] | None:
     """Start the VM whose cold argv is `argv` from its image's snapshot (taking it first if there is none) and
     give it its identity. Returns what starting QEMU returned, or None after saying why it fell back: the
-    caller then boots cold, and nothing this started is left running."""
+    caller then boots cold, and nothing this started is left running.
+
+    Notes go to `say`; without one, to the `lkctl.runtime.snapshot` logger, a fallback as a warning (Python's
+    default shows it on stderr), so a library caller sees it too."""
+    if say is None:
+
+        def say(message: str) -> None:
+            log.log(logging.WARNING if "booting cold" in message else logging.INFO, "%s", message)
+
     try:
         key = snapshot_key(argv, vm_dir)
         with file_lock(snapshots_dir() / f"{key.digest}.lock"):  # two first runs take one snapshot
@@ -363,3 +417,18 @@ def restore(
         return None
     say(f"restored from snapshot {key.digest[:12]}")
     return result
+
+
+def planned_start(argv: Sequence[str], *, env: bytes) -> tuple[list[str], str]:
+    """What a warm start of a VM with cold argv `argv` would run (`vm.run --dry-run --snapshot`), touching no
+    snapshot: the restore's argv (QEMU loads the snapshot with -incoming) and a note saying whether the snapshot
+    exists or would be taken first. `env`: the VM's environment file contents."""
+    try:
+        key = snapshot_key(argv, Path.cwd(), env=env)
+    except (OSError, LkError) as e:
+        return list(argv), f"no snapshot could be used ({_why(e)}): would boot cold"
+    state = _usable(key, clean=False)
+    restored = snapshot_argv(argv, incoming=state or snapshot_files(key.digest)[0])
+    if state is not None:
+        return restored, f"would restore snapshot {key.digest[:12]} ({state.stat().st_size >> 20} MiB)"
+    return restored, f"no snapshot {key.digest[:12]} yet: would take it first (a template boot of this image)"
