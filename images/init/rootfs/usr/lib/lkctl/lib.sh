@@ -24,7 +24,12 @@ fi
 
 say() { echo "lkctl-init: $*" >/dev/console 2>/dev/null || echo "lkctl-init: $*" >&2; }
 error() { say "error: $*"; }
-debug() { [ -z "$LKCTL_DEBUG" ] || say "debug: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
+# (the uptime is read by the shell itself: a fork would cost more than the line under TCG)
+debug() {
+    [ -z "$LKCTL_DEBUG" ] && return 0
+    read -r _up _ </proc/uptime 2>/dev/null
+    say "debug: [${_up-}] $*"
+}
 
 # write_resolv TEXT: the resolver config. /etc/resolv.conf may be linuxkit's symlink to
 # /run/resolvconf/resolv.conf (/run is a fresh tmpfs): write through it.
