@@ -168,7 +168,10 @@ def main() -> None:
                 steps.setdefault(k, []).append(v - before)
             print(
                 f"round {i + 1}: raw qemu (bzImage) {a[-1]:.2f}s, raw qemu (PVH vmlinux) {a2[-1]:.2f}s, "
-                f"lkctl run -d + first exec {b[-1]:.2f}s"
+                f"lkctl run -d + first exec {b[-1]:.2f}s (steps: "
+                + ", ".join(f"{k} +{steps[k][-1]:.2f}" for k in ORDER if k in marks and steps.get(k))
+                + f"; load {os.getloadavg()[0]:.1f})",
+                flush=True,
             )
         ma, ma2, mb = statistics.median(a), statistics.median(a2), statistics.median(b)
         print(f"accel={accel} rounds={args.rounds}")

@@ -177,10 +177,17 @@ run_parts() {
 # log_to NAME FILE: append stdin to FILE and copy it to the console with a "[NAME] " prefix, each line as soon as
 # it is written. (Not sed: busybox sed reads one line ahead to know the last one, so a service's latest line stayed
 # off the console until it printed another. The shell's read takes a byte at a time and holds nothing back.) No tee
-# either: the loop writes both copies, which spares every container two processes while it starts.
+# either: the loop writes both copies (the file gets the text as written; only NUL bytes cannot pass a shell
+# variable), which spares every container two processes while it starts.
 log_to() {
-    while IFS= read -r _line || [ -n "$_line" ]; do
-        printf '%s\n' "$_line" >&3
+    while :; do
+        if IFS= read -r _line; then
+            printf '%s\n' "$_line" >&3
+        elif [ -n "$_line" ]; then
+            printf '%s' "$_line" >&3 # the last line had no newline: nor has the file
+        else
+            break
+        fi
         printf '[%s] %s\n' "$1" "$_line"
     done 3>>"$2" >"${LKCTL_CONSOLE:-/dev/console}"
 }
