@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 LKCTL = Path(sys.executable).with_name("lkctl")
 
 
-def _run(argv: list[str], tmp_path: Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, LKCTL_HOME=str(tmp_path / "home"))
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_status_and_output_are_those_of_an_ordinary_exit(tmp_path: Path) -> None:
