@@ -267,7 +267,8 @@ def session_when_listening(
     # side of the forward accepts at once, and while the guest's network is not up slirp holds the connection,
     # resending its SYN with backoff (1, 2, 4 s...): a probe waiting the full timeout kept the holder from seeing
     # the "sshd listening" line, and the one handshake then waited for slirp's next resend (up to seconds after
-    # sshd listened; a TCG kernel alone takes more than the 5 s after which probing starts).
+    # sshd listened; a TCG kernel alone takes more than the 5 s after which probing starts). A guest whose sshd
+    # listens sends its first line at once, even under TCG.
     probe_banner = 1.0
     last = "the guest did not say that its sshd listens"
     while True:
@@ -298,8 +299,8 @@ def session_when_listening(
                     return Session(target, _connect(target, limit, banner_timeout=banner))
                 except _NotYet as e:
                     last = e.message
-                if not marker:
-                    probe_banner = min(probe_banner * 1.6, CONNECT_TIMEOUT)
+                if not marker:  # at most 4 s: a probe slirp holds must not hide the marker long either
+                    probe_banner = min(probe_banner * 1.6, 4.0)
                 if time.monotonic() >= deadline:
                     break
                 if marker:
