@@ -207,9 +207,13 @@ def test_session_when_listening_is_not_held_up_by_a_probe_slirp_holds(guest: Gue
     def accept() -> None:
         listener.settimeout(0.2)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
+            try:
                 conn, _ = listener.accept()
-                threading.Thread(target=forward, args=(conn, not up.is_set()), daemon=True).start()
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end of the test
+                return
+            threading.Thread(target=forward, args=(conn, not up.is_set()), daemon=True).start()
 
     console = tmp_path / "console.log"
     console.write_bytes(b"")  # a TCG kernel still booting: no init line yet, so probing starts after 5 s
@@ -220,7 +224,8 @@ def test_session_when_listening_is_not_held_up_by_a_probe_slirp_holds(guest: Gue
         with open(console, "ab") as f:
             f.write(b"lkctl-init: starting on Linux\nlkctl-init: ready\nlkctl-init: sshd listening\n")
 
-    threading.Thread(target=accept, daemon=True).start()
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
     threading.Thread(target=boot, daemon=True).start()
     start = time.monotonic()
     try:
@@ -232,5 +237,6 @@ def test_session_when_listening_is_not_held_up_by_a_probe_slirp_holds(guest: Gue
             assert s.exec(["true"])[0] == 0
     finally:
         stop.set()
+        acceptor.join()
         listener.close()
     assert took < 10.5  # a probe held to the full timeout connected at the resend: 12.5 s
