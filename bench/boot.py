@@ -9,6 +9,7 @@ the ratios. Usage: python bench/boot.py [--rounds N]
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -20,10 +21,11 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 MARKER = b"lkctl-init: ready"
+INIT = b"lkctl-init: starting"
 
 
-def raw_qemu(kernel: Path, initrd: Path, cmdline: str, accel: str, keys: Path) -> float:
-    """(a): QEMU started by hand; seconds until the console shows the init's ready marker."""
+def raw_qemu(kernel: Path, initrd: Path, cmdline: str, accel: str, keys: Path) -> tuple[float, float]:
+    """(a): QEMU started by hand; seconds until the console shows init's first line, and its ready marker."""
     argv = [
         "qemu-system-x86_64", "-machine", f"q35,accel={accel}", "-cpu", "max" if accel == "tcg" else "host",
         "-m", "1024", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
@@ -36,6 +38,7 @@ def raw_qemu(kernel: Path, initrd: Path, cmdline: str, accel: str, keys: Path) -
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen = b""
+    init = 0.0
     try:
         assert proc.stdout is not None
         while MARKER not in seen:
@@ -43,7 +46,9 @@ def raw_qemu(kernel: Path, initrd: Path, cmdline: str, accel: str, keys: Path) -
             if not chunk:
                 raise SystemExit("raw QEMU exited before the init marker")
             seen += chunk
-        return time.monotonic() - start
+            if not init and INIT in seen:
+                init = time.monotonic() - start
+        return init, time.monotonic() - start
     finally:
         proc.kill()
         proc.wait()
@@ -55,11 +60,15 @@ def lkctl(*args: str, env: dict[str, str]) -> str:
 
 PHASES = (
     ("qemu started", None),
-    ("kernel -> init", b"lkctl-init: starting"),
+    ("kernel -> init", INIT),
     ("init ready", MARKER),
+    ("sshd started", b"[sshd] "),  # dropbear's first line: its container is set up, it has started
     ("sshd listening", b"lkctl-init: sshd listening"),
     ("first handshake", None),  # the holder's log line once its one handshake succeeded
 )
+
+
+ORDER = [p for p, _ in PHASES] + ["vm.run returned", "first exec returned"]
 
 
 class Watch:
@@ -143,27 +152,40 @@ def main() -> None:
         vmlinux = pvh_kernel(boot.kernel) or boot.kernel
         a, a2, b = [], [], []
         phases: dict[str, list[float]] = {}
+        steps: dict[str, list[float]] = {}  # each phase minus the one before it, per round
+        raw_init: list[float] = []
         for i in range(args.rounds):
-            a.append(raw_qemu(boot.kernel, boot.initrd, cmdline, accel, keys.client_pub.parent))
-            a2.append(raw_qemu(vmlinux, boot.initrd, cmdline, accel, keys.client_pub.parent))
+            a.append(raw_qemu(boot.kernel, boot.initrd, cmdline, accel, keys.client_pub.parent)[1])
+            init, ready = raw_qemu(vmlinux, boot.initrd, cmdline, accel, keys.client_pub.parent)
+            a2.append(ready)
+            raw_init.append(init)
             took, marks = via_lkctl(env, i)
             b.append(took)
             for k, v in marks.items():
                 phases.setdefault(k, []).append(v)
+            seen = [(k, marks[k]) for k in ORDER if k in marks]
+            for (_, before), (k, v) in itertools.pairwise(seen):
+                steps.setdefault(k, []).append(v - before)
             print(
                 f"round {i + 1}: raw qemu (bzImage) {a[-1]:.2f}s, raw qemu (PVH vmlinux) {a2[-1]:.2f}s, "
-                f"lkctl run -d + first exec {b[-1]:.2f}s"
+                f"lkctl run -d + first exec {b[-1]:.2f}s (steps: "
+                + ", ".join(f"{k} +{steps[k][-1]:.2f}" for k in ORDER if k in marks and steps.get(k))
+                + f"; load {os.getloadavg()[0]:.1f})",
+                flush=True,
             )
         ma, ma2, mb = statistics.median(a), statistics.median(a2), statistics.median(b)
         print(f"accel={accel} rounds={args.rounds}")
         print(f"(a)  raw QEMU, bzImage, boot to '{MARKER.decode()}': median {ma:.2f}s")
         print(f"(a') raw QEMU, PVH vmlinux, boot to '{MARKER.decode()}': median {ma2:.2f}s")
+        mi = statistics.median(raw_init)
+        print(f"     phases: kernel -> init {mi:.2f}s, init -> ready {ma2 - mi:.2f}s")
         print(f"(b)  lkctl vm.run -d until first vm.exec true returns: median {mb:.2f}s")
-        print("(b) phases, median seconds since `lkctl vm.run` started (console markers seen by polling every 5 ms):")
-        order = [p for p, _ in PHASES] + ["vm.run returned", "first exec returned"]
-        for k in order:
+        print("(b) phases, median seconds since `lkctl vm.run` started (console markers seen by polling every 5 ms),")
+        print("    and the median step from the phase before:")
+        for k in ORDER:
             if phases.get(k):
-                print(f"     {k:22} {statistics.median(phases[k]):6.2f}s  (n={len(phases[k])})")
+                step = f"+{statistics.median(steps[k]):.2f}s" if steps.get(k) else ""
+                print(f"     {k:22} {statistics.median(phases[k]):6.2f}s {step:>8}  (n={len(phases[k])})")
         print(f"ratio b/a = {mb / ma:.2f}   ratio b/a' = {mb / ma2:.2f}  (target b/a' <= 1.3; machine shared)")
 
 

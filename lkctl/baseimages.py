@@ -161,7 +161,7 @@ def _load_recipe(name: str) -> _Recipe:
 
     rdir = paths.resource_dir("images") / name
     try:
-        doc = safe_load((rdir / "recipe.yml").read_text())
+        doc = safe_load((rdir / "recipe.yml").read_text())  # libyaml when PyYAML has it (every build reads these)
     except FileNotFoundError:
         raise BuildError(f"no recipe for base image {name}: {rdir / 'recipe.yml'} is missing") from None
     except yaml.YAMLError as e:

@@ -53,4 +53,32 @@ def main() -> None:
         os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
     from lkctl.cli import program
 
-    program.run()
+    status: object = 0
+    try:
+        program.run()
+    except SystemExit as e:
+        status = e.code
+    _exit_without_teardown(status)
+
+
+def _exit_without_teardown(code: object) -> None:
+    """Exit like `sys.exit(code)` but skip the interpreter's teardown of every module the CLI imported (0.1-0.3 s
+    of CPU here, after `vm.run -d` already had its answer). atexit handlers still run; whenever skipping could
+    change what happens (other threads still running, a message as the exit status, output that cannot be
+    flushed), the ordinary exit is taken instead."""
+    import threading
+
+    if code is None:
+        code = 0
+    if not isinstance(code, int) or threading.active_count() > 1:
+        raise SystemExit(code)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        raise SystemExit(code) from None
+    import atexit
+
+    atexit._run_exitfuncs()
+    os._exit(code)

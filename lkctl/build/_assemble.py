@@ -22,7 +22,7 @@ import yaml
 from lkctl.build._entry import DEFAULT_MTIME, Entry, EntryKind, clean_path, parent_dirs
 from lkctl.build.ociconfig import config_to_oci, go_json, resolve_id
 from lkctl.build.rootfs import RESOLV_SYMLINK, ApkDbMerger, ensure_parents, image_entries, kernel_entries
-from lkctl.build.shellconfig import shell_assignments
+from lkctl.build.shellconfig import INIT_UNREAD, shell_assignments
 from lkctl.build.spec import Container, Spec, Volume, file_source_path
 from lkctl.errors import BuildError, ImageError, SpecError
 from lkctl.oci.layout import REF_ANNOTATION, Image, Store
@@ -271,7 +271,7 @@ def _bundle(
         extracted[key] = root
     config_json = go_json(oci)
     yield _blob(f"{prefix}/config.json", config_json)
-    yield _blob(f"{prefix}/config.json.C.sh", shell_assignments(config_json, "C"))  # lkctl's init skips its awk
+    yield _blob(f"{prefix}/config.json.C.sh", shell_assignments(config_json, "C", omit=INIT_UNREAD))  # no awk in init
     if readonly:
         if reused:
             yield _dir(f"{prefix}/rootfs")

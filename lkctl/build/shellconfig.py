@@ -13,7 +13,24 @@ import json
 import re
 from typing import Any
 
-__all__ = ["shell_assignments"]
+__all__ = ["INIT_UNREAD", "shell_assignments"]
+
+# Parts of a bundle's config.json that lkctl's shell runtime never reads (only runc does, from the JSON itself):
+# left out of config.json.C.sh, because the guest sources that file twice per container and, under TCG, every
+# line costs (the capability lists alone are ~170 of a service's ~250 lines). tests/unit/test_shellconfig.py
+# checks that no init script names them.
+INIT_UNREAD: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("process", "capabilities"),
+        ("process", "apparmorProfile"),
+        ("process", "selinuxLabel"),
+        ("linux", "resources"),
+        ("linux", "seccomp"),
+        ("linux", "maskedPaths"),
+        ("linux", "readonlyPaths"),
+        ("annotations",),
+    }
+)
 
 _UNSAFE = re.compile(rb"[^A-Za-z0-9_]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so these are lone ones
@@ -27,14 +44,16 @@ class _Object(list[tuple[str, Any]]):
     """A JSON object as its (key, value) pairs in order, duplicates kept (json.awk emits every one)."""
 
 
-def shell_assignments(text: str | bytes, prefix: str) -> bytes:
+def shell_assignments(text: str | bytes, prefix: str, *, omit: frozenset[tuple[str, ...]] = frozenset()) -> bytes:
     """json.awk's output for `text` under `prefix`: `NAME='value'` lines, children before their `__keys`/`__len`.
 
-    Raises ValueError for text that is not JSON (json.awk would fail too; the builder only passes its own JSON).
+    `omit` names object members (paths of keys from the top) whose lines are left out, as if json.awk's output
+    had been filtered; their parent's `__keys` still lists them. Raises ValueError for text that is not JSON
+    (json.awk would fail too; the builder only passes its own JSON).
     """
     doc = json.loads(text, parse_int=_Number, parse_float=_Number, object_pairs_hook=_Object)
     out: list[bytes] = []
-    _value(prefix.encode(), doc, out)
+    _value(prefix.encode(), doc, out, (), omit)
     return b"".join(line + b"\n" for line in out)
 
 
@@ -47,14 +66,15 @@ def _quote(value: str) -> bytes:
     return b"'" + _utf8(value).replace(b"'", b"'\\''") + b"'"
 
 
-def _value(name: bytes, v: Any, out: list[bytes]) -> None:
+def _value(name: bytes, v: Any, out: list[bytes], path: tuple[str, ...], omit: frozenset[tuple[str, ...]]) -> None:
     if isinstance(v, _Object):
         for k, child in v:
-            _value(name + b"_" + _UNSAFE.sub(b"_", _utf8(k)), child, out)
+            if (*path, k) not in omit:
+                _value(name + b"_" + _UNSAFE.sub(b"_", _utf8(k)), child, out, (*path, k), omit)
         out.append(name + b"__keys=" + _quote(" ".join(k for k, _ in v)))
     elif isinstance(v, list):
         for i, child in enumerate(v):
-            _value(name + b"_" + str(i).encode(), child, out)
+            _value(name + b"_" + str(i).encode(), child, out, (*path, "\0"), omit)  # no key path goes through a list
         out.append(name + b"__len=" + _quote(str(len(v))))
     elif isinstance(v, bool):
         out.append(name + b"=" + _quote("true" if v else "false"))

@@ -192,8 +192,9 @@ def _connect_jump(jump: JumpHost, timeout: float) -> paramiko.SSHClient:
     return client
 
 
-def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
-    """An authenticated client for `target`, or an SshError saying in one line why not."""
+def _connect(target: SshTarget, timeout: float, *, banner_timeout: float | None = None) -> paramiko.SSHClient:
+    """An authenticated client for `target`, or an SshError saying in one line why not. `banner_timeout` (default
+    `timeout`) bounds the wait for the server's first line alone."""
     import paramiko
 
     _quiet_paramiko()
@@ -232,7 +233,7 @@ def _connect(target: SshTarget, timeout: float) -> paramiko.SSHClient:
                 look_for_keys=False,
                 allow_agent=False,
                 timeout=timeout,
-                banner_timeout=timeout,
+                banner_timeout=timeout if banner_timeout is None else banner_timeout,
                 auth_timeout=timeout,
                 channel_timeout=timeout,
                 sock=sock,

@@ -263,6 +263,13 @@ def session_when_listening(
     offset, tail = 0, b""
     seen_init = seen_ready_at = None
     next_probe, delay = 0.0, 0.2
+    # A probe waits for the server's first line briefly, and longer each time. Under QEMU user networking the host
+    # side of the forward accepts at once, and while the guest's network is not up slirp holds the connection,
+    # resending its SYN with backoff (1, 2, 4 s...): a probe waiting the full timeout kept the holder from seeing
+    # the "sshd listening" line, and the one handshake then waited for slirp's next resend (up to seconds after
+    # sshd listened; a TCG kernel alone takes more than the 5 s after which probing starts). A guest whose sshd
+    # listens sends its first line at once, even under TCG.
+    probe_banner = 1.0
     last = "the guest did not say that its sshd listens"
     while True:
         if not alive():
@@ -286,10 +293,14 @@ def session_when_listening(
             attempts = 20 if marker else 1
             for _ in range(attempts):
                 remaining = deadline - time.monotonic()
+                limit = min(CONNECT_TIMEOUT, max(remaining, 0.1))
                 try:
-                    return Session(target, _connect(target, min(CONNECT_TIMEOUT, max(remaining, 0.1))))
+                    banner = None if marker else min(limit, probe_banner)
+                    return Session(target, _connect(target, limit, banner_timeout=banner))
                 except _NotYet as e:
                     last = e.message
+                if not marker:  # at most 4 s: a probe slirp holds must not hide the marker long either
+                    probe_banner = min(probe_banner * 1.6, 4.0)
                 if time.monotonic() >= deadline:
                     break
                 if marker:

@@ -338,6 +338,10 @@ def test_guest_boots_serves_ssh_with_pinned_host_key_and_powers_off_on_acpi(vm: 
     assert vm.ssh("cat /run/probe/arg").stdout == 'it\'s "quoted" \\ $HOME `x` é'.encode()
     # containers never rename the VM (no UTS namespace asked for)
     assert vm.ssh("hostname").stdout.startswith(b"linuxkit-")
+    # a service's output goes to its log file as well as to the console; overlay was loaded beside coldplug
+    assert b"Not backgrounding" in vm.ssh("cat /var/log/sshd.log").stdout
+    assert b"[sshd] " in vm.console_text()
+    assert vm.ssh("grep -q '^overlay ' /proc/modules").returncode == 0
 
     start = time.monotonic()
     qmp(vm.qmp, "system_powerdown")

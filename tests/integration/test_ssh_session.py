@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +175,68 @@ def test_a_held_session_refuses_to_run_once_the_pin_no_longer_matches(guest: Gue
         write_known_hosts(known_hosts, "127.0.0.1", guest.port, other.host_pub)
         with pytest.raises(SshError, match="does not match the key lkctl pinned"):
             s.exec(["true"])
+
+
+def test_session_when_listening_is_not_held_up_by_a_probe_slirp_holds(guest: Guest, tmp_path: Path) -> None:
+    """QEMU user networking accepts a forwarded connection at once and, while the guest's network is down, holds it
+    (resending its SYN with backoff). A probe stuck in such a connection must not delay the handshake once the
+    console says sshd listens: here a held connection is only passed on 6 s after the guest came up."""
+    port = free_port()
+    up = threading.Event()
+    listener = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def forward(conn: socket.socket, held: bool) -> None:
+        if held:  # slirp's next SYN resend: long after the guest's sshd started listening
+            up.wait()
+            time.sleep(6)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", guest.target.port)) as upstream:
+            t = threading.Thread(target=pipe, args=(upstream, conn), daemon=True)
+            t.start()
+            pipe(conn, upstream)
+            t.join()
+        conn.close()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end of the test
+                return
+            threading.Thread(target=forward, args=(conn, not up.is_set()), daemon=True).start()
+
+    console = tmp_path / "console.log"
+    console.write_bytes(b"")  # a TCG kernel still booting: no init line yet, so probing starts after 5 s
+
+    def boot() -> None:
+        time.sleep(6.5)
+        up.set()
+        with open(console, "ab") as f:
+            f.write(b"lkctl-init: starting on Linux\nlkctl-init: ready\nlkctl-init: sshd listening\n")
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    threading.Thread(target=boot, daemon=True).start()
+    start = time.monotonic()
+    try:
+        known_hosts = tmp_path / "known_hosts"
+        write_known_hosts(known_hosts, "127.0.0.1", port, guest.keys.host_pub)
+        target = replace(guest.target, port=port, known_hosts=known_hosts)
+        with session_when_listening(target, console=console, timeout=60, alive=lambda: True) as s:
+            took = time.monotonic() - start
+            assert s.exec(["true"])[0] == 0
+    finally:
+        stop.set()
+        acceptor.join()
+        listener.close()
+    assert took < 10.5  # a probe held to the full timeout connected at the resend: 12.5 s

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from lkctl.build.ociconfig import go_json
-from lkctl.build.shellconfig import shell_assignments
+from lkctl.build.shellconfig import INIT_UNREAD, shell_assignments
 from tests.unit.test_json_awk import JSON_AWK, busybox  # noqa: F401 (the fixture)
 
 DOCS = [
@@ -45,3 +45,27 @@ def test_assignments_match_json_awk_byte_for_byte(busybox: str, doc: object, dum
 def test_escapes_as_written_match_json_awk(busybox: str) -> None:  # noqa: F811
     data = rb'{"a": "caf\u00e9 \ud83d\ude00 \u0041", "b": "x\ud800y", "n": 1E+2, "dup": 1, "dup": 2, "s": "\/\b\f"}'
     assert shell_assignments(data, "R") == awk(busybox, data, "R")
+
+
+def test_omitted_members_are_json_awks_lines_without_theirs(busybox: str) -> None:  # noqa: F811
+    doc = {
+        "process": {"args": ["sh"], "capabilities": {"bounding": ["CAP_KILL"], "effective": []}, "cwd": "/"},
+        "linux": {"resources": {"devices": [{"allow": True}]}, "namespaces": [{"type": "mount"}]},
+        "mounts": [{"destination": "/x", "capabilities": "kept: only top-down key paths are omitted"}],
+    }
+    data = go_json(doc)
+    omit = frozenset({("process", "capabilities"), ("linux", "resources")})
+    dropped = (b"C_process_capabilities_", b"C_linux_resources_")
+    lines = awk(busybox, data, "C").splitlines(keepends=True)
+    expected = b"".join(line for line in lines if not line.startswith(dropped))
+    assert shell_assignments(data, "C", omit=omit) == expected
+    assert b"C_mounts_0_capabilities=" in expected
+
+
+def test_init_scripts_never_read_what_the_builder_leaves_out() -> None:
+    images = JSON_AWK.parents[5]
+    scripts = (images / "init", images / "sshd")
+    text = "\n".join(p.read_text(errors="replace") for d in scripts for p in d.rglob("*") if p.is_file())
+    for path in INIT_UNREAD:
+        name = "_".join(path)  # C_<name>, or a name the scripts build as ${prefix}_<name>
+        assert name not in text, f"C_{name} is read by an init script but left out of config.json.C.sh"

@@ -24,7 +24,12 @@ fi
 
 say() { echo "lkctl-init: $*" >/dev/console 2>/dev/null || echo "lkctl-init: $*" >&2; }
 error() { say "error: $*"; }
-debug() { [ -z "$LKCTL_DEBUG" ] || say "debug: [$(cut -d" " -f1 /proc/uptime 2>/dev/null)] $*"; }
+# (the uptime is read by the shell itself: a fork would cost more than the line under TCG)
+debug() {
+    [ -z "$LKCTL_DEBUG" ] && return 0
+    read -r _up _ </proc/uptime 2>/dev/null
+    say "debug: [${_up-}] $*"
+}
 
 # write_resolv TEXT: the resolver config. /etc/resolv.conf may be linuxkit's symlink to
 # /run/resolvconf/resolv.conf (/run is a fresh tmpfs): write through it.
@@ -67,7 +72,7 @@ jlen() { eval "$1=\${$2__len:-0}"; }
 # An overlay gets its upperdir/workdir created first; a file bind gets a file to land on.
 mount_spec() {
     _dest=$1 _type=$2 _src=$3 _opts=$4
-    _keep= _prop= _bind= _ro= _remount=
+    _keep= _prop= _bind= _ro= _remount= _dirs=
     _ifs=$IFS
     IFS=,
     for _o in $_opts; do
@@ -78,10 +83,12 @@ mount_spec() {
             ro) _ro=1; _keep="$_keep,ro" ;;
             remount) _remount=1 ;;
             shared | rshared | private | rprivate | slave | rslave | unbindable | runbindable) _prop="$_prop $_o" ;;
-            upperdir=* | workdir=*) [ -d "${_o#*=}" ] || mkdir -p "${_o#*=}"; _keep="$_keep,$_o" ;;
+            upperdir=* | workdir=*) [ -d "${_o#*=}" ] || _dirs="$_dirs,${_o#*=}"; _keep="$_keep,$_o" ;;
             *) _keep="$_keep,$_o" ;;
         esac
     done
+    # shellcheck disable=SC2086
+    [ -z "$_dirs" ] || mkdir -p ${_dirs#,}
     IFS=$_ifs
     _keep=${_keep#,}
     [ "$_type" = bind ] && [ -z "$_bind" ] && [ -z "$_remount" ] && _bind=rbind
@@ -153,22 +160,36 @@ mount_list() {
     done
 }
 
-# run_parts DIR: run every regular file of DIR in name order (symlinks followed), like linuxkit's rc.init.
+# run_parts DIR: run every regular file of DIR in name order (symlinks followed), like linuxkit's rc.init. A
+# /bin/sh script runs in a subshell of this one (this file already loaded: a fork, no exec, no parsing lib.sh
+# again); anything else is executed (or given to sh when it is not executable).
 run_parts() {
     for _f in "$1"/*; do
         [ -f "$_f" ] || continue
         debug "running $_f"
-        if [ -x "$_f" ]; then "$_f"; else sh "$_f"; fi || error "$_f failed with status $?"
+        _l=
+        read -r _l <"$_f"
+        if [ "$_l" = "#!/bin/sh" ]; then (. "$_f"); elif [ -x "$_f" ]; then "$_f"; else sh "$_f"; fi ||
+            error "$_f failed with status $?"
     done
 }
 
 # log_to NAME FILE: append stdin to FILE and copy it to the console with a "[NAME] " prefix, each line as soon as
 # it is written. (Not sed: busybox sed reads one line ahead to know the last one, so a service's latest line stayed
-# off the console until it printed another. The shell's read takes a byte at a time and holds nothing back.)
+# off the console until it printed another. The shell's read takes a byte at a time and holds nothing back.) No tee
+# either: the loop writes both copies (the file gets the text as written; only NUL bytes cannot pass a shell
+# variable), which spares every container two processes while it starts.
 log_to() {
-    tee -a "$2" | while IFS= read -r _line || [ -n "$_line" ]; do
+    while :; do
+        if IFS= read -r _line; then
+            printf '%s\n' "$_line" >&3
+        elif [ -n "$_line" ]; then
+            printf '%s' "$_line" >&3 # the last line had no newline: nor has the file
+        else
+            break
+        fi
         printf '[%s] %s\n' "$1" "$_line"
-    done >"${LKCTL_CONSOLE:-/dev/console}"
+    done 3>>"$2" >"${LKCTL_CONSOLE:-/dev/console}"
 }
 
 # bundle_name DIR: the container name of a bundle dir (onboot's "000-" order prefix dropped).
