@@ -137,7 +137,8 @@ def test_readiness_timeout_says_why_and_leaves_no_qemu(cli: Cli, lkctl_home: Pat
     spec.write_text(
         "kernel:\n  image: lkctl.local/kernel:latest\n  cmdline: console=ttyS0\ninit:\n  - lkctl.local/init:latest\n"
     )
-    res = cli("vm.run", f"--image={spec}", "-d", "--name", "slow", "--timeout", "25", check=False)
+    # no sshd: it never becomes ready; 45 s lets a loaded CI machine's kernel reach init (it took >25 s once)
+    res = cli("vm.run", f"--image={spec}", "-d", "--name", "slow", "--timeout", "45", check=False)
     assert res.returncode != 0
     assert "did not become ready" in res.stderr
     assert "last console lines" in res.stderr and "lkctl-init" in res.stderr
