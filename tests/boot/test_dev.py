@@ -326,7 +326,7 @@ def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev
                 assert b"served-by-dev-serve" in page.read()
             assert f"127.0.0.1:{port}->{port}/tcp" in _forwards(dev)
             serve.send_signal(signal.SIGINT)
-            assert serve.wait(60) == 130
+            assert serve.wait(180) == 130  # stopping the server in the guest is an SSH handshake: slow under load
         finally:
             if serve.poll() is None:
                 serve.kill()
