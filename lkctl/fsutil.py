@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write", "connect_unix", "file_lock", "private_dir", "unix_address"]
+__all__ = ["atomic_output", "atomic_write", "connect_unix", "file_lock", "private_dir", "try_lock", "unix_address"]
 
 
 def private_dir(path: Path) -> Path:
@@ -20,6 +20,30 @@ def private_dir(path: Path) -> Path:
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+@contextlib.contextmanager
+def try_lock(path: Path, *, missing_is_free: bool = False) -> Iterator[bool]:
+    """Whether the exclusive flock on `path` was free, without waiting; held for the block if it was. A lock
+    file that does not exist yields `missing_is_free`; one that cannot be opened otherwise (a symlink, no
+    permission) counts as held."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        yield missing_is_free
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

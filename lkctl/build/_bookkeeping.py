@@ -10,16 +10,14 @@ one that the next build of that name (holding the lock, so no build owns it) or 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lkctl import paths
-from lkctl.fsutil import atomic_write, private_dir
+from lkctl.fsutil import atomic_write, private_dir, try_lock
 
 __all__ = ["BuildPaths", "build_paths", "created_output_dir", "prune_builds", "reclaim_leftovers"]
 
@@ -101,24 +99,6 @@ def created_output_dir(out_dir: Path) -> Iterator[None]:
         raise
 
 
-@contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        yield False
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def _used_by_vms(directory: Path, argvs: Sequence[Sequence[str]]) -> bool:
     prefix = str(directory) + "/"
     return any(prefix in arg for argv in argvs for arg in argv)
@@ -148,7 +128,7 @@ def prune_builds(*, vm_argvs: Sequence[Sequence[str]]) -> list[Path]:
             continue
         drop_all = not out_dir.is_dir() or out_dir in unused
         for lock in sorted(state.glob("*.lock")):
-            with _try_lock(lock) as held:
+            with try_lock(lock) as held:
                 if not held:
                     drop_all = False  # a build is writing there now
                     continue

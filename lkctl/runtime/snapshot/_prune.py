@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from lkctl.fsutil import try_lock
 from lkctl.paths import cache_dir
 from lkctl.runtime.snapshot._store import is_stale, snapshot_files, snapshots_dir, version_memo
 
@@ -53,25 +52,6 @@ def snapshot_usage() -> SnapshotUsage:
     return SnapshotUsage(directory, count, size)
 
 
-@contextlib.contextmanager
-def _unless_locked(lock: Path) -> Iterator[bool]:
-    """Yields whether `lock` (a snapshot's take lock) was free; held for the block if so."""
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 def prune_snapshots() -> PrunedSnapshots:
     """Remove the snapshots that can never be restored again (their image's kernel or initrd, or their QEMU, changed
     or is gone; an older snapshot format; a state file without its .json or of the wrong size), what killed
@@ -90,7 +70,7 @@ def prune_snapshots() -> PrunedSnapshots:
     for digest in sorted(digests):
         state, meta = snapshot_files(digest)
         lock = directory / f"{digest}.lock"
-        with _unless_locked(lock) as free:
+        with try_lock(lock, missing_is_free=True) as free:
             if not free:
                 continue
             try:
