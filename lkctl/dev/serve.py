@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from lkctl.dev.command import app_command, app_path, require_running, run_app_command
+from lkctl.dev.command import app_command, app_path, require_running
 from lkctl.dev.detect import DetectedCommand, detect_serve_command
 from lkctl.dev.forward import add_forward, remove_forward
 from lkctl.dev.project import Project
@@ -75,7 +76,10 @@ def _stop_remote(record: VmRecord, pidfile: str) -> None:
     from lkctl import ssh
     from lkctl.runtime.vm import ssh_target
 
-    line = f'p=$(cat {pidfile} 2>/dev/null) && kill -TERM -- -"$p" 2>/dev/null; rm -f {pidfile}; true'
+    line = (
+        f'p=$(cat {pidfile} 2>/dev/null) && {{ kill -TERM -- -"$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; }}; '
+        f"rm -f {pidfile}; true"
+    )
     sink = io.BytesIO()
     with contextlib.suppress(VmError):
         ssh.exec_command(ssh_target(record), ["/bin/sh", "-c", line], stdout=sink, stderr=sink, timeout=20)
@@ -95,9 +99,13 @@ def serve_dev(
     forward = PortForward(opts.port, opts.port)
     url = f"http://127.0.0.1:{opts.port}/"
     pidfile = f"/run/lkctl-serve-{opts.port}.pid"
-    # the shell that runs the server records its pid (= its process group, on the pty) and becomes it
+    # the shell that runs the server records its pid and becomes it. It must be the session's first process (the
+    # guest's SSH shell execs a lone command, not one behind `cd ... &&`): then its pid is the process group that
+    # _stop_remote signals and the session the pty's hangup reaches.
     command = f"echo $$ > {pidfile} && exec {server.command}"
     cmd = app_command(line=command, env=server.env, subdir=opts.path)
+    setup = [f"export {k}={shlex.quote(v)}" for k, v in cmd.env.items()] + [f"cd -- {shlex.quote(cmd.workdir)}"]
+    argv = ["/bin/sh", "-c", " && ".join([*setup, command])]
     done = threading.Event()
 
     def announce() -> None:
@@ -116,7 +124,10 @@ def serve_dev(
         watcher.start()
         try:
             # a pty: when the channel closes the server's session gets SIGHUP, like a closed terminal
-            return run_app_command(record, cmd, stdin=None, stdout=stdout, stderr=stderr, pty=True)
+            from lkctl import ssh
+            from lkctl.runtime.exec import ssh_target
+
+            return int(ssh.exec_command(ssh_target(record), argv, stdout=stdout, stderr=stderr, pty=True))
         except KeyboardInterrupt:
             return 130
         finally:
