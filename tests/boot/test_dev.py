@@ -313,8 +313,11 @@ def _read_until(stream: int, needle: bytes, timeout: float) -> bytes:
 def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev: Dev) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
+    # env --default-signal: a Ctrl-C reaches dev.serve even when this test runs in a background job, whose
+    # processes inherit SIGINT ignored (a shell without job control ignores it for `cmd &`; Python keeps it so)
     with subprocess.Popen(
-        [str(BIN / "lkctl"), "dev.serve", "--port", str(port)], cwd=dev.cli.cwd, env=dev.cli.env,
+        ["env", "--default-signal=INT", str(BIN / "lkctl"), "dev.serve", "--port", str(port)],
+        cwd=dev.cli.cwd, env=dev.cli.env,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     ) as serve:  # fmt: skip
         try:
