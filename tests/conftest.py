@@ -41,6 +41,16 @@ def require_qemu() -> None:
         pytest.skip("qemu-system-x86_64 not installed")
 
 
+def require_busybox() -> str:
+    """busybox-static's path: skip on a developer machine without it, fail in CI."""
+    found = shutil.which("busybox")
+    if found is None:
+        if IN_CI:
+            pytest.fail("busybox is missing and CI=true (apt-get install busybox-static)")
+        pytest.skip("busybox not installed (apt-get install busybox-static)")
+    return found
+
+
 @pytest.fixture
 def qemu_available() -> Iterator[None]:
     require_qemu()

@@ -4,14 +4,11 @@ is written, not when the next one comes (busybox sed reads one line ahead, so it
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI, REPO
+from tests.conftest import REPO, require_busybox
 
 LIB = REPO / "images" / "init" / "rootfs" / "usr" / "lib" / "lkctl" / "lib.sh"
 
@@ -28,11 +25,7 @@ def _wait_for(path: Path, text: str, timeout: float = 10) -> str:
 
 
 def test_each_service_line_reaches_the_console_at_once(tmp_path: Path) -> None:
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        if IN_CI:
-            pytest.fail("busybox is missing and CI=true (apt-get install busybox-static)")
-        pytest.skip("busybox not installed")
+    busybox = require_busybox()
     console, log = tmp_path / "console", tmp_path / "svc.log"
     env = {"PATH": os.environ["PATH"], "LKCTL_CONSOLE": str(console), "LKCTL_DEBUG": ""}
     sh = subprocess.Popen([busybox, "sh", "-c", f'. "{LIB}"; log_to web "{log}"'], stdin=subprocess.PIPE, env=env)

@@ -5,13 +5,12 @@ order, exit statuses and isolation are what separate processes gave."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, REPO
+from tests.conftest import REPO, require_busybox
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +18,7 @@ LIB = REPO / "images" / "init" / "rootfs" / "usr" / "lib" / "lkctl" / "lib.sh"
 
 
 def test_scripts_run_in_order_isolated_with_their_status(tmp_path: Path) -> None:
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        if IN_CI:
-            pytest.fail("busybox is missing and CI=true (apt-get install busybox-static)")
-        pytest.skip("busybox not installed")
+    busybox = require_busybox()
     parts, out, console = tmp_path / "init.d", tmp_path / "out", tmp_path / "console"
     parts.mkdir()
     scripts = {

@@ -17,7 +17,7 @@ from lkctl.runtime.host import Accel, _run_probe, probe_accel, probe_host
 from lkctl.runtime.model import BootImage, ImageFormat
 from lkctl.runtime.vm import RunOptions, run_vm, stop_vm
 from lkctl.settings import Settings, VmSettings
-from tests.conftest import require_qemu
+from tests.conftest import require_busybox, require_qemu
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,7 @@ def _newc(entries: list[tuple[str, int, bytes]]) -> bytes:
 def deaf_guest(tmp_path: Path) -> BootImage:
     """A kernel + initrd whose init ignores ACPI power-off: it only prints a line and sleeps."""
     require_qemu()
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox-static not installed")
+    busybox = require_busybox()
     init = b"#!/bin/busybox sh\n/bin/busybox echo deaf-init-running\nexec /bin/busybox sleep 100000\n"
     cpio = _newc(
         [("bin", 0o40755, b""), ("bin/busybox", 0o100755, Path(busybox).read_bytes()), ("init", 0o100755, init)]

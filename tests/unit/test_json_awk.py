@@ -7,26 +7,20 @@ shell sees with what Python's json module reads from the same text.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, REPO
+from tests.conftest import REPO, require_busybox
 
 JSON_AWK = REPO / "images" / "init" / "rootfs" / "usr" / "lib" / "lkctl" / "json.awk"
 
 
 @pytest.fixture(scope="module")
 def busybox() -> str:
-    found = shutil.which("busybox")
-    if found is None:
-        if IN_CI:
-            pytest.fail("busybox is missing and CI=true (apt-get install busybox-static)")
-        pytest.skip("busybox not installed (apt-get install busybox-static)")
-    return found
+    return require_busybox()
 
 
 def flatten(busybox: str, text: str | bytes, prefix: str = "J") -> subprocess.CompletedProcess[bytes]:
