@@ -194,6 +194,19 @@ class VmRow:
         return out
 
     @classmethod
+    def local(cls, record: VmRecord, status: str) -> VmRow:
+        """The row of a VM on this machine. Made without the frozen __init__ (one object.__setattr__ a field, which
+        `vm.ps --all` pays a thousand times); VmRow has no __post_init__ to skip."""
+        row = object.__new__(cls)
+        row.__dict__.update(
+            id=record.id, name=record.name, image=record.image, status=status, created=record.created,
+            pid=record.pid if status == "running" else None, ssh_port=record.ssh_port, ports=tuple(record.ports),
+            memory=record.memory, cpus=record.cpus, accel=record.accel,
+            error=record.problem or record.exit_reason or None, host="local", uri="", uuid="",
+        )  # fmt: skip
+        return row
+
+    @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VmRow:
         names = {f.name for f in dataclasses.fields(cls)}
         fields: dict[str, Any] = {k: tuple(v) if k == "ports" else v for k, v in data.items() if k in names}
@@ -204,7 +217,7 @@ def list_vms(*, include_stopped: bool = False, records: list[state.VmRecord] | N
     """This machine's VMs with their live status. VMs started with `--rm` that have ended are forgotten here."""
     rows: list[VmRow] = []
     live = state.live_pids()  # one snapshot of /proc instead of one open per recorded VM
-    for r in state.all_records() if records is None else records:
+    for r in state.listed_records() if records is None else records:
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r, live)
@@ -212,23 +225,7 @@ def list_vms(*, include_stopped: bool = False, records: list[state.VmRecord] | N
             continue
         if not include_stopped and status not in ("running", "unknown"):
             continue
-        rows.append(
-            VmRow(
-                id=r.id,
-                name=r.name,
-                image=r.image,
-                status=status,
-                created=r.created,
-                pid=r.pid if status == "running" else None,
-                ssh_port=r.ssh_port,
-                ports=tuple(r.ports),
-                memory=r.memory,
-                cpus=r.cpus,
-                accel=r.accel,
-                error=r.problem or r.exit_reason or None,
-                host="local",
-            )
-        )
+        rows.append(VmRow.local(r, status))
     return rows
 
 
@@ -238,7 +235,7 @@ def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str
     from lkctl.runtime.libvirt.hosts import HostConfig
 
     hosts: dict[str, HostConfig] = {h.name: h for h in settings.hosts}
-    records = state.all_records()  # read once for the whole listing
+    records = state.listed_records()  # read once for the whole listing, without the QEMU command lines
     for r in records:
         name = r.libvirt.get("host", "")
         if r.libvirt and name not in hosts:

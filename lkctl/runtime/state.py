@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import operator
@@ -45,6 +46,7 @@ __all__ = [
     "helper_entry",
     "is_our_helper",
     "is_our_process",
+    "listed_records",
     "live_pids",
     "load_record",
     "new_vm_id",
@@ -213,10 +215,35 @@ def all_records() -> list[VmRecord]:
     an `unknown` VM carrying the reason, so one bad record never breaks every `vm.*` command.
 
     Records come from the summary index (see _records_indexed) when their vm.json has not changed since."""
+    return _sorted_records(with_argv=True)
+
+
+def listed_records() -> list[VmRecord]:
+    """all_records() for a listing (`vm.ps`): the same records, but with `argv` left empty. The QEMU command lines
+    are most of the index, and a listing never reads them."""
+    # when the listing found the index stale it was read whole: its argvs go too, so a listing never has them
+    return [dataclasses.replace(r, argv=[]) if r.argv else r for r in _sorted_records(with_argv=False)]
+
+
+def _sorted_records(*, with_argv: bool) -> list[VmRecord]:
     root = vms_dir()
     if not root.is_dir():
         return []
-    return sorted(_records_indexed(root), key=operator.attrgetter("created", "id"))
+    with _collector_paused():
+        return sorted(_records_indexed(root, with_argv=with_argv), key=operator.attrgetter("created", "id"))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Reading the index makes tens of thousands of lists and dicts, none in a reference cycle; the cyclic garbage
+    collector would walk them all several times over (half the index's parse time with 1,000 VMs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # The summary index: vms/.index.json caches every readable record with the inode, mtime (ns) and size of the
@@ -224,55 +251,67 @@ def all_records() -> list[VmRecord]:
 # open and no parse of the record); anything else is read from vm.json and the index rewritten. It is a cache,
 # never the truth: written without the lock (temp file + rename, so two lkctl processes at once leave one whole
 # index, each entry as true as the stat it carries), rebuilt when missing, unreadable or of another format.
+# Two JSON lines: the records without their argv, then every argv by id, which a listing does not parse.
 INDEX_FILE = ".index.json"  # a cache: any lkctl command that reads the records may rewrite it
-_INDEX_FORMAT = 2  # entries: id -> [inode, mtime_ns, size, [the record's fields in _saved_fields() order]]
+_INDEX_FORMAT = 3  # line 1: id -> [inode, mtime_ns, size, [fields in _indexed_fields() order]]; line 2: id -> argv
 
 
 @functools.cache
-def _saved_fields() -> tuple[str, ...]:
-    names = tuple(f.name for f in dataclasses.fields(VmRecord))
-    if names[-1] != "problem":  # index entries are passed positionally: every saved field comes before it
-        raise RuntimeError("VmRecord.problem must stay its last field")
-    return names[:-1]
+def _indexed_fields() -> tuple[str, ...]:
+    """The fields an index entry holds, in order: every saved field but argv (kept on the index's second line)."""
+    return tuple(f.name for f in dataclasses.fields(VmRecord) if f.name not in ("argv", "problem"))
 
 
 def _index_format() -> list[Any]:
-    return [_INDEX_FORMAT, STATE_VERSION, list(_saved_fields())]
+    return [_INDEX_FORMAT, STATE_VERSION, list(_indexed_fields())]
 
 
-def _read_index(root: Path) -> dict[str, list[Any]]:
+def _read_index(root: Path, *, with_argv: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(entries, argv by id); the argvs are None when not asked for, and both are empty when the index is missing,
+    unreadable or of another format."""
     try:
         with open(root / INDEX_FILE, "rb") as f:
-            index = json.loads(f.read())
+            head, _, tail = f.read().partition(b"\n")  # JSON text written compact has no raw newline
+        index = json.loads(head)
         if isinstance(index, dict) and index.get("format") == _index_format():
             entries = index.get("records")
-            if isinstance(entries, dict):
-                return entries
+            argvs = json.loads(tail) if with_argv else None
+            if isinstance(entries, dict) and (argvs is None or isinstance(argvs, dict)):
+                return entries, argvs
     except (OSError, ValueError) as e:
         if not isinstance(e, FileNotFoundError):
             log.debug("VM index %s unreadable (%s); rebuilding it", root / INDEX_FILE, e)
-    return {}
+    return {}, {} if with_argv else None
 
 
-def _records_indexed(root: Path) -> list[VmRecord]:
-    index = _read_index(root)
+def _records_indexed(root: Path, *, with_argv: bool) -> list[VmRecord]:
+    entries, argvs = _read_index(root, with_argv=with_argv)
     fresh: dict[str, list[Any]] = {}
+    fresh_argvs: dict[str, list[str]] = {}
     records: list[VmRecord] = []
     changed = False
-    with os.scandir(root) as entries:
-        for entry in entries:
+    with os.scandir(root) as dirs:
+        for entry in dirs:
             if not entry.is_dir():
                 continue  # .lock, the index and its temp files
-            cached = index.get(entry.name)
+            cached = entries.get(entry.name)
             if cached is not None:
                 try:
                     st = os.stat(f"{entry.path}/vm.json")
                 except OSError:
                     st = None
-                if st is not None and (cached[0], cached[1], cached[2]) == (st.st_ino, st.st_mtime_ns, st.st_size):
+                argv = [] if argvs is None else argvs.get(entry.name)
+                if (
+                    st is not None
+                    and (cached[0], cached[1], cached[2]) == (st.st_ino, st.st_mtime_ns, st.st_size)
+                    and (record := _indexed_record(cached[3], argv)) is not None
+                ):
                     fresh[entry.name] = cached
-                    records.append(_adopt_pidfile(VmRecord(*cached[3])))  # positional: fields in _saved_fields order
+                    fresh_argvs[entry.name] = record.argv
+                    records.append(_adopt_pidfile(record))
                     continue
+            if argvs is None:  # the index must be rewritten, which needs every argv: read it whole
+                return _records_indexed(root, with_argv=True)
             changed = True
             vm_dir = root / entry.name
             try:
@@ -283,19 +322,37 @@ def _records_indexed(root: Path) -> list[VmRecord]:
             except StateError as e:
                 records.append(_adopt_pidfile(VmRecord.unknown(vm_dir, e.message)))  # a live QEMU of it can be stopped
                 continue
-            fresh[entry.name] = [*loaded[0], [getattr(record, name) for name in _saved_fields()]]
+            fresh[entry.name] = [*loaded[0], [getattr(record, name) for name in _indexed_fields()]]
+            fresh_argvs[entry.name] = record.argv
             records.append(_adopt_pidfile(record))
-    if changed or fresh.keys() != index.keys():
-        _write_index(root, fresh)
+    if changed or fresh.keys() != entries.keys():
+        if argvs is None:
+            return _records_indexed(root, with_argv=True)
+        _write_index(root, fresh, fresh_argvs)
     return records
 
 
-def _write_index(root: Path, entries: dict[str, list[Any]]) -> None:
+def _indexed_record(values: object, argv: object) -> VmRecord | None:
+    """The record an index entry holds, None if the entry is not one.
+
+    Made without VmRecord's frozen __init__ (one object.__setattr__ a field, a third of `vm.ps --all`'s cost per
+    VM): the values come from a record this module saved, and VmRecord has no __post_init__ to skip."""
+    names = _indexed_fields()
+    if not isinstance(values, list) or len(values) != len(names) or not isinstance(argv, list):
+        return None
+    record = object.__new__(VmRecord)
+    record.__dict__.update(zip(names, values, strict=True), argv=argv, problem="")
+    return record
+
+
+def _write_index(root: Path, entries: dict[str, list[Any]], argvs: dict[str, list[str]]) -> None:
     tmp = root / f".index.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"format": _index_format(), "records": entries}, f, separators=(",", ":"))
+            f.write("\n")
+            json.dump(argvs, f, separators=(",", ":"))
         os.replace(tmp, root / INDEX_FILE)
     except OSError as e:  # a read-only state dir: records are still read, just not cached
         log.debug("cannot write the VM index in %s: %s", root, e)

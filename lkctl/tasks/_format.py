@@ -17,14 +17,9 @@ _MIB = 1024 * 1024
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns padded by two spaces; widths count characters, not bytes."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths).format  # one call a row (`vm.ps --all` may list thousands)
+    return "\n".join([line(*headers).rstrip(), *(line(*row).rstrip() for row in rows)])
 
 
 def age(iso: str, now: datetime | None = None) -> str:
@@ -45,6 +40,7 @@ def age(iso: str, now: datetime | None = None) -> str:
 
 def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """`vm.ps`'s table: one row a VM (long image names shortened from the left)."""
+    now = datetime.now(UTC)
     body = [
         [
             r["id"],
@@ -52,7 +48,7 @@ def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
             r["host"],
             r["image"] if len(r["image"]) <= 30 else "…" + r["image"][-29:],
             r["status"],
-            age(r["created"]),
+            age(r["created"], now),
             f"127.0.0.1:{r['ssh_port']}" if r["ssh_port"] else "-",
             ",".join(r["ports"]) or "-",
         ]

@@ -202,7 +202,9 @@ def ps(
     found, problems = list_all_vms(settings_from(c), include_stopped=all or "status" in filters, host=host)
     for line in problems:
         _err(f"lkctl: {line}")
-    rows = [dict(r) for r in filter_rows([row.to_json() for row in found], filters)]
+    rows = [row.to_json() for row in found]
+    if filters:
+        rows = [dict(r) for r in filter_rows(rows, filters)]
     if quiet:
         if rows:
             print("\n".join(r["id"] for r in rows))

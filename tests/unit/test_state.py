@@ -193,6 +193,13 @@ def test_ps_rows_and_inspect_keep_their_json_shape() -> None:
     assert list(local.to_json()) == [*keys, "host"] and local.to_json()["ports"] == ["127.0.0.1:80->80/tcp"]
     remote = {**local.to_json(), "host": "h1", "uri": "qemu+ssh://h1/system", "uuid": "u-1"}
     assert VmRow.from_json(remote).to_json() == remote and VmRow.from_json(remote).ports == local.ports
+    # the listing's fast constructor makes the row the frozen __init__ would
+    ran = rec("aaaa2222", "db", pid=42, ports=["127.0.0.1:8080->80/tcp"], exit_reason="x")
+    for status, pid in (("running", 42), ("stopped", None)):
+        made = VmRow("aaaa2222", "db", "minimal", status, ran.created, pid, ran.ssh_port, ("127.0.0.1:8080->80/tcp",),
+                     ran.memory, ran.cpus, ran.accel, "x", "local")  # fmt: skip
+        assert VmRow.local(ran, status) == made and VmRow.local(ran, status).to_json() == made.to_json()
+        assert hash(VmRow.local(ran, status)) == hash(made)
     doc = inspect_vm(web).to_json()
     assert list(doc)[-3:] == ["status", "problem", "paths"] and doc["status"] == "created" and doc["problem"] is None
     assert doc["paths"]["client_key"] == str(web.dir / "id_ed25519")

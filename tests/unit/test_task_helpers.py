@@ -11,6 +11,11 @@ from lkctl.tasks._format import age, table
 
 def test_table_pads_by_characters() -> None:
     assert table(["ID", "NAME"], [["1", "é-long"], ["22", "b"]]) == "ID  NAME\n1   é-long\n22  b"
+    # cells are text, never a format string; trailing padding is cut; no rows is the header alone
+    assert table(["A", "B", "C"], [["{0}", "{}", ""], ["x", "", "z"]]) == "A    B   C\n{0}  {}\nx        z"
+    assert table(["ID", "NAME"], []) == "ID  NAME"
+    with pytest.raises(ValueError):
+        table(["ID", "NAME"], [["1"]])  # a short row is a bug, never a silently shifted column
 
 
 def test_age() -> None:
