@@ -6,7 +6,7 @@ import functools
 import shlex
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from invoke.context import Context
 from invoke.exceptions import Exit
@@ -14,7 +14,9 @@ from invoke.tasks import Task
 from invoke.tasks import task as _invoke_task
 
 from lkctl.errors import ConfigError, LkError
-from lkctl.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from lkctl.settings import Settings
 
 __all__ = [
     "RESERVED_SHORT_FLAGS",
@@ -153,6 +155,8 @@ def size_sources(c: Context, **flags: object) -> dict[str, str]:
 
 def settings_from(c: Context) -> Settings:
     """Settings from the invoke config of `c` (a user's own Context works too: missing keys mean defaults)."""
+    from lkctl.settings import load_settings
+
     return load_settings({"lkctl": config_tree(c)})
 
 

@@ -145,6 +145,20 @@ def test_import_lkctl_tasks_does_not_import_the_facade_but_lkctl_run_does() -> N
         lkctl.nothing_here  # noqa: B018
 
 
+def test_the_settings_defaults_are_made_when_the_collection_config_is_first_read() -> None:
+    code = (
+        "import sys, lkctl.tasks; assert 'lkctl.settings' not in sys.modules, 'made at import'; "
+        "from invoke import Collection; from lkctl.settings import Settings, invoke_defaults; "
+        "ns = lkctl.tasks.ns; assert ns.configuration() == invoke_defaults(); "
+        "ns.configure({'lkctl': {'vm': {'memory': 2048}}, 'other': 1}); "
+        "vm = ns.configuration('vm.ps')['lkctl']['vm']; assert vm['memory'] == 2048 and vm['cpus'] == 1, vm; "
+        "mine = Collection(); mine.add_collection(ns, 'lk'); "
+        "assert mine.configuration('lk.vm.ps')['lkctl']['vm']['memory'] == 2048; "
+        "assert mine.configuration('lk.vm.ps')['other'] == 1"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_vm_run_has_docker_short_flags() -> None:
     from lkctl.tasks import vm
 
