@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import socket
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +15,14 @@ import pytest
 
 from tests.boot.conftest import BIN, Cli, qemu_pids_for
 from tests.conftest import require_qemu
+from tests.integration._loopback import QuietHandler, serve_http
 
 pytestmark = pytest.mark.boot
 
 TOKEN = "lkctl-loopback-token"
 
 
-class _Token(http.server.BaseHTTPRequestHandler):
+class _Token(QuietHandler):
     def do_GET(self) -> None:
         body = TOKEN.encode()
         self.send_response(200)
@@ -31,18 +30,12 @@ class _Token(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def loopback_server() -> Iterator[int]:
     """A service bound to the host's 127.0.0.1 only, as a developer's database or dev server would be."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Token)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serve_http(_Token) as server:
+        yield server.server_address[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +24,44 @@ import pytest
 import yaml
 
 from tests.conftest import IN_CI
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A test handler that logs no request line."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """A threaded test server that says nothing when a client goes away mid-response (download tests drop and
+    stop connections on purpose, and socketserver would print a traceback after the test ended); any other error
+    in a handler is still printed."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
+@contextlib.contextmanager
+def serve_http(
+    handler: type[http.server.BaseHTTPRequestHandler], wrap: Callable[[socket.socket], socket.socket] | None = None
+) -> Iterator[QuietHTTPServer]:
+    """`handler` served on 127.0.0.1 (an ephemeral port) from a thread, stopped on exit; `wrap` (e.g. TLS) wraps
+    the listening socket."""
+    server = QuietHTTPServer(("127.0.0.1", 0), handler)
+    if wrap is not None:
+        server.socket = wrap(server.socket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def free_port() -> int:
@@ -185,7 +225,7 @@ class RouteServer:
 def route_server(routes: Handler) -> Iterator[RouteServer]:
     state = RouteServer(routes)
 
-    class H(http.server.BaseHTTPRequestHandler):
+    class H(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:
@@ -204,20 +244,9 @@ def route_server(routes: Handler) -> Iterator[RouteServer]:
 
         do_GET = do_HEAD = do_POST = do_PUT = _serve
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(H) as server:
+        state.port = server.server_address[1]
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def json_response(

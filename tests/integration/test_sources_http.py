@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lkctl.http import DownloadError, HttpError
 from lkctl.http.client import RetryPolicy, download, request
 from lkctl.http.client import new_client as http_client
+from tests.integration._loopback import QuietHandler, serve_http
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +33,7 @@ class Faults:
 
 @contextlib.contextmanager
 def faulty_server(faults: Faults) -> Iterator[str]:
-    class H(http.server.BaseHTTPRequestHandler):
+    class H(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
@@ -80,19 +78,8 @@ def faulty_server(faults: Faults) -> Iterator[str]:
                 return
             self.wfile.write(DATA[start:])
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(H) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/file.img"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def policy(waits: list[float], attempts: int = 4) -> RetryPolicy:

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.server
 import shutil
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lkctl.http import DownloadError
 from lkctl.http.client import RetryPolicy, download
+from tests.integration._loopback import QuietHandler, serve_http
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +35,7 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         check=True, capture_output=True,
     )  # fmt: skip
 
-    class H(http.server.BaseHTTPRequestHandler):
+    class H(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
@@ -46,22 +44,10 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             self.end_headers()
             self.wfile.write(DATA)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    server.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_http(H, lambda sock: ctx.wrap_socket(sock, server_side=True)) as server:
         yield f"https://127.0.0.1:{server.server_address[1]}/file", cert
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_a_certificate_nobody_trusts_is_refused_and_nothing_is_kept(
