@@ -52,10 +52,10 @@ def completion_candidates(invocation: str, task_names: Iterable[str]) -> list[st
     out: list[str] = []
     with contextlib.suppress(Exception):  # completion must never print a traceback into the user's shell
         if wanted & {"vm", "vm:"}:
-            from lkctl.runtime.state import all_records
+            from lkctl.runtime.state import listed_records
 
             suffix = ":" if "vm:" in wanted else ""
-            for r in all_records():
+            for r in listed_records():
                 out += [r.name + suffix] + ([r.id + suffix] if r.id != r.name else [])
         if "template" in wanted:
             from lkctl.templates import list_templates

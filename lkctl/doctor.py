@@ -124,7 +124,7 @@ def _ports() -> dict[str, Any]:
     from lkctl.runtime import state
 
     used: list[str] = []
-    for r in state.all_records():
+    for r in state.listed_records():
         if state.vm_status(r) == "running":
             used += [f"{r.name}: 127.0.0.1:{r.ssh_port} (ssh)"] + [f"{r.name}: {p}" for p in r.ports]
     out["used_by_vms"] = used

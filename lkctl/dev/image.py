@@ -205,7 +205,7 @@ def _prune(keep: Path) -> None:
     """Drop old versions no VM was booted from (a VM's overlay needs its base; those stay until the VM goes)."""
     from lkctl.runtime import state
 
-    used = {r.image for r in state.all_records()}
+    used = {r.image for r in state.listed_records()}
     for vdir in _versions().iterdir():
         if vdir == keep:
             continue

@@ -157,7 +157,7 @@ def new_vm_id(taken: set[str]) -> str:
 def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
     """Refuse a name another VM has, or one of 4 or more characters that starts another VM's ID (it would shadow
     that ID prefix). Shorter names are not checked: a random ID would refuse a name like `c0` now and then."""
-    records = all_records() if records is None else records
+    records = listed_records() if records is None else records
     clash = next((r for r in records if r.name == name), None)
     if clash is not None:
         raise ConfigError(
@@ -388,15 +388,20 @@ def find_vm(target: str, *, unknown: bool = False) -> VmRecord:
     """
     if not target:
         raise VmNotFound("no VM given: name a VM by its ID, name or a unique ID prefix (see vm.ps --all)")
-    records = all_records()
+    records = listed_records()
     found = next((r for r in records if target in (r.id, r.name)), None)
     matches = [r for r in records if r.id.startswith(target) or r.name.startswith(target)]
     if found is None and len(matches) == 1:
         found = matches[0]
     if found is not None:
-        if found.problem and not unknown:
-            raise StateError(f"VM {found.id} is unknown: {found.problem}; vm.rm --force {found.id} forgets it")
-        return found
+        if found.problem:
+            if not unknown:
+                raise StateError(f"VM {found.id} is unknown: {found.problem}; vm.rm --force {found.id} forgets it")
+            return found
+        whole = load_record(found.dir)  # the listing left the argvs out: read the one record found whole
+        if whole is None:
+            raise VmNotFound(f"VM {found.name} was removed meanwhile (see vm.ps --all)")
+        return whole
     if not matches:
         raise VmNotFound(f"no VM matches {target!r} (see vm.ps --all)")
     listing = ", ".join(f"{r.id} ({r.name})" for r in matches)

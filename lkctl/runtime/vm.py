@@ -125,7 +125,7 @@ def _create(
     if opts.name:
         check_vm_name(opts.name)
     with state.vms_lock():
-        records = state.all_records()
+        records = state.listed_records()
         if opts.name:
             state.check_name_free(opts.name, records)
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
@@ -389,7 +389,7 @@ def plan_vm(boot: BootImage, image_label: str, opts: RunOptions, settings: Setti
     host = plan.backend.probe(settings, boot.kernel)
     preflight(opts)
     boot = _fast_kernel(boot, host, settings, plan.backend.hypervisor)
-    records = state.all_records()
+    records = state.listed_records()
     vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
     ssh_port = opts.ssh_port or free_port()
     record = VmRecord(

@@ -108,6 +108,16 @@ def test_a_listing_reads_no_argv_and_the_argvs_stay_true_for_everything_else() -
     assert read_index()[1]["0000aa02"] == ["qemu-system-x86_64", "-name", "lkctl-0000aa02"]
 
 
+def test_find_vm_looks_up_in_the_listing_and_reads_the_one_record_whole() -> None:
+    for i in range(3):
+        state.save_record(rec(f"0000aa{i:02d}", f"vm{i}"))
+    state.all_records()
+    index, _ = read_index()
+    index_path().write_text(json.dumps(index) + "\n{broken")  # no argv from the index: they must come from vm.json
+    assert state.find_vm("vm1") == rec("0000aa01", "vm1")
+    assert state.find_vm("0000aa02").argv == ["qemu-system-x86_64", "-name", "lkctl-0000aa02"]
+
+
 def test_a_listing_that_finds_a_change_rewrites_the_index_with_every_argv() -> None:
     for i in range(3):
         state.save_record(rec(f"0000aa{i:02d}", f"vm{i}"))

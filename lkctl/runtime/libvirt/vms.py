@@ -151,7 +151,7 @@ def _create_record(
     from lkctl import ssh
 
     with state.vms_lock():
-        records = state.all_records()
+        records = state.listed_records()
         if opts.name and any(r.name == opts.name for r in records):
             raise ConfigError(f"the name {opts.name!r} is already used; remove that VM first or choose another --name")
         vm_id = state.new_vm_id({r.id for r in records} | {r.name for r in records})
