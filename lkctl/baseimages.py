@@ -23,15 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lkctl import hostkernel, paths
-from lkctl.errors import BuildError, ImageError
-from lkctl.fsutil import atomic_write, file_lock
+from lkctl.errors import BuildError, ImageError, LkError
+from lkctl.fsutil import atomic_write, file_identity, file_lock
 from lkctl.hostkernel import filter_module_index, kernel_version, module_name, select_modules
-from lkctl.oci.layout import Store
-from lkctl.oci.reference import parse_reference
 from lkctl.proc import ProgramMissing, find_program, run
+
+if TYPE_CHECKING:
+    from lkctl.oci.layout import Store
 
 __all__ = [
     "BASE_IMAGES",
@@ -40,6 +41,9 @@ __all__ = [
     "build_all",
     "ensure_base_image",
     "filter_module_index",
+    "freshness_facts",
+    "freshness_holds",
+    "host_params",
     "is_base_image",
     "select_modules",
 ]
@@ -62,6 +66,8 @@ _MTIME = 1492533000  # 2017-04-18T16:30:00Z, LinuxKit's timestamp for generated 
 
 def base_image_name(ref: str) -> str | None:
     """The short name (`kernel`, `init`, `sshd`, `dev`, `e2fsck`) if `ref` names an image lkctl makes, else None."""
+    from lkctl.oci.reference import parse_reference
+
     try:
         name = parse_reference(ref).name
     except ImageError:
@@ -354,16 +360,29 @@ def _kernel(tree: _Tree, spec: dict[str, Any], version: str) -> None:
 
 
 # -- building and caching ----------------------------------------------------------------------------------
-def _params(recipe: _Recipe) -> dict[str, str]:
-    """The host facts a recipe resolves at build time besides file stats (kernel version, program paths)."""
-    out: dict[str, str] = {}
+def _param_requests(recipe: _Recipe) -> list[tuple[str, str, str]]:
+    """(key, kind, argument) of each host fact the recipe's steps resolve at build time."""
+    out = []
     for i, step in enumerate(recipe.steps):
         kind, spec = _step(step)
         if kind == "kernel":
-            out[f"{i}.kernel"] = kernel_version(str(spec.get("version", "auto")))
+            out.append((f"{i}.kernel", kind, str(spec.get("version", "auto"))))
         elif kind == "busybox":
-            out[f"{i}.busybox"] = find_program(spec.get("program", "busybox"))
+            out.append((f"{i}.busybox", kind, str(spec.get("program", "busybox"))))
     return out
+
+
+def host_params(requests: list[tuple[str, str, str]]) -> dict[str, str]:
+    """The host facts a recipe resolves at build time besides file stats (kernel version, program paths), for
+    its (key, kind, argument) requests."""
+    out: dict[str, str] = {}
+    for key, kind, arg in requests:
+        out[key] = kernel_version(arg) if kind == "kernel" else find_program(arg)
+    return out
+
+
+def _params(recipe: _Recipe) -> dict[str, str]:
+    return host_params(_param_requests(recipe))
 
 
 def _build_tree(recipe: _Recipe, params: dict[str, str]) -> _Tree:
@@ -491,6 +510,47 @@ def ensure_base_image(ref: str, store: Store) -> bool:
             f"{ref} is not available: lkctl makes {LOCAL_IMAGES[name]}:latest from this machine's packages"
         )
     return built
+
+
+def _recipe_identity(rdir: Path) -> list[list[int | str]]:
+    return [file_identity(Path(__file__)), file_identity(rdir), *(file_identity(p) for _, p in _walk(rdir))]
+
+
+def freshness_facts(ref: str, store: Store) -> dict[str, Any] | None:
+    """What decides that base image `ref` is fresh, for a build receipt (lkctl.build.receipt): the stamp's
+    bytes, the identity of this builder and of every file of the recipe, and the host facts its steps resolve.
+    None when `ref` is not fresh now (a build would make it)."""
+    name = base_image_name(ref)
+    if name is None:
+        return None
+    recipe = _load_recipe(name)
+    requests = _param_requests(recipe)
+    params = host_params(requests)
+    if not _is_fresh(store, recipe, _recipe_hash(recipe), params):
+        return None
+    stamp = _stamp_path(store, name)
+    digest = hashlib.sha256(stamp.read_bytes()).hexdigest()
+    return {"stamp": [str(stamp), digest], "recipe": [str(recipe.dir), _recipe_identity(recipe.dir)],
+            "requests": requests, "params": params}  # fmt: skip
+
+
+def freshness_holds(facts: Any) -> bool:
+    """True if `freshness_facts`' answer still holds, so `ensure_base_image` would find the image fresh and do
+    nothing: the same stamp bytes, builder and recipe files, host facts and stamped host files. Reads no YAML;
+    anything unexpected is False."""
+    try:
+        path, digest = facts["stamp"]
+        data = Path(path).read_bytes()
+        rdir, identity = facts["recipe"]
+        return (
+            hashlib.sha256(data).hexdigest() == digest
+            and _recipe_identity(Path(rdir)) == identity
+            and host_params([(str(k), str(kind), str(arg)) for k, kind, arg in facts["requests"]]) == facts["params"]
+            and json.loads(data)["params"] == facts["params"]
+            and all(_stat(Path(p)) == [p, size, mtime] for p, size, mtime in json.loads(data)["host"])
+        )
+    except (OSError, ValueError, KeyError, TypeError, LkError):
+        return False
 
 
 def build_all(store: Store, force: bool = False) -> list[str]:

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 from lkctl import paths
 from lkctl.errors import ImageError, StateError
-from lkctl.oci.layout import Store
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,
@@ -41,6 +40,7 @@ from lkctl.templates import (
 if TYPE_CHECKING:
     from lkctl.build import BuildOptions, BuildResult
     from lkctl.build.spec import Spec
+    from lkctl.oci.layout import Store
     from lkctl.runtime.model import BootImage
 
 __all__ = [
@@ -74,6 +74,7 @@ def store() -> Store:
     """lkctl's OCI image store. lkctl's cache dir (and the store, when lkctl makes it) are 0700: builds in them may
     hold what a template was given."""
     from lkctl.fsutil import private_dir
+    from lkctl.oci.layout import Store
 
     private_dir(paths.cache_dir())
     root = paths.oci_store_dir()
@@ -400,17 +401,43 @@ def build_source(
 
     With default options this is exactly what `--image` builds (same cache directory, so a later
     `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
-    lkctl's base images are made or refreshed first, as `--image` does."""
-    from lkctl.baseimages import ensure_base_image, is_base_image
-    from lkctl.build import BuildOptions, build_image, check_request
-    from lkctl.build.spec import load_spec, parse_spec
+    lkctl's base images are made or refreshed first, as `--image` does. An unchanged build is answered from the
+    build's receipt (`lkctl.build.receipt`) before anything is parsed; it returns what the full path would."""
+    from lkctl.build import BuildOptions
+    from lkctl.build.receipt import BuildRequest, check_receipt, snapshot_inputs, write_receipt
 
     template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
     paths_in = [] if template is not None and not files else [Path(source), *files]
     for p in paths_in:
         if not p.is_file():
             raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
-    if options is None or options == BuildOptions():
+    options = options or BuildOptions()
+    request = BuildRequest(
+        source, None if paths_in else template.path if template else None, tuple(paths_in),
+        dict(variables or {}), name, out_dir, options,
+    )  # fmt: skip
+    cached = check_receipt(request)
+    if cached is not None:
+        return cached
+    before = snapshot_inputs(request)
+    result = _build_source(template, paths_in, variables, name, out_dir, options)
+    write_receipt(request, result, before)
+    return result
+
+
+def _build_source(
+    template: Template | None,
+    paths_in: list[Path],
+    variables: Mapping[str, str] | None,
+    name: str,
+    out_dir: Path | None,
+    options: BuildOptions,
+) -> BuildResult:
+    from lkctl.baseimages import ensure_base_image, is_base_image
+    from lkctl.build import BuildOptions, build_image, check_request
+    from lkctl.build.spec import load_spec, parse_spec
+
+    if options == BuildOptions():
         if paths_in:
             return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
         assert template is not None

@@ -113,6 +113,8 @@ class BuildResult:
     assembled: str = "none"
     built: tuple[str, ...] = ()  # formats written by this call
     format_keys: Mapping[str, str] = field(default_factory=dict)  # format → the key its stamp entry holds
+    image_refs: tuple[str, ...] = ()  # the spec's image references, as written
+    sources: tuple[str, ...] = ()  # the host files its `files` section reads (`source:`), as the build opens them
 
     @property
     def prefix(self) -> Path:

@@ -29,7 +29,7 @@ from lkctl.fsutil import atomic_write, file_lock
 from lkctl.oci.layout import Image, Store
 from lkctl.oci.reference import parse_reference
 
-__all__ = ["Puller", "build_image", "build_key", "check_request", "resolve_images"]
+__all__ = ["Puller", "build_image", "build_key", "check_request", "resolve_images", "stamp_vouches_for"]
 
 log = logging.getLogger("lkctl.build")
 
@@ -160,6 +160,14 @@ def _up_to_date(recorded: Mapping[str, Any], fmt: str, key: str, paths: Sequence
     return isinstance(entry, dict) and entry.get("key") == key and entry.get("outputs") == _file_state(paths)
 
 
+def stamp_vouches_for(result: BuildResult, name: str, out_dir: Path) -> bool:
+    """True if the stamp of `name` in `out_dir` vouches for `result`'s outputs as they are now, under the keys this
+    build computed (for a receipt; call it holding the build lock)."""
+    recorded = _read_stamp(build_paths(out_dir, name).stamp)
+    keys = result.format_keys
+    return bool(keys) and all(_up_to_date(recorded, f, keys[f], result.outputs[f]) for f in keys)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -219,9 +227,11 @@ def build_image(
     fmt_keys = {f: _hash([content_key, f, size_bytes if _FORMATS[f].sized else None]) for f in formats}
     outputs = {f: tuple(out_dir / n for n in _FORMATS[f].files(name)) for f in formats}
     kernel, initrd, cmdline = (out_dir / n for n in _FORMATS["kernel+initrd"].files(name))
+    sources = tuple(file_source_path(f) for f in spec.files if f.source and not f.directory and not f.symlink)
     result = BuildResult(
-        kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs, format_keys=fmt_keys
-    )
+        kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs, format_keys=fmt_keys,
+        image_refs=tuple(spec.image_refs()), sources=sources,
+    )  # fmt: skip
 
     bp = build_paths(out_dir, name)
     stamp = bp.stamp
