@@ -114,7 +114,9 @@ class BuildResult:
     built: tuple[str, ...] = ()  # formats written by this call
     format_keys: Mapping[str, str] = field(default_factory=dict)  # format → the key its stamp entry holds
     image_refs: tuple[str, ...] = ()  # the spec's image references, as written
-    sources: tuple[str, ...] = ()  # the host files its `files` section reads (`source:`), as the build opens them
+    receipt: bool = False  # answered from the build's receipt (lkctl.build.receipt), nothing else read
+    # the host files its `files` section reads (`source:`), as the build opens them: (path, sha256 or "missing")
+    sources: tuple[tuple[str, str], ...] = ()
 
     @property
     def prefix(self) -> Path:

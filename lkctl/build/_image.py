@@ -118,8 +118,17 @@ def _hash(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def build_key(spec: Spec, images: Mapping[str, Image], *, formats: Sequence[str], level: int, arch: str) -> str:
-    """sha256 over everything a build's output depends on."""
+def build_key(
+    spec: Spec,
+    images: Mapping[str, Image],
+    *,
+    formats: Sequence[str],
+    level: int,
+    arch: str,
+    sources: list[Any] | None = None,
+) -> str:
+    """sha256 over everything a build's output depends on (`sources`: `spec`'s file sources fingerprinted once
+    by the caller, else read here)."""
     return _hash(
         {
             "builder": BUILDER_VERSION,
@@ -128,7 +137,7 @@ def build_key(spec: Spec, images: Mapping[str, Image], *, formats: Sequence[str]
             "arch": arch,
             "spec": spec.normalized(),
             "images": {str(parse_reference(ref)): img.manifest_digest for ref, img in images.items()},
-            "sources": _sources_fingerprint(spec),
+            "sources": _sources_fingerprint(spec) if sources is None else sources,
         }
     )
 
@@ -220,14 +229,17 @@ def build_image(
     arch = parse_arch(arch) if arch else host_arch()
     out_dir = Path(out_dir)
     images = resolve_images(spec, store, ensure_image=ensure_image, arch=arch, pull=pull, puller=puller)
-    key = build_key(spec, images, formats=formats, level=level, arch=arch)
-    content_key = _hash([build_key(spec, images, formats=(), level=level, arch=arch), decompress_kernel])
+    fingerprint = _sources_fingerprint(spec)  # hashed once: the keys and the receipt see the same bytes
+    key = build_key(spec, images, formats=formats, level=level, arch=arch, sources=fingerprint)
+    content_key = _hash(
+        [build_key(spec, images, formats=(), level=level, arch=arch, sources=fingerprint), decompress_kernel]
+    )
     base_spec = replace(spec, files=())
     base_key = _hash([build_key(base_spec, images, formats=(), level=level, arch=arch), decompress_kernel])
     fmt_keys = {f: _hash([content_key, f, size_bytes if _FORMATS[f].sized else None]) for f in formats}
     outputs = {f: tuple(out_dir / n for n in _FORMATS[f].files(name)) for f in formats}
     kernel, initrd, cmdline = (out_dir / n for n in _FORMATS["kernel+initrd"].files(name))
-    sources = tuple(file_source_path(f) for f in spec.files if f.source and not f.directory and not f.symlink)
+    sources = tuple((str(fp[0]), str(fp[-1])) for fp in fingerprint)  # (path, sha256 or "missing")
     result = BuildResult(
         kernel, initrd, cmdline, spec.kernel.cmdline, key, cached=False, outputs=outputs, format_keys=fmt_keys,
         image_refs=tuple(spec.image_refs()), sources=sources,

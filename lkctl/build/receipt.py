@@ -20,7 +20,7 @@ receipt. The facts:
 - the build's stamp (sha256) and each output file by identity: a deleted or edited output is rebuilt.
 
 It is conservative: a receipt is written only when the inputs read before the build equal those after it (no
-template, YAML, store or code change while it ran, no source file changed in the second before it started), and
+template, YAML, store or code change while it ran; each source still holds the bytes the build hashed), and
 anything unexpected in a receipt (unreadable, malformed, another version, another request) means "no receipt".
 Receipts live with the build bookkeeping (`cache/build-state/receipts/`, 0600 in a 0700 dir), never in the
 user's output directory. Templates rendered with jinja2 get none (they may include other files).
@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,6 @@ log = logging.getLogger("lkctl.build.receipt")
 
 _VERSION = 1
 _PACKAGE = Path(__file__).resolve().parent.parent  # lkctl/
-_RECENT_NS = 1_000_000_000  # a source changed this close to the build's start may have changed during it
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,6 @@ class BuildRequest:
 class InputSnapshot:
     """The inputs as they were before a build: a receipt is written only if they are the same after it."""
 
-    started_ns: int
     inputs: list[Any]
 
 
@@ -143,7 +140,7 @@ def snapshot_inputs(request: BuildRequest) -> InputSnapshot | None:
     if not request.eligible:
         return None
     try:
-        return InputSnapshot(time.time_ns(), _read_inputs(request))
+        return InputSnapshot(_read_inputs(request))
     except OSError:
         return None
 
@@ -188,9 +185,9 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
     o = request.options
     if o.pull == "always" and any(not parse_reference(r).is_local for r in result.image_refs):
         return None  # the full path asks the registry every time
-    sources = [_identity(os.path.abspath(s), follow=True) for s in result.sources]
-    if any(isinstance(s[-1], int) and s[-1] >= before.started_ns - _RECENT_NS for s in sources):
-        return None  # changed just before or while the build read it
+    sources = [_source_identity(path, digest) for path, digest in result.sources]
+    if None in sources:
+        return None  # changed since the build hashed it (or while it was being looked at)
     store = Store(paths.oci_store_dir())
     bases = []
     for ref in result.image_refs:
@@ -226,7 +223,7 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
             "outputs": {f: [str(p) for p in files] for f, files in result.outputs.items()},
             "format_keys": dict(result.format_keys),
             "image_refs": list(result.image_refs),
-            "sources": list(result.sources),
+            "sources": [list(s) for s in result.sources],
         },
     }
     path = receipt_path(request)
@@ -234,6 +231,17 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
     private_dir(path.parent)
     atomic_write(path, json.dumps(receipt, indent=1), mode=0o600)
     return path
+
+
+def _source_identity(path: str, digest: str) -> list[Any] | None:
+    """The identity of a `files:` source whose bytes are still those the build hashed (`digest`), else None."""
+    path = os.path.abspath(path)
+    first = _identity(path, follow=True)
+    try:
+        now = _sha256(Path(path))
+    except FileNotFoundError:
+        now = "missing"
+    return first if now == digest and _identity(path, follow=True) == first else None
 
 
 def _arch(arch: str | None) -> str | None:
@@ -287,10 +295,11 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
         str(out["cmdline_text"]),
         str(out["key"]),
         cached=True,
+        receipt=True,
         outputs={str(f): tuple(Path(p) for p in files) for f, files in out["outputs"].items()},
         format_keys={str(f): str(k) for f, k in out["format_keys"].items()},
         image_refs=tuple(str(x) for x in out["image_refs"]),
-        sources=tuple(str(x) for x in out["sources"]),
+        sources=tuple((str(p), str(d)) for p, d in out["sources"]),
     )
 
 
