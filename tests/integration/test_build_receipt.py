@@ -21,7 +21,7 @@ import pytest
 from lkctl import paths
 from lkctl.build import BuildOptions, BuildResult
 from lkctl.build.receipt import BuildRequest, receipt_path, snapshot_inputs, write_receipt
-from lkctl.build.testing import add_image, directory, file
+from lkctl.build.testing import Member, add_image, directory, file
 from lkctl.errors import LkError
 from lkctl.images import build_source
 from lkctl.oci.layout import Store
@@ -45,7 +45,7 @@ EXTRA_YML = "files:\n  - path: etc/issue\n    contents: hello\n"
 TEMPLATE = "kernel:\n  image: lkctl.test/kernel:1\n  cmdline: ${CMDLINE:-console=ttyS0}\ninit:\n  - lkctl.test/init:1\n"
 
 
-def _init_layers(text: bytes) -> list[list[object]]:
+def _init_layers(text: bytes) -> list[list[Member]]:
     return [[directory("bin"), file("bin/sh", b"#!busybox\n", 0o755), file("etc/version", text)]]
 
 
@@ -54,7 +54,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project dir (the cwd) with vm.yml, extra.yml and motd.txt; the test's store holds the images."""
     store = Store(paths.oci_store_dir()).ensure()
     add_image(store, "lkctl.test/kernel:1", [[file("kernel", b"MZ kernel " * 64), file("kernel.tar", b"")]])
-    add_image(store, "lkctl.test/init:1", _init_layers(b"1\n"))  # type: ignore[arg-type]
+    add_image(store, "lkctl.test/init:1", _init_layers(b"1\n"))
     proj = tmp_path / "proj"
     (proj / ".git").mkdir(parents=True)
     (proj / "vm.yml").write_text(YML)
@@ -137,14 +137,14 @@ def _replace_by_rename(path: Path) -> None:
 
 
 def _retag_init(project: Path) -> None:
-    add_image(Store(paths.oci_store_dir()), "lkctl.test/init:1", _init_layers(b"2\n"))  # type: ignore[arg-type]
+    add_image(Store(paths.oci_store_dir()), "lkctl.test/init:1", _init_layers(b"2\n"))
 
 
 def _add_unrelated_image(project: Path) -> None:
     add_image(Store(paths.oci_store_dir()), "lkctl.test/other:1", [[file("x", b"x")]])
 
 
-CHANGES: dict[str, Callable[[Path], None]] = {
+CHANGES: dict[str, Callable[[Path], object]] = {
     "the YAML's text": lambda p: (p / "vm.yml").write_text(YML.replace("console=ttyS0", "console=ttyS1")),
     "a file source's bytes, same size and mtime": lambda p: _edit_keeping_size_and_mtime(p / "motd.txt", b"WELCOME\n"),
     "a file source replaced by rename, same bytes": lambda p: _replace_by_rename(p / "motd.txt"),
@@ -212,7 +212,7 @@ def test_a_change_to_lkctls_code_invalidates_every_receipt(project: Path) -> Non
     answered()
 
 
-OPTIONS = {
+OPTIONS: dict[str, dict[str, object]] = {
     "formats": {"options": BuildOptions(formats=("kernel+initrd", "tar"))},
     "compression level": {"options": BuildOptions(level=1)},
     "pull policy": {"options": BuildOptions(pull="never")},
@@ -256,7 +256,7 @@ def test_a_lost_build_stamp_is_not_answered(project: Path) -> None:
     assert after.initrd == first.initrd
 
 
-MALFORMED: dict[str, Callable[[Path], None]] = {
+MALFORMED: dict[str, Callable[[Path], object]] = {
     "garbage": lambda p: p.write_bytes(b"\x00not json"),
     "a list": lambda p: p.write_text("[]"),
     "another version": lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "version": 99})),
