@@ -304,13 +304,14 @@ def test_no_receipt_when_a_source_no_longer_holds_the_bytes_the_build_hashed(pro
 
 
 def test_a_deleted_image_blob_is_not_answered(project: Path) -> None:
-    result = build()
+    never = BuildOptions(pull="never")  # the full path's answer is then an error, not a pull from lkctl.test
+    result = build(options=never)
+    assert answered(options=never).initrd == result.initrd
     store = Store(paths.oci_store_dir())
     image = store.resolve("lkctl.test/init:1")
     store.blob_path(image.manifest["config"]["digest"]).unlink()
-    with pytest.raises(LkError):  # the full path needs the config: it tries to pull it again
-        build()
-    assert result.initrd.exists()
+    with pytest.raises(LkError, match="missing from the image store"):  # what the full path says
+        build(options=never)
 
 
 def _templates(root: Path, name: str, text: str) -> Path:
@@ -359,3 +360,57 @@ def test_the_cli_says_the_same_from_a_receipt_as_from_the_full_path(project: Pat
     assert from_receipt == full
     assert full[2].startswith("lkctl: unchanged, from cache: ") and full[1] == f"{paths.cache_dir() / 'builds/vm/vm'}\n"
     assert (paths.cache_dir() / "build-state" / "receipts").is_dir()  # the full path wrote it again
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lkctl's real base images (kernel, init, sshd from this machine's packages), made once for this module."""
+    from lkctl.baseimages import build_all
+
+    root = tmp_path_factory.mktemp("base-oci")
+    build_all(Store(root))
+    return root
+
+
+def test_base_image_recipes_and_stamps_are_facts_of_the_receipt(
+    base_store: Path, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LKCTL_OCI_STORE", str(base_store))
+    first = build_source("minimal")  # the built-in template: lkctl.local/kernel, init and sshd
+    assert build_source("minimal").receipt
+    _touch_ctime(paths.resource_dir("images") / "init" / "recipe.yml")  # the recipe's files, by identity
+    after = build_source("minimal")
+    assert not after.receipt and after.cached and after.initrd == first.initrd
+    assert build_source("minimal").receipt
+    stamp = base_store / ".lkctl" / "baseimages" / "init.json"
+    doc = json.loads(stamp.read_text())
+    doc["host"][0][1] += 1  # as if a host file the image was made from had changed size
+    stamp.write_text(json.dumps(doc))
+    after = build_source("minimal")
+    assert not after.receipt
+    assert json.loads(stamp.read_text())["host"][0][1] == doc["host"][0][1] - 1  # the full path made init again
+    same_outputs(after, build_source("minimal", out_dir=tmp_path / "fresh"))
+    assert not build_source("minimal").receipt  # the store changed while the last one built: no receipt then
+    assert build_source("minimal").receipt
+
+
+def test_pull_always_is_never_answered_from_a_receipt(project: Path, tmp_path: Path) -> None:
+    from lkctl.oci.pull import push_image
+    from tests.integration._loopback import docker_registry
+
+    src = Store(tmp_path / "src").ensure()
+    add_image(src, "lkctl.test/init:9", _init_layers(b"9\n"))
+    add_image(src, "lkctl.test/kernel:9", [[file("kernel", b"MZ kernel 9"), file("kernel.tar", b"")]])
+    with docker_registry(tmp_path / "registry") as reg:
+        for name in ("init", "kernel"):
+            push_image(f"lkctl.test/{name}:9", src, to=f"{reg.host}/lkctl/{name}:9")
+        yml = YML.replace("lkctl.test/init:1", f"{reg.host}/lkctl/init:9")
+        (project / "pulled.yml").write_text(yml.replace("lkctl.test/kernel:1", f"{reg.host}/lkctl/kernel:9"))
+        always = BuildOptions(pull="always")
+        assert not build("pulled.yml", options=always).receipt
+        assert not build("pulled.yml", options=always).receipt  # it asked the registry again
+        assert not receipt_path(BuildRequest("pulled.yml", None, (Path("pulled.yml"),), options=always)).exists()
+        build("pulled.yml")  # the default policy: the images are in the store now, no registry needed
+    assert answered("pulled.yml").cached  # registry gone: the receipt answers, as the full path would not ask it
+    with pytest.raises(LkError):
+        build("pulled.yml", options=always)  # and --pull always still asks (and fails: the registry is gone)
