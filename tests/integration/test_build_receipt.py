@@ -347,19 +347,61 @@ def test_jinja_templates_never_get_a_receipt(project: Path) -> None:
 CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'lkctl'; from lkctl.launcher import main; main()"]
 
 
-def test_the_cli_says_the_same_from_a_receipt_as_from_the_full_path(project: Path) -> None:
-    def run() -> tuple[int, str, str]:
-        p = subprocess.run([*CLI, "image.build", "vm.yml"], capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def plain_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No config the full CLI would read: a fresh HOME, no LKCTL_* variable but LKCTL_HOME."""
+    if any(Path(f"/etc/lkctl{s}").exists() for s in (".yaml", ".yml", ".json", ".py")):
+        pytest.skip("this machine has an /etc/lkctl.* config file")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    for name in [n for n in os.environ if n.startswith("LKCTL_") and n != "LKCTL_HOME"]:
+        monkeypatch.delenv(name)
+
+
+def test_the_cli_says_the_same_from_a_receipt_as_from_the_full_path(project: Path, plain_env: None) -> None:
+    def run(*flags: str) -> tuple[int, str, str]:
+        p = subprocess.run([sys.executable, *flags, *CLI[1:], "image.build", "vm.yml"], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
         return p.returncode, p.stdout, p.stderr
 
     built = run()
     assert built[0] == 0 and "built kernel+initrd" in built[2]
-    from_receipt = run()
+    code, out, err = run("-X", "importtime")
+    imported = [line for line in err.splitlines() if line.startswith("import time:")]
+    assert imported and not any(line.endswith(" invoke") for line in imported)  # the lean path answered
+    from_receipt = code, out, "".join(f"{line}\n" for line in err.splitlines() if not line.startswith("import time:"))
     shutil.rmtree(paths.cache_dir() / "build-state" / "receipts")
-    full = run()
+    full = run("-X", "importtime")
+    assert any(line.endswith(" invoke") for line in full[2].splitlines())  # the full CLI answered
+    full = (
+        full[0],
+        full[1],
+        "".join(f"{line}\n" for line in full[2].splitlines() if not line.startswith("import time:")),
+    )
     assert from_receipt == full
     assert full[2].startswith("lkctl: unchanged, from cache: ") and full[1] == f"{paths.cache_dir() / 'builds/vm/vm'}\n"
     assert (paths.cache_dir() / "build-state" / "receipts").is_dir()  # the full path wrote it again
+
+
+def test_the_lean_path_leaves_every_doubt_to_the_full_cli(
+    project: Path, plain_env: None, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lkctl.fastbuild import fast_build
+
+    build()
+    assert fast_build(["image.build", "vm.yml"]) == 0
+    out, err = capfd.readouterr()
+    assert err.startswith("lkctl: unchanged, from cache: ") and out == f"{paths.cache_dir() / 'builds/vm/vm'}\n"
+    assert fast_build(["image.build", "vm.yml", "--format", "tar"]) is None  # not the plain form
+    assert fast_build(["image.build", "nosuch"]) is None  # the full CLI names the error
+    monkeypatch.setenv("LKCTL_VM_MEMORY", "512")  # invoke would map it onto its config
+    assert fast_build(["image.build", "vm.yml"]) is None
+    monkeypatch.delenv("LKCTL_VM_MEMORY")
+    (project / "lkctl.yaml").write_text("lkctl: {}\n")  # a project config file, even a valid one
+    assert fast_build(["image.build", "vm.yml"]) is None
+    (project / "lkctl.yaml").unlink()
+    (project / "motd.txt").write_text("changed\n")  # no receipt answers: the full CLI builds
+    assert fast_build(["image.build", "vm.yml"]) is None
+    assert capfd.readouterr() == ("", "")  # and nothing was said
 
 
 @pytest.fixture(scope="module")
