@@ -456,3 +456,15 @@ def test_pull_always_is_never_answered_from_a_receipt(project: Path, tmp_path: P
     assert answered("pulled.yml").cached  # registry gone: the receipt answers, as the full path would not ask it
     with pytest.raises(LkError):
         build("pulled.yml", options=always)  # and --pull always still asks (and fails: the registry is gone)
+
+
+def test_image_prune_drops_the_receipts_with_the_outputs(project: Path) -> None:
+    from lkctl.images import prune_builds
+
+    first = build()
+    removed = prune_builds()  # no VM uses the build: its outputs go, and every receipt
+    assert first.initrd.parent in removed and not first.initrd.exists()
+    assert not (paths.cache_dir() / "build-state" / "receipts").exists()
+    again = build()
+    assert not again.receipt and again.built == ("kernel+initrd",)
+    answered()
