@@ -468,3 +468,37 @@ def test_image_prune_drops_the_receipts_with_the_outputs(project: Path) -> None:
     again = build()
     assert not again.receipt and again.built == ("kernel+initrd",)
     answered()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"options": BuildOptions(size=2 << 30)},
+        {"options": BuildOptions(arch="arm64")},
+        {"options": BuildOptions(decompress_kernel=True)},
+        {"options": BuildOptions(threads=1)},
+        {"options": BuildOptions(formats=("tar",))},
+        {"options": BuildOptions(level=9)},
+        {"options": BuildOptions(pull="always")},
+        {"out_dir": Path("elsewhere")},
+        {"name": "other"},
+        {"variables": {"X": "1"}},
+        {"files": (Path("vm.yml"), Path("extra.yml"))},
+    ],
+    ids=repr,
+)
+def test_every_option_is_part_of_the_request(change: dict[str, object], project: Path) -> None:
+    base = BuildRequest("vm.yml", None, (Path("vm.yml"),))
+    assert receipt_path(replace(base, **change)) != receipt_path(base)  # type: ignore[arg-type]
+
+
+def test_a_library_directory_changing_invalidates_receipts(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    monkeypatch.syspath_prepend(str(libs))
+    build()
+    answered()
+    (libs / "lkctl_test_lib.py").write_text("")  # a library installed there: its directory changed
+    assert not build().receipt
