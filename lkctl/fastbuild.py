@@ -10,7 +10,8 @@ full CLI does:
   command to the full CLI, even a valid one) and no `LKCTL_*` environment variable but lkctl's own directories
   (invoke maps the others onto its config, and can refuse them);
 - the build's receipt answers (`lkctl.images.unchanged_build`): then the task would only print its two lines,
-  which are printed here the same way (its progress ticker draws nothing in the time a receipt takes).
+  which are printed here the same way (its progress ticker leaves nothing: on a terminal its first frame comes
+  after 0.2 s and is cleared at the end, elsewhere its first line after 15 s).
 
 Anything else (another form, `--help`, a change to any input, an error of any kind) goes to the full CLI, which
 builds or says what is wrong in its own words. Nothing here imports invoke.
