@@ -502,3 +502,22 @@ def test_a_library_directory_changing_invalidates_receipts(
     answered()
     (libs / "lkctl_test_lib.py").write_text("")  # a library installed there: its directory changed
     assert not build().receipt
+
+
+def test_a_closed_stdout_ends_the_lean_path_as_it_ends_the_full_cli(project: Path, plain_env: None) -> None:
+    def run(env: dict[str, str]) -> tuple[int, str]:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written (`lkctl image.build x | true`)
+        try:
+            p = subprocess.run([*CLI, "image.build", "vm.yml"], stdout=write, stderr=subprocess.PIPE, text=True,
+                               env=env, timeout=120)  # fmt: skip
+        finally:
+            os.close(write)
+        return p.returncode, p.stderr
+
+    build()
+    subprocess.run([*CLI, "image.build", "vm.yml"], check=True, capture_output=True)  # a receipt for the CLI's code
+    lean = run(dict(os.environ))
+    full = run(dict(os.environ, LKCTL_TEST_FULL_CLI="1"))  # an LKCTL_* variable invoke could read: the full CLI
+    assert lean == full
+    assert lean[0] == 141 and lean[1].startswith("lkctl: unchanged, from cache: ")
