@@ -184,27 +184,32 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
 
     o = request.options
     if o.pull == "always" and any(not parse_reference(r).is_local for r in result.image_refs):
-        return None  # the full path asks the registry every time
+        log.debug("no receipt for %s: --pull always asks the registry every time", request.source)
+        return None
     sources = [_source_identity(path, digest) for path, digest in result.sources]
     if None in sources:
-        return None  # changed since the build hashed it (or while it was being looked at)
+        log.debug("no receipt for %s: a file source changed since the build hashed it", request.source)
+        return None
     store = Store(paths.oci_store_dir())
     bases = []
     for ref in result.image_refs:
         if is_base_image(ref):
             facts = freshness_facts(ref, store)
             if facts is None:
+                log.debug("no receipt for %s: base image %s is not fresh", request.source, ref)
                 return None
             bases.append(facts)
     out_dir, name = result.kernel.parent, result.kernel.name.removesuffix("-kernel")  # <out>/<name>-kernel, always
     bp = build_paths(out_dir, name)
     with file_lock(bp.lock):  # no build of this name changes the stamp or the outputs while they are recorded
         if not stamp_vouches_for(result, name, out_dir):
+            log.debug("no receipt for %s: another build changed %s meanwhile", request.source, out_dir)
             return None
         stamp = _sha256(bp.stamp)
         outputs = [_identity(p) for files in result.outputs.values() for p in files]
     if _read_inputs(request) != before.inputs:
-        return None  # the template, a YAML file, the store or lkctl changed while it built
+        log.debug("no receipt for %s: the template, YAML, image store or lkctl changed while it built", request.source)
+        return None
     receipt = {
         "version": _VERSION,
         "request": _request_doc(request),
@@ -288,6 +293,7 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
 
         if not all(freshness_holds(b) for b in r["bases"]):
             return None
+    log.info("build %s: unchanged, answered from its receipt", request.source)
     return BuildResult(
         Path(out["kernel"]),
         Path(out["initrd"]),
