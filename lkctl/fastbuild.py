@@ -7,8 +7,9 @@ full CLI does:
 
 - nothing the full CLI reads before running the task could change what it does or make it fail: no config file
   invoke would load for lkctl (`/etc/lkctl.*`, `~/.lkctl.*`, the project's `lkctl.*`: any of them sends the
-  command to the full CLI, even a valid one) and no `LKCTL_*` environment variable but lkctl's own directories
-  (invoke maps the others onto its config, and can refuse them);
+  command to the full CLI, even a valid one), no `LKCTL_*` environment variable but lkctl's own directories
+  (invoke maps the others onto its config, and can refuse them) and no `INVOKE_*` one (`INVOKE_RUNTIME_CONFIG`
+  names a config file, `INVOKE_DEBUG` turns logging on);
 - the build's receipt answers (`lkctl.images.unchanged_build`): then the task would only print its two lines,
   which are printed here the same way (its progress ticker leaves nothing: on a terminal its first frame comes
   after 0.2 s and is cleared at the end, elsewhere its first line after 15 s).
@@ -55,8 +56,8 @@ def lean_source(args: list[str]) -> str | None:
 def config_may_apply(environ: Mapping[str, str], cwd: Path, home: Path) -> bool:
     """True if invoke could read config (or config-like variables) for this command; then only the full CLI
     knows what happens. Errs towards True."""
-    if any(k.startswith("LKCTL_") and k not in _OWN_ENV for k in environ):
-        return True
+    if any((k.startswith("LKCTL_") and k not in _OWN_ENV) or k.startswith("INVOKE_") for k in environ):
+        return True  # INVOKE_RUNTIME_CONFIG names a config file, INVOKE_DEBUG turns logging on
     bases = [Path("/etc/lkctl"), home / ".lkctl"]
     for d in [cwd, *cwd.parents]:
         if any((d / m).exists() for m in _PROJECT_MARKERS):

@@ -349,11 +349,11 @@ CLI = [sys.executable, "-c", "import sys; sys.argv[0] = 'lkctl'; from lkctl.laun
 
 @pytest.fixture
 def plain_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No config the full CLI would read: a fresh HOME, no LKCTL_* variable but LKCTL_HOME."""
+    """No config the full CLI would read: a fresh HOME, no LKCTL_* variable but LKCTL_HOME, no INVOKE_* one."""
     if any(Path(f"/etc/lkctl{s}").exists() for s in (".yaml", ".yml", ".json", ".py")):
         pytest.skip("this machine has an /etc/lkctl.* config file")
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
-    for name in [n for n in os.environ if n.startswith("LKCTL_") and n != "LKCTL_HOME"]:
+    for name in [n for n in os.environ if (n.startswith("LKCTL_") and n != "LKCTL_HOME") or n.startswith("INVOKE_")]:
         monkeypatch.delenv(name)
 
 

@@ -33,8 +33,18 @@ def test_no_config_anywhere_allows_the_lean_path(tmp_path: Path) -> None:
     assert not config_may_apply({"LKCTL_HOME": "/x", "PATH": "/bin"}, tmp_path / "repo", tmp_path / "home")
 
 
-@pytest.mark.parametrize("name", ["LKCTL_VM_MEMORY", "LKCTL_RUN_ECHO", "LKCTL_RUNTIME_CONFIG", "LKCTL_LKCTL_X"])
-def test_an_lkctl_variable_invoke_could_read_sends_it_to_the_full_cli(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LKCTL_VM_MEMORY",
+        "LKCTL_RUN_ECHO",
+        "LKCTL_RUNTIME_CONFIG",
+        "LKCTL_LKCTL_X",
+        "INVOKE_RUNTIME_CONFIG",
+        "INVOKE_DEBUG",
+    ],
+)
+def test_a_variable_invoke_could_read_sends_it_to_the_full_cli(tmp_path: Path, name: str) -> None:
     assert config_may_apply({name: "1"}, tmp_path, tmp_path / "home")
 
 
