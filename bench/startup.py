@@ -3,9 +3,10 @@
 - import cost: `python -c "import invoke"` vs `python -c "import invoke, lkctl.tasks"` (lkctl's own cost on top
   of invoke's; target <= 20 ms), plus what `-X importtime` attributes to lkctl's modules;
 - `lkctl vm.ps --all` with 1,000 recorded (stopped) VMs vs with none (target <= 1.15x);
-- an unchanged `lkctl image.build minimal` (everything cached) vs `lkctl --version` (target <= 1.5x).
+- an unchanged `lkctl image.build minimal` (everything cached) vs `lkctl --version` (target <= 1.5x), and the
+  same build through the full (invoke) CLI, which an LKCTL_* variable selects.
 
-Usage: python bench/startup.py [--rounds N]
+Usage: python bench/startup.py [--rounds N] [--only imports|ps|build]
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """Wall and CPU seconds of one run. On a shared machine the CPU time is the steadier of the two."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -95,46 +98,63 @@ def main() -> None:
     precompile()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--only", choices=["imports", "ps", "build"], help="run just this pair")
     args = parser.parse_args()
+    want = {args.only} if args.only else {"imports", "ps", "build"}
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     py = sys.executable
+    imports: dict[str, float] = {}
+    ps: dict[str, float] = {}
+    build: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="lkbench-") as tmp:
         empty, full = Path(tmp) / "empty", Path(tmp) / "full"
-        recorded_vms(full, 1000)
         env0 = dict(os.environ, LKCTL_HOME=str(empty))
-        env1 = dict(os.environ, LKCTL_HOME=str(full))
-        imports = interleaved(
-            {"invoke": ([py, "-c", "import invoke"], env0), "lkctl": ([py, "-c", "import invoke, lkctl.tasks"], env0)},
-            args.rounds,
-        )
-        ps = interleaved(
-            {"none": ([LKCTL, "vm.ps", "--all"], env0), "1000": ([LKCTL, "vm.ps", "--all"], env1)}, args.rounds
-        )
-        build_env = dict(os.environ, LKCTL_HOME=str(empty))
-        subprocess.run([LKCTL, "image.build", "minimal"], env=build_env, check=True, capture_output=True)  # untimed
-        build = interleaved(
-            {"version": ([LKCTL, "--version"], build_env), "build": ([LKCTL, "image.build", "minimal"], build_env)},
-            args.rounds,
-        )
-    own, own_min = lkctl_import_ms(args.rounds)
+        if "imports" in want:
+            imports = interleaved(
+                {"invoke": ([py, "-c", "import invoke"], env0),
+                 "lkctl": ([py, "-c", "import invoke, lkctl.tasks"], env0)},
+                args.rounds,
+            )  # fmt: skip
+        if "ps" in want:
+            recorded_vms(full, 1000)
+            env1 = dict(os.environ, LKCTL_HOME=str(full))
+            ps = interleaved(
+                {"none": ([LKCTL, "vm.ps", "--all"], env0), "1000": ([LKCTL, "vm.ps", "--all"], env1)}, args.rounds
+            )
+        if "build" in want:
+            build_env = dict(os.environ, LKCTL_HOME=str(empty))
+            subprocess.run([LKCTL, "image.build", "minimal"], env=build_env, check=True, capture_output=True)  # untimed
+            # an LKCTL_* variable invoke could read sends `image.build SOURCE` past the lean path (lkctl/fastbuild.py)
+            full_env = dict(build_env, LKCTL_BENCH_FULL_CLI="1")
+            build = interleaved(
+                {"version": ([LKCTL, "--version"], build_env), "build": ([LKCTL, "image.build", "minimal"], build_env),
+                 "build-full": ([LKCTL, "image.build", "minimal"], full_env)},
+                args.rounds,
+            )  # fmt: skip
     print(f"start-up, medians of {args.rounds} interleaved rounds (machine shared with other work):")
-    print(line("import invoke", imports["invoke"], "invoke"))
-    print(line("import invoke, lkctl.tasks", imports["lkctl"], "lkctl"))
-    print(f"  lkctl's own import cost: {(imports['lkctl'] - imports['invoke']) * 1000:.1f} ms wall, "
-          f"{(CPU['lkctl'] - CPU['invoke']) * 1000:.1f} ms CPU; -X importtime self time of lkctl.* {own:.1f} ms "
-          f"median, {own_min:.1f} ms least (target <= 20 ms)")  # fmt: skip
-    print(line("vm.ps --all, no VM", ps["none"], "none"))
-    print(line("vm.ps --all, 1,000 recorded VMs", ps["1000"], "1000"))
-    print(
-        f"ratio vm.ps 1,000 VMs / none            = {ps['1000'] / ps['none']:.2f} wall, "
-        f"{CPU['1000'] / CPU['none']:.2f} CPU  (target <= 1.15)"
-    )
-    print(line("lkctl --version", build["version"], "version"))
-    print(line("lkctl image.build minimal (unchanged)", build["build"], "build"))
-    print(
-        f"ratio unchanged image.build / --version = {build['build'] / build['version']:.2f} wall, "
-        f"{CPU['build'] / CPU['version']:.2f} CPU  (target <= 1.5)"
-    )
+    if imports:
+        own, own_min = lkctl_import_ms(args.rounds)
+        print(line("import invoke", imports["invoke"], "invoke"))
+        print(line("import invoke, lkctl.tasks", imports["lkctl"], "lkctl"))
+        print(f"  lkctl's own import cost: {(imports['lkctl'] - imports['invoke']) * 1000:.1f} ms wall, "
+              f"{(CPU['lkctl'] - CPU['invoke']) * 1000:.1f} ms CPU; -X importtime self time of lkctl.* {own:.1f} ms "
+              f"median, {own_min:.1f} ms least (target <= 20 ms)")  # fmt: skip
+    if ps:
+        print(line("vm.ps --all, no VM", ps["none"], "none"))
+        print(line("vm.ps --all, 1,000 recorded VMs", ps["1000"], "1000"))
+        print(
+            f"ratio vm.ps 1,000 VMs / none            = {ps['1000'] / ps['none']:.2f} wall, "
+            f"{CPU['1000'] / CPU['none']:.2f} CPU  (target <= 1.15)"
+        )
+    if build:
+        print(line("lkctl --version", build["version"], "version"))
+        print(line("lkctl image.build minimal (unchanged)", build["build"], "build"))
+        print(line("  the same through invoke (full CLI)", build["build-full"], "build-full"))
+        print(
+            f"ratio unchanged image.build / --version = {build['build'] / build['version']:.2f} wall, "
+            f"{CPU['build'] / CPU['version']:.2f} CPU  (target <= 1.5); through invoke "
+            f"{build['build-full'] / build['version']:.2f} wall, {CPU['build-full'] / CPU['version']:.2f} CPU"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_output", "atomic_write", "connect_unix", "file_lock", "private_dir", "try_lock", "unix_address"]
+__all__ = [
+    "atomic_output",
+    "atomic_write",
+    "connect_unix",
+    "file_identity",
+    "file_lock",
+    "private_dir",
+    "try_lock",
+    "unix_address",
+]
+
+
+def file_identity(path: str | os.PathLike[str], *, follow: bool = False) -> list[int | str]:
+    """[path, mode, dev, inode, size, mtime_ns, ctime_ns] of `path` (a symlink itself unless `follow`), or [path,
+    "missing"]: whatever writes, replaces, renames or chmods a file changes it (ctime cannot be set back)."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        return [os.fspath(path), "missing"]
+    return [os.fspath(path), st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def private_dir(path: Path) -> Path:

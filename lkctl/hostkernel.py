@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from lkctl.arch import debian_arch
 from lkctl.proc import ProgramMissing
 
 __all__ = ["BOOT_DIR", "MODULES_DIR", "filter_module_index", "kernel_version", "module_name", "select_modules"]
@@ -38,6 +37,8 @@ def kernel_version(wanted: str, *, boot: Path = BOOT_DIR, modules: Path = MODULE
     if running in have:
         return running
     if not have:
+        from lkctl.arch import debian_arch
+
         deb = debian_arch()
         package = f"linux-image-{deb}" if deb in ("amd64", "arm64") else "linux-image"  # Debian's metapackages
         raise ProgramMissing(

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lkctl import paths
-from lkctl.errors import ImageError, StateError
-from lkctl.oci.layout import Store
+from lkctl.errors import ImageError, LkError, StateError
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,
@@ -40,7 +39,9 @@ from lkctl.templates import (
 
 if TYPE_CHECKING:
     from lkctl.build import BuildOptions, BuildResult
+    from lkctl.build.receipt import BuildRequest
     from lkctl.build.spec import Spec
+    from lkctl.oci.layout import Store
     from lkctl.runtime.model import BootImage
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "resolve_image",
     "staged_vm_keys",
     "store",
+    "unchanged_build",
 ]
 
 log = logging.getLogger("lkctl.images")
@@ -74,6 +76,7 @@ def store() -> Store:
     """lkctl's OCI image store. lkctl's cache dir (and the store, when lkctl makes it) are 0700: builds in them may
     hold what a template was given."""
     from lkctl.fsutil import private_dir
+    from lkctl.oci.layout import Store
 
     private_dir(paths.cache_dir())
     root = paths.oci_store_dir()
@@ -400,17 +403,71 @@ def build_source(
 
     With default options this is exactly what `--image` builds (same cache directory, so a later
     `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
-    lkctl's base images are made or refreshed first, as `--image` does."""
-    from lkctl.baseimages import ensure_base_image, is_base_image
-    from lkctl.build import BuildOptions, build_image, check_request
-    from lkctl.build.spec import load_spec, parse_spec
+    lkctl's base images are made or refreshed first, as `--image` does. An unchanged build is answered from the
+    build's receipt (`lkctl.build.receipt`) before anything is parsed; it returns what the full path would."""
+    from lkctl.build.receipt import check_receipt, snapshot_inputs, write_receipt
+
+    request, template, paths_in = _build_request(source, files, variables, name, out_dir, options)
+    cached = check_receipt(request)
+    if cached is not None:
+        return cached
+    before = snapshot_inputs(request)
+    result = _build_source(template, paths_in, variables, name, out_dir, request.options)
+    write_receipt(request, result, before)
+    return result
+
+
+def unchanged_build(source: str) -> BuildResult | None:
+    """What `build_source(source)` returns when its receipt answers (an unchanged build), else None: nothing is
+    built, parsed or reported; an input that is wrong (an unknown template, a missing file) is None too, so the
+    caller's full path says it in its own words. The `lkctl image.build SOURCE` lean path (lkctl.fastbuild)."""
+    from lkctl.build.receipt import check_receipt
+
+    try:
+        request, _, _ = _build_request(source, (), None, "", None, None)
+    except LkError:
+        return None
+    return check_receipt(request)
+
+
+def _build_request(
+    source: str,
+    files: Sequence[Path],
+    variables: Mapping[str, str] | None,
+    name: str,
+    out_dir: Path | None,
+    options: BuildOptions | None,
+) -> tuple[BuildRequest, Template | None, list[Path]]:
+    """build_source's request (what its receipt is kept under), the template `source` names (None for YAML files)
+    and the YAML files to merge; an ImageError for a source that is neither."""
+    from lkctl.build import BuildOptions
+    from lkctl.build.receipt import BuildRequest
 
     template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
     paths_in = [] if template is not None and not files else [Path(source), *files]
     for p in paths_in:
         if not p.is_file():
             raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
-    if options is None or options == BuildOptions():
+    request = BuildRequest(
+        source, None if paths_in else template.path if template else None, tuple(paths_in),
+        dict(variables or {}), name, out_dir, options or BuildOptions(),
+    )  # fmt: skip
+    return request, template, paths_in
+
+
+def _build_source(
+    template: Template | None,
+    paths_in: list[Path],
+    variables: Mapping[str, str] | None,
+    name: str,
+    out_dir: Path | None,
+    options: BuildOptions,
+) -> BuildResult:
+    from lkctl.baseimages import ensure_base_image, is_base_image
+    from lkctl.build import BuildOptions, build_image, check_request
+    from lkctl.build.spec import load_spec, parse_spec
+
+    if options == BuildOptions():
         if paths_in:
             return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
         assert template is not None

@@ -48,6 +48,10 @@ def main() -> None:
         from lkctl.dev.fastcli import fast_dev  # dev.test / dev.shell -- CMD: the same lean path
 
         code = fast_dev(sys.argv[1:])
+    if code is None and sys.argv[1:2] == ["image.build"]:
+        from lkctl.fastbuild import fast_build  # an unchanged `image.build SOURCE`: answered from its receipt
+
+        code = fast_build(sys.argv[1:])
     if code is not None:
         sys.stderr.flush()
         os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown

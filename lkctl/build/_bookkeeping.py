@@ -149,6 +149,7 @@ def prune_builds(*, vm_argvs: Sequence[Sequence[str]]) -> list[Path]:
     for d in sorted(builds.glob("template-*")) if builds.is_dir() else []:
         with contextlib.suppress(OSError):
             d.rmdir()  # a template's renders are all gone
+    shutil.rmtree(root / "receipts", ignore_errors=True)  # shortcuts only: the next build of each writes its own
     from lkctl.build._fragments import FragmentCache
 
     FragmentCache(paths.oci_store_dir() / ".lkctl" / "initrd-fragments").prune()  # drafts of killed builds

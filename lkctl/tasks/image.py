@@ -54,10 +54,12 @@ def build(
 ) -> None:
     """Build a LinuxKit image (any common format) from a template or YAML files."""
     from lkctl.build import BuildOptions
-    from lkctl.flags import parse_arch, parse_size
     from lkctl.images import build_source
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
+    if size or arch:
+        from lkctl.flags import parse_arch, parse_size  # not imported when not needed: see lkctl.build.receipt
+
     options = BuildOptions(
         formats=tuple(formats),
         size=parse_size(size, what="--size") if size else None,

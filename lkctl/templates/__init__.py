@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lkctl.errors import ConfigError
 from lkctl.templates.discovery import (
@@ -28,10 +28,10 @@ from lkctl.templates.discovery import (
     require_template,
     template_dirs,
 )
-from lkctl.templates.substitute import Variables, substitute, variables_of, yaml_scalar
 
 if TYPE_CHECKING:
     from lkctl.settings import TemplatesSettings
+    from lkctl.templates.substitute import Variables, yaml_scalar
 
 __all__ = [
     "KEY_VARIABLES",
@@ -53,6 +53,17 @@ __all__ = [
     "template_variables",
     "yaml_scalar",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the substitution module is imported when something is rendered or scanned: finding a template (what an
+    # unchanged `image.build` does before its receipt answers) does not pay for it
+    if name in ("Variables", "yaml_scalar"):
+        from lkctl.templates import substitute
+
+        return getattr(substitute, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: variables lkctl fills from the VM's own keys when nothing else gives them: the client public key (for
 #: authorized_keys), the host private key (OpenSSH PEM) and its public half (what lkctl's known_hosts pins)
@@ -112,6 +123,8 @@ def template_variables(template: Template) -> Variables:
         from lkctl.templates._jinja import jinja_variables
 
         return jinja_variables(template.path)
+    from lkctl.templates.substitute import variables_of
+
     return variables_of(_read(template))
 
 
@@ -191,6 +204,8 @@ def render_template(template: Template, values: Mapping[str, str] | TemplateInpu
 
         text = render_jinja(template.path, values or {}, source)
     else:
+        from lkctl.templates.substitute import substitute
+
         text = substitute(_read(template), values or {}, source)
     _check_yaml(text, source)
     return text

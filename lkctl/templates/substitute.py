@@ -18,9 +18,9 @@ Values are never expanded again (`${X}` in a value stays `${X}`). Pure functions
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,7 +39,14 @@ __all__ = [
 #: `$${` (a literal `${`) or a placeholder; a default cannot contain `}`, names are shell-like
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: what the YAML reader refuses anywhere in a stream (pyyaml's NON_PRINTABLE), plus NEL and the line separators
-_UNSAFE = re.compile("[^\x09\x0a\x0d\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029]")
+_UNSAFE_CLASS = "[^\x09\x0a\x0d\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]|[\u2028\u2029]"
+
+
+@functools.cache
+def _unsafe() -> re.Pattern[str]:
+    return re.compile(_UNSAFE_CLASS)  # compiled on first use: 5 ms that an unchanged build need not pay
+
+
 #: whole values that keep their YAML type: `memory: ${MEMORY:-2048}` is an integer, `readonly: ${RO:-false}` a bool
 _TYPED = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?|true|false")
 #: plain scalars YAML 1.2 (Go's yaml.v3, LinuxKit) would not read as a string, though YAML 1.1 (pyyaml) might
@@ -109,7 +116,7 @@ def missing_message(source: str, missing: Mapping[str, list[int]]) -> str:
 # -- emitting scalars ----------------------------------------------------------------------------------------
 def _escape_unsafe(s: str) -> str:
     """Characters YAML refuses or reads as line breaks (NEL, U+2028) as `\\uXXXX` escapes."""
-    return _UNSAFE.sub(
+    return _unsafe().sub(
         lambda m: f"\\u{ord(m.group()):04x}" if ord(m.group()) < 0x10000 else f"\\U{ord(m.group()):08x}", s
     )
 
@@ -122,7 +129,7 @@ def _double_quoted(s: str) -> str:
 def _plain_ok(s: str, flow: bool) -> bool:
     import yaml
 
-    if not s or s != s.strip() or "\n" in s or "\r" in s or _UNSAFE.search(s) or _YAML12_NOT_STR.fullmatch(s):
+    if not s or s != s.strip() or "\n" in s or "\r" in s or _unsafe().search(s) or _YAML12_NOT_STR.fullmatch(s):
         return False
     if flow and any(c in s for c in ",[]{}"):
         return False
@@ -147,7 +154,7 @@ def yaml_scalar(value: object) -> str:
 
 def _block(s: str, parent_col: int, comment: str) -> str | None:
     """`s` as a literal block scalar whose content is indented 2 past the parent, or None if it cannot be one."""
-    if parent_col < 0 or "\r" in s or _UNSAFE.search(s):
+    if parent_col < 0 or "\r" in s or _unsafe().search(s):
         return None
     body = s.rstrip("\n")
     trailing = len(s) - len(body)
@@ -219,7 +226,7 @@ def _in_block(span: str, token_re: re.Pattern[str], values: Mapping[str, str]) -
     that would change how the block is read (a value whose first line starts with a space, or a character YAML
     refuses), so the caller re-emits the scalar instead."""
     used = [values[t] for t in token_re.findall(span)]
-    if any(_UNSAFE.search(v) or "\r" in v for v in used):
+    if any(_unsafe().search(v) or "\r" in v for v in used):
         return None
     indents = _content_indents(span)
     if not indents:
@@ -253,7 +260,7 @@ def _edit(
     if "\n" not in s and sc.style in (None, "'"):
         if _plain_ok(s, sc.flow):
             return sc.start, sc.end, s
-        if sc.style == "'" and not _UNSAFE.search(s):
+        if sc.style == "'" and not _unsafe().search(s):
             return sc.start, sc.end, "'" + s.replace("'", "''") + "'"
     if "\n" in s and sc.style != '"' and not sc.flow and not sc.key:  # an author who double-quoted keeps it
         line_end = text.find("\n", sc.end)
@@ -279,6 +286,7 @@ def substitute(text: str, values: Mapping[str, str], source: str = "template") -
         raise ConfigError(missing_message(source, missing))
     if not holders:
         return text
+    import secrets  # 10 ms of imports (random, hmac, base64): only when a placeholder is replaced
 
     nonce = secrets.token_hex(4)
     while nonce in text:
