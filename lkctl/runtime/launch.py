@@ -221,7 +221,7 @@ def list_vms(*, include_stopped: bool = False, records: list[state.VmRecord] | N
         if r.libvirt:
             continue  # listed by list_all_vms, from libvirt
         status = state.vm_status(r, live)
-        if status not in ("running", "unknown") and state.forget_ended(r):  # an ended `--rm` VM
+        if r.auto_remove and status not in ("running", "unknown") and state.forget_ended(r):  # an ended `--rm` VM
             continue
         if not include_stopped and status not in ("running", "unknown"):
             continue

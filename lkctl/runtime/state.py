@@ -308,7 +308,7 @@ def _records_indexed(root: Path, *, with_argv: bool) -> list[VmRecord]:
                 ):
                     fresh[entry.name] = cached
                     fresh_argvs[entry.name] = record.argv
-                    records.append(_adopt_pidfile(record))
+                    records.append(record if record.pid else _adopt_pidfile(record))
                     continue
             if argvs is None:  # the index must be rewritten, which needs every argv: read it whole
                 return _records_indexed(root, with_argv=True)
