@@ -55,6 +55,12 @@ def main() -> None:
     if code is not None:
         sys.stderr.flush()
         os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
+    if sys.argv[1:2] == ["vm.run"]:
+        from lkctl.runtime.fastrun import fast_run  # plain `vm.run -d`: QEMU starts without invoke imported
+
+        code = fast_run(sys.argv[1:])
+        if code is not None:
+            _exit_without_teardown(code)
     from lkctl.cli import program
 
     status: object = 0

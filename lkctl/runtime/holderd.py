@@ -128,6 +128,18 @@ def serve(record: VmRecord, sess: Session, listener: socket.socket) -> None:
         threading.Thread(target=_handle, args=(conn, sess), daemon=True, name="lkctl-holder-exec").start()
 
 
+def _init_wait(record: VmRecord) -> float:
+    """Seconds without a line from lkctl's init before the holder takes the guest for one without it and probes.
+
+    Under TCG a kernel takes 4-10 s to reach init on a 2-core machine (more under load). A probe sent before the
+    guest's network is up is held by QEMU's slirp and reaches sshd only when it listens: a connection the guest
+    forks for and serves next to the one handshake that matters (`Exit before auth` in the console), and a probe
+    in flight keeps the holder from seeing `sshd listening`. A guest without lkctl's init takes longer than
+    that to start its sshd under TCG anyway.
+    """
+    return 20.0 if record.accel == "tcg" else 5.0
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             console=vm_dir / CONSOLE_LOG,
             timeout=timeout,
             alive=lambda: state.is_our_process(record),
+            init_wait=_init_wait(record),
         )
         path = socket_path(vm_dir)
         listener = _listen(path)

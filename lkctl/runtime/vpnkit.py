@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import json
 import os
 import shutil
@@ -28,9 +27,13 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lkctl import proc
 from lkctl.errors import ConfigError, VmError
+
+if TYPE_CHECKING:
+    import http.client
 
 __all__ = [
     "VPNKIT_ETH_SOCKET",
@@ -153,20 +156,23 @@ def start_vpnkit(state_dir: Path, binary: str, *, log: Path | None = None) -> su
             s.close()  # the child holds them now; a dead vpnkit leaves nothing listening
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("unix", timeout=timeout)  # vpnkit's client uses http://unix/... too
-        self._path = path
+def _unix_http_connection(path: str, timeout: float) -> http.client.HTTPConnection:
+    """An HTTP connection over the unix socket `path` (http.client is imported here: every `vm.run` imports this
+    module through the backends, and http.client with ssl and email costs ~20 ms of its start-up before QEMU)."""
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    return UnixHTTPConnection("unix", timeout=timeout)  # vpnkit's client uses http://unix/... too
 
 
 def expose_request(proto: str, host_ip: str, host_port: int, guest_ip: str, guest_port: int) -> bytes:
@@ -188,7 +194,7 @@ def expose_port(
     """Ask vpnkit (over its port socket) to forward host_ip:host_port to the guest. VmError with vpnkit's reason."""
     body = expose_request(proto, host_ip, host_port, guest_ip, guest_port)
     what = f"{host_ip}:{host_port}->{guest_port}/{proto}"
-    conn = _UnixHTTPConnection(os.fspath(port_socket), timeout)
+    conn = _unix_http_connection(os.fspath(port_socket), timeout)
     try:
         conn.request("POST", "/forwards/expose/port", body, {"Content-Type": "application/json"})
         response = conn.getresponse()

@@ -249,13 +249,14 @@ def session_when_listening(
     listening: bytes = b"lkctl-init: sshd listening",
     init_started: bytes = b"lkctl-init:",
     init_ready: bytes = b"lkctl-init: ready",
+    init_wait: float = 5.0,
 ) -> Session:
     """Wait for the guest to print `listening` on its console, then make the one handshake and keep it.
 
     No handshake is attempted while the guest boots (each one costs the guest a key exchange, and under TCG that
     slows the boot it is waiting for). Guests that never print the marker (an init other than lkctl's, or an
     image whose sshd is not on port 22 when lkctl's init gave up) are probed with handshakes and backoff: when no
-    `init_started` line appeared within 5 s, or `init_ready` appeared 3 s ago without `listening`.
+    `init_started` line appeared within `init_wait` seconds, or `init_ready` appeared 3 s ago without `listening`.
     """
     start = time.monotonic()
     deadline = start + timeout
@@ -288,7 +289,8 @@ def session_when_listening(
         if seen_ready_at is None and init_ready in window:
             seen_ready_at = now
         marker = listening in window
-        probing = (seen_init is None and now - start > 5) or (seen_ready_at is not None and now - seen_ready_at > 3)
+        no_init = seen_init is None and now - start > init_wait
+        probing = no_init or (seen_ready_at is not None and now - seen_ready_at > 3)
         if marker or (probing and now >= next_probe):
             attempts = 20 if marker else 1
             for _ in range(attempts):

@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from lkctl.runtime.fastrun import running_line  # the lean `vm.run -d` says it too, without invoke
+
 if TYPE_CHECKING:
     from lkctl.runtime.launch import RunPlan
-    from lkctl.runtime.state import VmRecord
 
 __all__ = ["age", "plan_line", "ps_table", "running_line", "stats_table", "table"]
 
@@ -69,17 +70,6 @@ def stats_table(s: Mapping[str, Any]) -> str:
         s["status"],
     ]
     return table(["ID", "NAME", "CPU %", "MEM (RSS / GUEST)", "VCPUS", "UPTIME", "STATE"], [row])
-
-
-def running_line(record: VmRecord) -> str:
-    """What `vm.run -d` says once the VM runs: where it is and what to try."""
-    head = f"lkctl: VM {record.name} ({record.id}) is running"
-    hint = f"Try: vm.exec {record.name} -- uname -a   Stop: vm.stop {record.name}"
-    if record.libvirt:
-        return f"{head} on {record.libvirt['host']} through libvirt. {hint}"
-    if not record.ssh_port:
-        return f"{head} with no network. Stop: vm.stop {record.name}"
-    return f"{head}; ssh on 127.0.0.1:{record.ssh_port}. {hint}"
 
 
 def plan_line(plan: RunPlan) -> str:

@@ -83,7 +83,7 @@ def test_env_reaches_exec_shell_and_services_unevaluated(shared: lkctl.Vm) -> No
 def test_the_boot_path_runs_no_key_conversion_and_no_json_parsing(shared: lkctl.Vm) -> None:
     # dropbear serves the host key lkctl wrote in dropbear's format (the handshake pinned it), not a converted copy
     argv = shared.exec(["sh", "-c", "tr '\\0' ' ' </proc/$(pidof dropbear | cut -d' ' -f1)/cmdline"], check=True).text
-    assert "-r /run/config/ssh/dropbear_ed25519_host_key" in argv
+    assert "-r /hostroot/run/config/ssh/dropbear_ed25519_host_key" in argv
     assert shared.exec(["ls", "/containers/services/sshd/tmp/upper/etc/dropbear"]).text == ""  # nothing converted
     # the assignments the builder made, which the init sources instead of running json.awk on the bundle's JSON
     made = shared.exec(["sh", "-c", "cd /containers/services/sshd && ls config.json.C.sh runtime.json.R.sh"])

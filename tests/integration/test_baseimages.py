@@ -143,10 +143,12 @@ def test_sshd_image_has_dropbear_with_its_libraries_and_a_linuxkit_label(built: 
     assert "root:x:0:0:root:/root:/usr/sbin/lkctl-vmshell" in passwd.splitlines()
     assert files["usr/sbin/lkctl-vmshell"].mode == 0o755
     assert files["etc/shadow"].mode == 0o600
+    assert files["root/.ssh/authorized_keys"].linkname == "/hostroot/run/config/ssh/authorized_keys"
     assert image.config["config"]["Cmd"] == ["/usr/sbin/lkctl-sshd"]
     label = json.loads(image.labels["org.mobyproject.config"])
     assert label["capabilities"] == ["all"] and label["pid"] == "host" and label["net"] == "host"
-    assert "/run/config:/run/config:ro" in label["binds"]
+    # the VM's /run/config (keys, env) is read through /hostroot: the service binds only what it needs
+    assert label["binds"] == ["/:/hostroot:rslave", "/dev:/dev"]
 
 
 def test_missing_depmod_falls_back_to_filtering_the_host_index_with_the_same_result(

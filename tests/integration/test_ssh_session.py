@@ -159,6 +159,17 @@ def test_session_when_listening_probes_a_guest_without_lkctl_init(guest: Guest, 
         assert s.exec(["true"])[0] == 0
 
 
+def test_session_when_listening_probes_only_after_init_wait_without_an_init_line(guest: Guest, tmp_path: Path) -> None:
+    # a TCG kernel takes seconds to reach init: the holder waits longer there before it takes the guest for one
+    # without lkctl's init and probes (a probe slirp holds reaches the guest's sshd later as an extra connection)
+    console = tmp_path / "console.log"
+    console.write_bytes(b"")
+    with pytest.raises(SshError, match="did not say that its sshd listens"):  # sshd is up, but never probed
+        session_when_listening(guest.target, console=console, timeout=2, alive=lambda: True, init_wait=60)
+    with session_when_listening(guest.target, console=console, timeout=30, alive=lambda: True, init_wait=0.5) as s:
+        assert s.exec(["true"])[0] == 0
+
+
 def test_session_when_listening_stops_at_once_when_the_vm_dies(guest: Guest, tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(SshError, match="stopped before SSH was ready"):

@@ -43,6 +43,30 @@ write_resolv() {
     printf '%s' "$1" >"$_target" || error "cannot write $_target"
 }
 
+# fw_cfg_copy SRC DEST: every QEMU fw_cfg entry under SRC, a directory of the kernel's by_name/ tree (a directory
+# per name component; an entry is a link to its by_key/ directory, whose `raw` is the contents), becomes the file
+# DEST/<its path below SRC>, made with the caller's umask. The tree is walked with the shell's own globs and each
+# file is one `cat`, a directory one `mkdir` when it is new (under TCG every process costs the guest tens of ms;
+# this was a find pipeline with mkdir, cat and mv per file). Nothing reads DEST while init copies (the services
+# start later), so there is no temp file; a copy that fails is removed: a file is there whole or not at all.
+fw_cfg_copy() {
+    local _e _d
+    for _e in "$1"/*; do
+        _d=$2/${_e##*/}
+        if [ -f "$_e/raw" ]; then
+            [ -d "$2" ] || mkdir -p "$2"
+            if cat "$_e/raw" >"$_d"; then
+                debug "fw_cfg ${_e#/sys/firmware/qemu_fw_cfg/by_name/} -> $_d"
+            else
+                rm -f "$_d"
+                error "cannot copy fw_cfg ${_e#/sys/firmware/qemu_fw_cfg/by_name/} to $_d"
+            fi
+        elif [ -d "$_e" ]; then
+            fw_cfg_copy "$_e" "$_d"
+        fi
+    done
+}
+
 # jload PREFIX FILE: eval FILE's JSON as PREFIX_* variables (see json.awk). Returns 1 if it is not valid JSON.
 # A bundle's config (under /containers, fixed at build time) is parsed once: the assignments are kept beside it
 # in FILE.PREFIX.sh, because `container run` and `container exec` both load it and awk is slow under TCG.
