@@ -92,17 +92,9 @@ def config_tree(
 
 def run_options(plain: PlainRun, settings: Settings, sources: Mapping[str, str]) -> RunOptions:
     """The RunOptions the `vm.run` task makes for `plain` (every other option at its default)."""
-    from lkctl.flags import check_vm_name
-    from lkctl.runtime.vm import RunOptions
+    from lkctl.runtime.launch import run_options
 
-    return RunOptions(
-        name=check_vm_name(plain.name) if plain.name else "",
-        memory=settings.vm.memory if sources["memory"] else 0,
-        cpus=settings.vm.cpus if sources["cpus"] else 0,
-        detach=True,
-        hypervisor=settings.vm.hypervisor,
-        virtiofs=settings.vm.virtiofs,
-    )
+    return run_options(settings, sources, name=plain.name, detach=True)
 
 
 def running_line(record: VmRecord) -> str:

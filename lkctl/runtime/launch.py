@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, TextIO
 
 from lkctl import paths
@@ -15,7 +15,7 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["RunPlan", "VmRow", "list_all_vms", "list_vms", "plan_image", "run_image"]
+__all__ = ["RunPlan", "VmRow", "list_all_vms", "list_vms", "plan_image", "run_image", "run_options"]
 
 
 def run_image(
@@ -163,6 +163,63 @@ def plan_image(
             check_supported(resolved.boot, opts, hypervisor, keys_from=keys.directory if keys.made else None)
             argv, note = planned_start(argv, env=env_file_text(dict(opts.env)).encode())
         return RunPlan(argv, record, str(resolved.boot.path), resolved.built, note)
+
+
+def run_options(
+    settings: Settings,
+    sources: Mapping[str, str],
+    *,
+    name: str = "",
+    memory: str = "",
+    cpus: str = "",
+    ssh_port: str = "",
+    ports: Sequence[str] = (),
+    detach: bool = False,
+    timeout: str = "",
+    rm: bool = False,
+    wait: bool = True,
+    volumes: Sequence[str] = (),
+    disk: str = "",
+    uefi: bool = False,
+    hypervisor: str = "",
+    virtiofs: bool = False,
+    hostname: str = "",
+    env: Mapping[str, str] | None = None,
+    network: str = "",
+    connect: str = "",
+    host: str = "",
+    snapshot: bool = False,
+) -> RunOptions:
+    """The RunOptions of `vm.run` from its flags as typed (empty: not given) and the settings; `sources` says where
+    memory and CPUs came from (lkctl.configfiles.setting_source): a size only the defaults give is left to the
+    template's `# lkctl:` line. One place for the full CLI's task and the lean `vm.run -d` (lkctl.runtime.fastrun)."""
+    from lkctl.flags import parse_count, parse_memory, parse_port_number, parse_timeout
+    from lkctl.runtime.disks import parse_data_disk
+    from lkctl.runtime.model import parse_network, parse_port, parse_volume
+
+    local = not (connect or host)  # through libvirt the VM's host, not this machine, limits --memory
+    return RunOptions(
+        name=check_vm_name(name) if name else "",
+        memory=parse_memory(memory, local=local) if memory else (settings.vm.memory if sources["memory"] else 0),
+        cpus=parse_count(cpus, what="--cpus") if cpus else (settings.vm.cpus if sources["cpus"] else 0),
+        ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
+        ports=tuple(parse_port(p) for p in ports),
+        detach=detach,
+        ready_timeout=parse_timeout(timeout) if timeout else 0.0,
+        auto_remove=rm,
+        wait_ssh=wait,
+        volumes=tuple(parse_volume(v) for v in volumes),
+        data_disk=parse_data_disk(disk) if disk else None,
+        uefi=True if uefi else None,
+        hypervisor=hypervisor or settings.vm.hypervisor,
+        virtiofs=virtiofs or settings.vm.virtiofs,
+        hostname=hostname,
+        env=tuple((env or {}).items()),
+        network=parse_network(network) if network else None,
+        connect=connect,
+        host=host,
+        snapshot=snapshot,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -110,36 +110,33 @@ def run(
 ) -> Vm | None:
     """Boot an image as a new VM (foreground, or detached with -d; returns the Vm to Python callers)."""
     from lkctl.api import Vm
-    from lkctl.flags import check_vm_name, parse_count, parse_memory, parse_port_number, parse_timeout
-    from lkctl.runtime.disks import parse_data_disk
-    from lkctl.runtime.launch import run_image
-    from lkctl.runtime.model import parse_network, parse_port, parse_volume
-    from lkctl.runtime.vm import RunOptions
+    from lkctl.runtime.launch import run_image, run_options
 
     if template and image and template != image:
         raise ConfigError("give either --image or --template, not both")
     settings = settings_from(c)
     # flag > environment > config files > the template's `# lkctl:` sizing > defaults
     sources = size_sources(c, memory=memory, cpus=cpus)
-    local = not (connect or host)  # through libvirt the VM's host, not this machine, limits --memory
-    opts = RunOptions(
-        name=check_vm_name(name) if name else "",
-        memory=parse_memory(memory, local=local) if memory else (settings.vm.memory if sources["memory"] else 0),
-        cpus=parse_count(cpus, what="--cpus") if cpus else (settings.vm.cpus if sources["cpus"] else 0),
-        ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
-        ports=tuple(parse_port(p) for p in port or []),
+    opts = run_options(
+        settings,
+        sources,
+        name=name,
+        memory=memory,
+        cpus=cpus,
+        ssh_port=ssh_port,
+        ports=port or [],
         detach=detach,
-        ready_timeout=parse_timeout(timeout) if timeout else 0.0,
-        auto_remove=rm,
-        wait_ssh=wait,
-        volumes=tuple(parse_volume(v) for v in volume or []),
-        data_disk=parse_data_disk(disk) if disk else None,
-        uefi=True if uefi else None,
-        hypervisor=hypervisor or settings.vm.hypervisor,
-        virtiofs=virtiofs or settings.vm.virtiofs,
+        timeout=timeout,
+        rm=rm,
+        wait=wait,
+        volumes=volume or [],
+        disk=disk,
+        uefi=uefi,
+        hypervisor=hypervisor,
+        virtiofs=virtiofs,
         hostname=hostname,
-        env=tuple(parse_vars(env, flag="--env").items()),
-        network=parse_network(network) if network else None,
+        env=parse_vars(env, flag="--env"),
+        network=network,
         connect=connect,
         host=host,
         snapshot=snapshot,
