@@ -2,10 +2,10 @@
 
 Until QEMU runs, everything `lkctl vm.run -d` does is on the boot's critical path, and importing invoke, lkctl's
 Program and its task collections was ~0.15 s of it on a quiet machine (0.3-0.4 s on a loaded one). So the
-launcher hands `vm.run` here first: its plain form (`-d`/`--detach`, `--image`/`-i`, `--name`/`-n`, nothing else)
-runs the same library call as the `vm.run` task, with the same settings, and says the same lines. Anything else,
-or a configuration only invoke reads (`-f`/`*_RUNTIME_CONFIG`, a `.json`/`.py` config file, an `LKCTL_LKCTL_*`
-variable), returns None and the full CLI runs as before.
+launcher hands `vm.run` here first: its plain form (`-d`/`--detach`, `--image`/`-i`, `--name`/`-n`, `--snapshot`,
+nothing else) runs the same library call as the `vm.run` task, with the same settings, and says the same lines.
+Anything else, or a configuration only invoke reads (`-f`/`*_RUNTIME_CONFIG`, a `.json`/`.py` config file, an
+`LKCTL_LKCTL_*` variable), returns None and the full CLI runs as before.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ _VALUED = {"--image": "image", "-i": "image", "--name": "name", "-n": "name"}
 
 @dataclass(frozen=True)
 class PlainRun:
-    """`vm.run -d --image IMAGE [--name NAME]`: what the lean path runs."""
+    """`vm.run -d --image IMAGE [--name NAME] [--snapshot]`: what the lean path runs."""
 
     image: str
     name: str = ""
+    snapshot: bool = False  # `--snapshot`: a warm start from the image's memory snapshot
 
 
 def parse_plain_run(args: list[str]) -> PlainRun | None:
@@ -41,13 +42,17 @@ def parse_plain_run(args: list[str]) -> PlainRun | None:
     if not args or args[0] != "vm.run":
         return None
     values: dict[str, str] = {}
-    detach = False
+    detach = snapshot = False
     rest = args[1:]
     i = 0
     while i < len(rest):
         word = rest[i]
         if word in ("-d", "--detach") and not detach:
             detach = True
+            i += 1
+            continue
+        if word == "--snapshot" and not snapshot:
+            snapshot = True
             i += 1
             continue
         flag, eq, value = word.partition("=")
@@ -65,7 +70,7 @@ def parse_plain_run(args: list[str]) -> PlainRun | None:
         values[key] = value
     if not detach or not values.get("image"):
         return None
-    return PlainRun(values["image"], values.get("name", ""))
+    return PlainRun(values["image"], values.get("name", ""), snapshot)
 
 
 def config_tree(
@@ -94,7 +99,7 @@ def run_options(plain: PlainRun, settings: Settings, sources: Mapping[str, str])
     """The RunOptions the `vm.run` task makes for `plain` (every other option at its default)."""
     from lkctl.runtime.launch import run_options
 
-    return run_options(settings, sources, name=plain.name, detach=True)
+    return run_options(settings, sources, name=plain.name, detach=True, snapshot=plain.snapshot)
 
 
 def running_line(record: VmRecord) -> str:

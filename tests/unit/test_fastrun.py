@@ -18,6 +18,7 @@ from lkctl.settings import load_settings
         (["vm.run", "-d", "--image", "minimal", "--name", "t1"], PlainRun("minimal", "t1")),
         (["vm.run", "-i", "x.yml", "--detach", "-n", "web"], PlainRun("x.yml", "web")),
         (["vm.run", "--name=a", "--image=/srv/img", "-d"], PlainRun("/srv/img", "a")),
+        (["vm.run", "--image=minimal", "-d", "--snapshot", "--name", "b"], PlainRun("minimal", "b", snapshot=True)),
     ],
 )
 def test_the_plain_detached_run_is_taken(args: list[str], plain: PlainRun) -> None:
@@ -31,6 +32,9 @@ def test_the_plain_detached_run_is_taken(args: list[str], plain: PlainRun) -> No
         ["vm.run", "-d"],  # no image: the full CLI says what to type
         ["vm.run", "--image=minimal", "-d", "--memory", "512"],  # any other option
         ["vm.run", "--image=minimal", "-d", "-d"],
+        ["vm.run", "--image=minimal", "-d", "--snapshot", "--snapshot"],
+        ["vm.run", "--image=minimal", "--snapshot"],  # foreground: the full CLI refuses it in its own words
+        ["vm.run", "--image=minimal", "-d", "--snapshot", "--dry-run"],
         ["vm.run", "--image=a", "--image=b", "-d"],
         ["vm.run", "--image", "-d"],  # a value that looks like a flag
         ["vm.run", "-d", "--image"],  # a flag without its value
@@ -84,3 +88,4 @@ def test_options_are_the_defaults_and_sizes_only_from_a_source() -> None:
     assert opts.virtiofs and opts.hypervisor == settings.vm.hypervisor
     assert (opts.ports, opts.volumes, opts.env, opts.uefi, opts.network) == ((), (), (), None, None)
     assert not (opts.snapshot or opts.auto_remove or opts.ssh_port or opts.ready_timeout)
+    assert run_options(PlainRun("minimal", snapshot=True), settings, {"memory": "", "cpus": ""}).snapshot
