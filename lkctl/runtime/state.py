@@ -295,7 +295,7 @@ def _records_indexed(root: Path, *, with_argv: bool) -> list[VmRecord]:
             if not entry.is_dir():
                 continue  # .lock, the index and its temp files
             cached = entries.get(entry.name)
-            if cached is not None:
+            if isinstance(cached, list) and len(cached) == 4:  # anything else in a damaged index: read vm.json
                 try:
                     st = os.stat(f"{entry.path}/vm.json")
                 except OSError:

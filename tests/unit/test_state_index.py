@@ -138,9 +138,15 @@ def test_an_index_entry_of_the_wrong_shape_is_read_again_from_vm_json() -> None:
     index, argvs = read_index()
     index["records"]["0000aa01"][3] = index["records"]["0000aa01"][3][:-1]  # one field short
     argvs["0000aa02"] = "not a list"
+    index["records"]["0000aa03"] = {"not": "an entry"}  # (no such VM: dropped when the index is rewritten)
     write_index(index, argvs)
     assert state.all_records() == [good, other]
     assert state.listed_records() == [dataclasses.replace(good, argv=[]), dataclasses.replace(other, argv=[])]
+    state.save_record(third := rec("0000aa03", "cache"))
+    index, argvs = read_index()
+    index["records"]["0000aa03"] = 7  # an entry that is no list at all
+    write_index(index, argvs)
+    assert state.all_records() == [good, other, third]
 
 
 def test_unreadable_records_are_never_cached() -> None:
