@@ -17,7 +17,15 @@ from typing import Any
 from lkctl.errors import ConfigError
 from lkctl.settings import Settings
 
-__all__ = ["config_files", "explicit_values", "merge_trees", "project_dir", "read_files", "setting_source"]
+__all__ = [
+    "config_files",
+    "explicit_values",
+    "invoke_only_config",
+    "merge_trees",
+    "project_dir",
+    "read_files",
+    "setting_source",
+]
 
 _PROJECT_MARKERS = ("lkctl.yaml", "lkctl.yml", "invoke.yaml", "invoke.yml", "tasks.py")
 
@@ -40,6 +48,21 @@ def config_files(start: Path | None = None, home: Path | None = None) -> list[Pa
     if project is not None:
         found += [project / n for n in ("invoke.yaml", "invoke.yml", "lkctl.yaml", "lkctl.yml")]
     return [p for p in found if p.is_file()]
+
+
+def invoke_only_config(environ: Mapping[str, str], start: Path, home: Path) -> bool:
+    """True when the full CLI would read config these files do not hold: a runtime config file, a `.json`/`.py`
+    config file beside the YAML ones, or invoke's own `LKCTL_LKCTL_*` variables. The lean paths (lkctl.fastbuild,
+    lkctl.runtime.fastrun) read config_files() themselves and leave anything beyond them to the full CLI."""
+    if environ.get("LKCTL_RUNTIME_CONFIG") or environ.get("INVOKE_RUNTIME_CONFIG"):
+        return True
+    if any(k.startswith("LKCTL_LKCTL_") for k in environ):
+        return True
+    bases = [Path("/etc/lkctl"), home / ".lkctl"]
+    project = project_dir(start)
+    if project is not None:
+        bases.append(project / "lkctl")
+    return any(base.with_name(base.name + ext).exists() for base in bases for ext in (".json", ".py"))
 
 
 def merge_trees(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:

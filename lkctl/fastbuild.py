@@ -40,10 +40,6 @@ _OWN_ENV = frozenset(
         "LKCTL_BUILD_FRAGMENT_LIMIT",
     }
 )
-#: what invoke loads a config file from, for the prefix `lkctl` (invoke.config.Config._load_file)
-_CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".py")
-#: what makes a directory the project's (lkctl.configfiles.project_dir): its `lkctl.*` files are config then
-_PROJECT_MARKERS = ("lkctl.yaml", "lkctl.yml", "invoke.yaml", "invoke.yml", "tasks.py")
 
 
 def lean_source(args: list[str]) -> str | None:
@@ -58,14 +54,10 @@ def config_may_apply(environ: Mapping[str, str], cwd: Path, home: Path) -> bool:
     knows what happens. Errs towards True."""
     if any((k.startswith("LKCTL_") and k not in _OWN_ENV) or k.startswith("INVOKE_") for k in environ):
         return True  # INVOKE_RUNTIME_CONFIG names a config file, INVOKE_DEBUG turns logging on
-    bases = [Path("/etc/lkctl"), home / ".lkctl"]
-    for d in [cwd, *cwd.parents]:
-        if any((d / m).exists() for m in _PROJECT_MARKERS):
-            bases.append(d / "lkctl")
-            break
-        if (d / ".git").exists():
-            break
-    return any(Path(f"{b}{suffix}").exists() for b in bases for suffix in _CONFIG_SUFFIXES)
+    from lkctl.configfiles import config_files, invoke_only_config
+
+    # the files the full CLI reads (lkctl.configfiles), even an empty one, and what only invoke reads
+    return bool(config_files(cwd, home)) or invoke_only_config(environ, cwd, home)
 
 
 def fast_build(args: list[str]) -> int | None:

@@ -78,19 +78,11 @@ def config_tree(
 ) -> dict[str, Any] | None:
     """The `lkctl:` config tree the full CLI would use, from the shared config files; None when the full CLI would
     also read something else (a runtime config file, a `.json`/`.py` config file, invoke's `LKCTL_LKCTL_*`)."""
-    from lkctl.configfiles import config_files, project_dir, read_files
+    from lkctl.configfiles import config_files, invoke_only_config, read_files
 
-    if environ.get("LKCTL_RUNTIME_CONFIG") or environ.get("INVOKE_RUNTIME_CONFIG"):
-        return None
-    if any(k.startswith("LKCTL_LKCTL_") for k in environ):
-        return None
     home = Path.home() if home is None else home
     start = Path.cwd() if start is None else start
-    bases = [Path("/etc/lkctl"), home / ".lkctl"]
-    project = project_dir(start)
-    if project is not None:
-        bases.append(project / "lkctl")
-    if any(base.with_name(base.name + ext).exists() for base in bases for ext in (".json", ".py")):
+    if invoke_only_config(environ, start, home):
         return None
     return read_files(config_files(start, home))
 

@@ -61,6 +61,14 @@ def test_a_user_or_project_config_file_sends_it_to_the_full_cli(tmp_path: Path, 
     assert config_may_apply({}, repo / "sub", home)
 
 
+@pytest.mark.parametrize("name", ["invoke.yaml", "invoke.yml"])
+def test_a_projects_invoke_yaml_sends_it_to_the_full_cli(tmp_path: Path, name: str) -> None:
+    # the full CLI reads its `lkctl:` key (lkctl.configfiles): template variables or dirs there change the build
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    (tmp_path / "repo" / name).write_text("lkctl:\n  templates:\n    variables: {FOO: bar}\n")
+    assert config_may_apply({}, tmp_path / "repo", tmp_path / "home")
+
+
 def test_a_project_above_the_repository_root_does_not_count(tmp_path: Path) -> None:
     (tmp_path / "lkctl.yaml").write_text("")  # outside the repository: invoke would not load it either
     (tmp_path / "repo" / ".git").mkdir(parents=True)
