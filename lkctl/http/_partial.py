@@ -8,6 +8,9 @@ records a checkpoint: the SHA-256 midstate of its bytes (lkctl.http._sha256), bo
 these takes the hash up from there and hashes only the bytes it downloads; any mismatch (the file was touched,
 copied, replaced, or this Python's libcrypto cannot take up a midstate) falls back to hashing the kept bytes from
 disk while the rest downloads (FollowHash), so the digest always describes the bytes on disk.
+
+The `.part` is hashed through a shared mapping (`Sha256.update_file(..., mapped=True)`): only the process holding
+the download's lock writes it, so it cannot shrink under the mapping. Other files (`hash_file`) are read.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ _TAIL = 64 << 10  # bytes before the checkpoint hashed into its binding
 
 
 def hash_file(path: Path, hasher: Any | None = None) -> Any:
-    """sha256 of a file's bytes (or feed them into `hasher`, a hashlib object or a Sha256)."""
+    """sha256 of a file's bytes (or feed them into `hasher`, a hashlib object or a Sha256). Read, not mapped: the
+    file may be anyone's. OSError when it cannot be read or shrinks meanwhile."""
     h = hasher if hasher is not None else Sha256()
     with open(path, "rb") as f:
         if isinstance(h, Sha256):
@@ -65,7 +69,7 @@ class Part:
         """Hash what the hasher has not seen yet of the `.part` (when no download ran to do it alongside)."""
         if self.hashed < self.offset:
             with open(self.path, "rb") as f:
-                self.hasher.update_file(f.fileno(), self.hashed, self.offset - self.hashed)
+                self.hasher.update_file(f.fileno(), self.hashed, self.offset - self.hashed, mapped=True)
             self.hasher.close()
             self.hashed = self.offset
 
@@ -125,7 +129,7 @@ class Part:
 def _tail_sha256(fd: int, length: int, size: int) -> str:
     h = Sha256()
     start = max(0, length - _TAIL)
-    h.update_file(fd, start, size - start)
+    h.update_file(fd, start, size - start, mapped=True)
     h.close()
     return h.hexdigest()
 
@@ -184,7 +188,7 @@ class FollowHash:
                 if self.pos >= limit:
                     return
                 want = min(_FOLLOW_STEP, limit - self.pos)
-                self.hasher.update_file(self._fd, self.pos, want)
+                self.hasher.update_file(self._fd, self.pos, want, mapped=True)
                 self.pos += want
         except OSError as e:
             self._error = OSError(f"the file ended at {self.pos} bytes, {self._limit} were written ({e})")

@@ -8,8 +8,12 @@ SHA-256 midstate. A self-test at load checks the struct layout against hashlib; 
 the test fails (another platform, another build), hashlib is used and `midstate()` says None: resumes then
 re-hash, as before.
 
-File regions are hashed straight from the page cache through a read-only shared mapping (no copy into a Python
-buffer: a third less CPU for a download, bench/fetch.py); without mmap they are read with pread.
+File regions are read with pread, or, for a file the caller holds so nothing else can shrink it (a download's own
+`.part` under its lock: `update_file(..., mapped=True)`), hashed straight from the page cache through a read-only
+shared mapping (no copy into a Python buffer: a third less CPU for a download, bench/fetch.py). A mapping is not
+safe on a file another program may truncate meanwhile (an image being copied over while it is verified or
+pushed): touching a mapped page past the new end raises SIGBUS, which kills the process; pread just reads short,
+which is an OSError.
 """
 
 from __future__ import annotations
@@ -178,13 +182,18 @@ class Sha256:
             self._hashlib.update(data)
         self.length += n
 
-    def update_file(self, fd: int, offset: int, n: int) -> None:
-        """Hash `n` bytes of `fd` from `offset` (they must exist: OSError if the file is shorter)."""
+    def update_file(self, fd: int, offset: int, n: int, *, mapped: bool = False) -> None:
+        """Hash `n` bytes of `fd` from `offset` (they must exist: OSError if the file is shorter). `mapped` hashes
+        them through a shared mapping instead of reading them: only for a file nothing else can truncate meanwhile
+        (see the module docstring)."""
         end = offset + n
+        buf: bytearray | None = None
         while offset < end:
             step = min(_WINDOW, end - offset)
-            if not self._update_mapped(fd, offset, step):
-                self._update_read(fd, offset, step)
+            if not (mapped and self._update_mapped(fd, offset, step)):
+                if buf is None:
+                    buf = bytearray(min(_WINDOW, n))
+                self._update_read(fd, offset, memoryview(buf)[:step])
             offset += step
 
     def _update_mapped(self, fd: int, offset: int, n: int) -> bool:
@@ -219,9 +228,8 @@ class Sha256:
         with contextlib.suppress(Exception):
             self.close()
 
-    def _update_read(self, fd: int, offset: int, n: int) -> None:
-        buf = bytearray(n)
-        view = memoryview(buf)
+    def _update_read(self, fd: int, offset: int, view: memoryview) -> None:
+        n = len(view)
         got = 0
         while got < n:
             if hasattr(os, "preadv"):  # into the one buffer
@@ -233,7 +241,7 @@ class Sha256:
             if k <= 0:
                 raise OSError(f"the file ended at {offset + got} bytes, {offset + n} expected")
             got += k
-        self.update(buf)
+        self.update(view)
 
     def midstate(self) -> Midstate | None:
         """The state after the last whole block hashed (the bytes after it must be hashed again from the file)."""

@@ -425,7 +425,10 @@ def _normalize_sha(sha256: str | None) -> str | None:
 def _complete(dest: Path, expected: str | None, size: int | None) -> bool:
     if not expected or not dest.is_file() or (size is not None and dest.stat().st_size != size):
         return False
-    return bool(hash_file(dest).hexdigest() == expected)
+    try:
+        return bool(hash_file(dest).hexdigest() == expected)
+    except OSError:  # unreadable, or changed while it was read: fetch it again
+        return False
 
 
 @contextlib.contextmanager

@@ -346,8 +346,11 @@ class Registry:
         """Upload `data` (bytes or a file, streamed) unless the registry has it; returns its descriptor."""
         ref = parse_reference(ref) if isinstance(ref, str) else ref
         if isinstance(data, Path):
-            digest = "sha256:" + hash_file(data).hexdigest()
-            size = data.stat().st_size
+            try:
+                digest = "sha256:" + hash_file(data).hexdigest()
+                size = data.stat().st_size
+            except OSError as e:  # unreadable, or cut short while it was read
+                raise RegistryError(f"cannot push {data}: {e.strerror or e}") from None
         else:
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             size = len(data)

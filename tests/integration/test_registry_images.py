@@ -22,7 +22,7 @@ from lkctl.errors import BuildError, ImageError
 from lkctl.http.client import RetryPolicy
 from lkctl.oci.layout import Store
 from lkctl.oci.pull import pull_image, push_image
-from lkctl.oci.registry import Registry, RegistryAuthError, RegistryNotFound
+from lkctl.oci.registry import Registry, RegistryAuthError, RegistryError, RegistryNotFound
 from lkctl.sources import Platform
 from tests.integration._loopback import Reg, Request, docker_registry, require, route_server
 
@@ -86,6 +86,11 @@ def test_an_image_pushed_with_lkctl_pulls_back_byte_for_byte(registry: Reg, tmp_
     # a store that does not exist yet is created by the first pull
     fresh = Store(tmp_path / "never-used" / "store")
     assert pull_image(ref, fresh).fetched == 3 and fresh.resolve(ref).manifest_digest == pushed.digest
+
+
+def test_a_file_that_cannot_be_read_is_a_push_error_not_a_traceback(registry: Reg, tmp_path: Path) -> None:
+    with Registry(registry.host) as reg, pytest.raises(RegistryError, match=r"cannot push .*image\.raw"):
+        reg.push_blob(f"{registry.host}/lkctl/app:1", tmp_path / "image.raw")  # gone before the push read it
 
 
 def test_a_skopeo_pushed_index_pulls_only_the_asked_platform_and_its_attestation(registry: Reg, tmp_path: Path) -> None:
