@@ -54,6 +54,7 @@ __all__ = [
     "build_template",
     "installed_dir",
     "prune_builds",
+    "require_image_named",
     "resolve_image",
     "staged_vm_keys",
     "store",
@@ -304,13 +305,18 @@ def _from_template(template: Template, variables: Mapping[str, str] | TemplateIn
     return ResolvedImage(boot, template.name, built=not result.cached, memory=meta.memory, cpus=meta.cpus)
 
 
+def require_image_named(text: str) -> None:
+    """ImageError unless `--image` names something."""
+    if not text:
+        raise ImageError("no image given: use --image NAME (a template such as minimal, an installed image or a file)")
+
+
 def resolve_image(text: str, variables: Mapping[str, str] | TemplateInputs | None = None) -> ResolvedImage:
     """What `--image TEXT` means: a path, then an installed image, then a template (built on demand).
 
     `variables`: `--var` values, or TemplateInputs (config, environment, the VM's keys, extra template dirs).
     """
-    if not text:
-        raise ImageError("no image given: use --image NAME (a template such as minimal, an installed image or a file)")
+    require_image_named(text)
     from_path = _from_path(text)
     if from_path is not None:
         return from_path

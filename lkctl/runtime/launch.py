@@ -41,12 +41,13 @@ def run_image(
     boot phase and elapsed time there while it waits for SSH, and a foreground run says its SSH port at start.
     Without `say`, a warm start's fallback to a cold boot is a warning of the `lkctl.runtime.snapshot` logger.
     """
-    from lkctl.images import PRIVATE_BUILD, resolve_image, staged_vm_keys
+    from lkctl.images import PRIVATE_BUILD, require_image_named, resolve_image, staged_vm_keys
     from lkctl.runtime.guest import env_file_text, guest_hostname
     from lkctl.runtime.hyperkit import require_hypervisor
     from lkctl.templates import inputs_from_settings
 
     warm_say, say = say, say or (lambda _: None)
+    require_image_named(what)
     if opts.name:
         check_vm_name(opts.name)
         state.check_name_free(opts.name)  # checked again under the lock when the record is made

@@ -232,3 +232,15 @@ def test_an_unreadable_vm_record_is_unknown_in_ps_and_only_rm_force_removes_it(
     assert lkctl("vm.prune").returncode == 0 and vm_dir.exists()
     assert lkctl("vm.rm", "--force", "0badf00d").returncode == 0
     assert not vm_dir.exists()
+
+
+def test_a_run_without_an_image_says_only_that(lkctl_home: Path, tmp_path: Path) -> None:
+    # no "resolving image ''" progress line first: the missing --image is found before anything is resolved
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path / "home"))
+    proc = subprocess.run([LKCTL, "vm.run", "-d", "--name", "x"], env=env, capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "lkctl: no image given: use --image NAME (a template such as minimal, an installed image or a file)"
+    ]
