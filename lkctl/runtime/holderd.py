@@ -1,4 +1,10 @@
-"""The holder process of one VM: `python -m lkctl.runtime.holderd VMDIR TIMEOUT` (started by vm.py's _wait_ready).
+"""The holder process of one VM: `python -m lkctl.runtime.holderd VMDIR TIMEOUT [--after-go]` (started by
+lkctl.runtime.readiness).
+
+With `--after-go` it is started before its VM (a warm start, whose guest answers within a second or two of
+QEMU's start): it daemonizes and imports what the handshake needs while QEMU restores the guest, then waits for
+the line `go` on stdin (the VM's record then names its QEMU); end-of-file instead (the start failed, or the
+process that started it died) ends it.
 
 It makes the VM's one SSH handshake as soon as the guest says its sshd listens, writes `ready` (or `error: WHY`)
 as one line on stdout for the process that started it, then serves `holder.sock` (see lkctl.runtime.holder for
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from lkctl.runtime.vm import ssh_target
 
     args = sys.argv[1:] if argv is None else argv
+    after_go = "--after-go" in args[2:]
     vm_dir, timeout = Path(args[0]), float(args[1])
     if os.fork() > 0:  # daemonize: the starter reaps this parent at once and reads our pid from the pipe
         os._exit(0)
@@ -158,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     out.write(f"pid {os.getpid()}\n")
     out.flush()
+    if after_go:
+        ssh.prewarm()
+        if sys.stdin.readline().strip() != "go":
+            return 0  # the VM did not start (or its starter is gone): nothing to hold
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the starter's pipe is not ours to keep
+        os.close(devnull)
     try:
         record = state.load_record(vm_dir)
         if record is None:

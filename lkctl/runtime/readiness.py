@@ -19,7 +19,30 @@ from lkctl.runtime import state
 from lkctl.runtime.qemu import CONSOLE_LOG
 from lkctl.runtime.state import VmRecord
 
-__all__ = ["wait_for_holder"]
+__all__ = ["abandon_holder", "spawn_holder", "wait_for_holder"]
+
+
+def spawn_holder(vm_dir: Path, timeout: float, *, after_go: bool = False) -> subprocess.Popen[bytes]:
+    """Start the VM's connection holder (it daemonizes; this is the process that does so). `after_go`: started
+    before the VM, it prepares its handshake and waits; `wait_for_holder(..., starter=)` sends it `go`, and
+    `abandon_holder` ends it if the VM never started."""
+    with open(vm_dir / "holder.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lkctl.runtime.holderd", str(vm_dir), str(timeout), *(["--after-go"] * after_go)],
+            cwd=vm_dir, stdin=subprocess.PIPE if after_go else subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=log, start_new_session=True,
+        )  # fmt: skip
+
+
+def abandon_holder(starter: subprocess.Popen[bytes]) -> None:
+    """End a holder started with `after_go` that will not get `go`: end-of-file on its stdin ends it."""
+    for pipe in (starter.stdin, starter.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+    if starter.poll() is None:
+        proc.shutdown_process(starter)
+    starter.wait()
 
 
 def wait_for_holder(
@@ -29,6 +52,7 @@ def wait_for_holder(
     panic_markers: Sequence[bytes],
     diagnose: Callable[[VmRecord, str], str],
     on_tick: Callable[[], None] | None = None,
+    starter: subprocess.Popen[bytes] | None = None,
 ) -> VmRecord:
     """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.holder).
 
@@ -36,11 +60,14 @@ def wait_for_holder(
     watches the console (a line with one of `panic_markers` fails at once) and QEMU. A failure raises VmError
     with `diagnose(record, why)`. Returns the record with the holder in its helpers (so it stops with the VM).
     """
-    with open(record.dir / "holder.log", "ab") as log:
-        starter = subprocess.Popen(
-            [sys.executable, "-m", "lkctl.runtime.holderd", str(record.dir), str(timeout)],
-            cwd=record.dir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
-        )  # fmt: skip
+    if starter is None:
+        starter = spawn_holder(record.dir, timeout)
+    elif starter.stdin is not None:  # started before the VM (spawn_holder(after_go=True)): the record names QEMU now
+        try:
+            starter.stdin.write(b"go\n")
+            starter.stdin.close()
+        except OSError:  # it is gone already: its lines (or their absence) say why below
+            pass
     assert starter.stdout is not None
     lines = _HolderLines(starter.stdout.fileno())
     holder: state.ProcessIdentity | None = None

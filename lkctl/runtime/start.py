@@ -251,10 +251,17 @@ def start_processes(
     return record, child
 
 
-def wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None] | None = None) -> VmRecord:
+def wait_ready(
+    record: VmRecord,
+    timeout: float,
+    on_wait: Callable[[bytes], None] | None = None,
+    *,
+    holder: subprocess.Popen[bytes] | None = None,
+) -> VmRecord:
     """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.readiness);
     `on_wait` gets the console so far while waiting (progress for people).
 
+    `holder`: one started before the VM (readiness.spawn_holder(after_go=True)), told to go on here.
     Returns the record with the holder in its helpers, so stopping the VM stops the holder too."""
     from lkctl.runtime.readiness import wait_for_holder
 
@@ -262,4 +269,6 @@ def wait_ready(record: VmRecord, timeout: float, on_wait: Callable[[bytes], None
         if on_wait is not None:
             on_wait(console_bytes(record))
 
-    return wait_for_holder(record, timeout, panic_markers=PANIC_MARKERS, diagnose=diagnose_not_ready, on_tick=tick)
+    return wait_for_holder(
+        record, timeout, panic_markers=PANIC_MARKERS, diagnose=diagnose_not_ready, on_tick=tick, starter=holder
+    )

@@ -323,14 +323,22 @@ def run_vm(
         state.remove_record(record)
         raise
     child: subprocess.Popen[bytes] | None = None
+    early: subprocess.Popen[bytes] | None = None
     try:
         with _signals_unwind():
+            if opts.snapshot and opts.detach and opts.wait_ssh and plan.backend.hypervisor == "qemu":
+                # a restored guest answers a second or two after QEMU starts: the holder's start-up (Python,
+                # paramiko: ~0.5 s of CPU) runs while QEMU restores instead of after
+                from lkctl.runtime.readiness import spawn_holder
+
+                early = spawn_holder(record.dir, plan.ready_timeout, after_go=True)
             record, child = _launch(record, boot, opts, settings, plan, host, say)
             if on_started is not None:
                 on_started(record)
             if opts.detach:
                 if opts.wait_ssh:
-                    record = wait_ready(record, plan.ready_timeout, on_wait)
+                    holder, early = early, None  # wait_ready owns it now
+                    record = wait_ready(record, plan.ready_timeout, on_wait, holder=holder)
                 return record, 0
             assert child is not None
             code = _foreground(record, child, console, settings)
@@ -338,6 +346,10 @@ def run_vm(
             return record, code
     except BaseException as e:
         with _signals_unwind():  # a second SIGTERM must not interrupt the cleanup
+            if early is not None:
+                from lkctl.runtime.readiness import abandon_holder
+
+                abandon_holder(early)
             _abandon(record, child, e)
         raise
 

@@ -14,7 +14,7 @@ from lkctl.ssh._connect import CONNECT_TIMEOUT, JumpHost, SshTarget, fabric_conn
 from lkctl.ssh._copy import copy_from, copy_to
 from lkctl.ssh._exec import ByteSink, exec_command, remote_command
 from lkctl.ssh._keys import VmKeys, generate_keys, known_hosts_line, write_known_hosts
-from lkctl.ssh._session import Session, session, session_when_listening
+from lkctl.ssh._session import Session, prewarm, session, session_when_listening
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -29,6 +29,7 @@ __all__ = [
     "fabric_connection",
     "generate_keys",
     "known_hosts_line",
+    "prewarm",
     "remote_command",
     "session",
     "session_when_listening",

@@ -260,7 +260,7 @@ def session_when_listening(
     """
     start = time.monotonic()
     deadline = start + timeout
-    _prewarm()  # while the guest boots, not once its sshd listens
+    prewarm()  # while the guest boots, not once its sshd listens
     offset, tail = 0, b""
     seen_init = seen_ready_at = None
     next_probe, delay = 0.0, 0.2
@@ -313,7 +313,7 @@ def session_when_listening(
         time.sleep(0.02)
 
 
-def _prewarm() -> None:
+def prewarm() -> None:
     """Import what the handshake needs (paramiko, its curve25519 kex and ed25519 code: ~0.4 s of CPU here)."""
     import paramiko.ed25519key
     import paramiko.kex_curve25519  # noqa: F401
