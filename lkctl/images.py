@@ -467,7 +467,8 @@ def _build_source(
     from lkctl.build import BuildOptions, build_image, check_request
     from lkctl.build.spec import load_spec, parse_spec
 
-    if options == BuildOptions():
+    # a template under another --name takes the general path below: build_template names outputs after the template
+    if options == BuildOptions() and (paths_in or template is None or name in ("", template.name)):
         if paths_in:
             return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
         assert template is not None

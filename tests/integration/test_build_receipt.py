@@ -337,6 +337,16 @@ def test_templates_text_variables_and_lookup(project: Path, tmp_path: Path) -> N
     assert build_source("tpl").receipt
 
 
+def test_name_names_a_templates_outputs_with_default_options_too(project: Path) -> None:
+    # `image.build TEMPLATE --name X` wrote the template's own name while `--name X --format tar` wrote X
+    _templates(paths.config_dir() / "templates", "tpl.yml", TEMPLATE)
+    named = build_source("tpl", name="custom")
+    assert named.kernel.name == "custom-kernel" and named.kernel.is_file()
+    assert build_source("tpl", name="custom") == replace(named, cached=True, receipt=True, built=(), assembled="none")
+    assert build_source("tpl").kernel.name == "tpl-kernel"
+    assert build_source("tpl", name="custom", options=BuildOptions(level=1)).kernel.name == "custom-kernel"
+
+
 def test_jinja_templates_never_get_a_receipt(project: Path) -> None:
     _templates(project / ".lkctl" / "templates", "j.yml.j2", TEMPLATE.replace("${CMDLINE:-console=ttyS0}", "{{ 'q' }}"))
     assert build_source("j").cmdline_text == "q"
