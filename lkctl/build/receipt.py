@@ -21,7 +21,8 @@ receipt. The facts:
 
 It is conservative: a receipt is written only when the inputs read before the build equal those after it (no
 template, YAML, store or code change while it ran; each source still holds the bytes the build hashed), and
-anything unexpected in a receipt (unreadable, malformed, another version, another request) means "no receipt".
+anything unexpected in a receipt (unreadable, malformed, over 8 MiB, another version, another request, a result
+that is not shaped like this request's build) means "no receipt".
 Receipts live with the build bookkeeping (`cache/build-state/receipts/`, 0600 in a 0700 dir), never in the
 user's output directory. Templates rendered with jinja2 get none (they may include other files).
 """
@@ -48,6 +49,7 @@ __all__ = ["BuildRequest", "InputSnapshot", "check_receipt", "receipt_path", "sn
 log = logging.getLogger("lkctl.build.receipt")
 
 _VERSION = 1
+_MAX_BYTES = 8 << 20  # a receipt is a few KiB, plus ~150 bytes per file source
 _PACKAGE = Path(__file__).resolve().parent.parent  # lkctl/
 
 
@@ -263,8 +265,11 @@ def check_receipt(request: BuildRequest) -> BuildResult | None:
     if not request.eligible:
         return None
     try:
-        raw = receipt_path(request).read_bytes()
+        with open(receipt_path(request), "rb") as f:
+            raw = f.read(_MAX_BYTES + 1)
     except OSError:
+        return None
+    if len(raw) > _MAX_BYTES:  # no build writes one this big: not ours to parse
         return None
     try:
         return _check(request, json.loads(raw))
@@ -277,6 +282,8 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
     if not isinstance(r, dict) or r.get("version") != _VERSION or r.get("request") != _request_doc(request):
         return None
     out = r["result"]
+    if not _consistent(request, out, r["stamp"]):
+        return None
     if [_identity(p) for p in _all_outputs(out)] != r["outputs"]:
         return None
     stamp_path, stamp = r["stamp"]
@@ -311,3 +318,25 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
 
 def _all_outputs(out: Mapping[str, Any]) -> list[str]:
     return [str(p) for files in out["outputs"].values() for p in files]
+
+
+def _consistent(request: BuildRequest, out: Mapping[str, Any], stamp: Sequence[Any]) -> bool:
+    """Whether a receipt's result has the shape a build of `request` gives: the formats asked for, each with its
+    files (`<dir>/<name><suffix>`) in one output dir, that dir's bookkeeping as the stamp. A receipt is ours, in a
+    private dir; this keeps a damaged or planted one from naming other files as the build's outputs."""
+    from lkctl.build._bookkeeping import build_paths
+    from lkctl.build._formats import FORMATS
+
+    kernel = Path(out["kernel"])
+    out_dir, name = kernel.parent, kernel.name.removesuffix("-kernel")
+    outputs = out["outputs"]
+    if not name or list(outputs) != list(dict.fromkeys(request.options.formats)):
+        return False
+    expected = [str(out_dir / n) for n in FORMATS["kernel+initrd"].files(name)]  # set whatever the formats
+    if [out["kernel"], out["initrd"], out["cmdline"]] != expected:
+        return False
+    if any(outputs[f] != [str(out_dir / n) for n in FORMATS[f].files(name)] for f in outputs):
+        return False
+    if request.out_dir is not None and out_dir != request.out_dir:
+        return False
+    return list(stamp) == [str(build_paths(out_dir, name).stamp), stamp[1]]

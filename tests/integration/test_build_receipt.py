@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -273,6 +274,60 @@ def test_a_malformed_receipt_is_ignored_and_replaced(damage: str, project: Path)
     MALFORMED[damage](receipt_path_of("vm.yml"))
     after = build()
     assert not after.receipt and after.cached
+    answered()
+
+
+def _outputs_elsewhere(r: dict[str, Any], project: Path) -> None:
+    """The result names files outside the output dir (the project's own), with their identities."""
+    from lkctl.fsutil import file_identity
+
+    files = [str(project / n) for n in ("vm.yml", "extra.yml", "motd.txt")]
+    r["result"].update(kernel=files[0], initrd=files[1], cmdline=files[2], outputs={"kernel+initrd": files})
+    r["outputs"] = [file_identity(f) for f in files]
+
+
+def _stamp_elsewhere(r: dict[str, Any], project: Path) -> None:
+    """The stamp fact names another file (here the YAML), with its digest: deleting the real stamp goes unseen."""
+    import hashlib
+
+    r["stamp"] = [str(project / "vm.yml"), hashlib.sha256((project / "vm.yml").read_bytes()).hexdigest()]
+    stamps = list((paths.cache_dir() / "build-state").glob("*/vm.json"))
+    stamps[0].unlink()
+
+
+HOSTILE: dict[str, Callable[[dict[str, Any], Path], object]] = {
+    "no kernel+initrd among its outputs": lambda r, p: (r["result"].update(outputs={"tar": []}), r.update(outputs=[])),
+    "outputs outside the output dir": _outputs_elsewhere,
+    "a stamp that is not the build's": _stamp_elsewhere,
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE), ids=list(HOSTILE))
+def test_a_valid_but_inconsistent_receipt_is_ignored(
+    hostile: str, project: Path, plain_env: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lkctl.fastbuild import fast_build
+
+    build()
+    path = receipt_path_of("vm.yml")
+    r = json.loads(path.read_text())
+    HOSTILE[hostile](r, project)
+    path.write_text(json.dumps(r))
+    assert fast_build(["image.build", "vm.yml"]) is None  # the full CLI builds, and says so itself
+    assert capfd.readouterr() == ("", "")
+    after = build()
+    assert not after.receipt and after.kernel == paths.cache_dir() / "builds" / "vm" / "vm-kernel"
+    same_outputs(after, reference(tmp_path))
+    answered()
+
+
+def test_a_huge_receipt_is_not_read(project: Path) -> None:
+    build()
+    path = receipt_path_of("vm.yml")
+    r = json.loads(path.read_text())
+    r["padding"] = "x" * (16 << 20)  # valid, and every fact holds: only its size is wrong
+    path.write_text(json.dumps(r))
+    assert not build().receipt
     answered()
 
 
