@@ -402,6 +402,37 @@ def test_name_names_a_templates_outputs_with_default_options_too(project: Path) 
     assert build_source("tpl", name="custom", options=BuildOptions(level=1)).kernel.name == "custom-kernel"
 
 
+def test_a_var_no_template_uses_is_an_error_not_a_silent_build(project: Path) -> None:
+    # as vm.run and template.render say it: a typo must not build (or answer "unchanged" for) the defaults
+    _templates(paths.config_dir() / "templates", "tpl.yml", TEMPLATE)
+    build_source("tpl")
+    with pytest.raises(LkError, match="template tpl has no variable CMDLNE; did you mean CMDLINE"):
+        build_source("tpl", variables={"CMDLNE": "quiet"})
+    with pytest.raises(LkError, match=r"vm\.yml is LinuxKit YAML, not a template: --var CMDLINE has nothing to fill"):
+        build("vm.yml", variables={"CMDLINE": "quiet"})
+
+
+def test_the_cli_takes_template_variables_and_dirs_from_config(project: Path, plain_env: None) -> None:
+    # image.build builds what vm.run --image builds: lkctl.templates.variables and .dirs count (README, Templates)
+    extra = _templates(project / "more-templates", "tpl.yml", TEMPLATE).parent
+    config = f"lkctl:\n  templates:\n    dirs: {extra}\n    variables: {{CMDLINE: from-config, OTHER: unused}}\n"
+    (project / "lkctl.yaml").write_text(config)
+
+    def cmdline(*args: str) -> str:
+        p = subprocess.run([*CLI, "image.build", "tpl", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return Path(p.stdout.strip() + "-cmdline").read_text()
+
+    assert cmdline() == "from-config"
+    assert cmdline("--var", "CMDLINE=from-flag") == "from-flag"  # --var over config
+    assert cmdline() == "from-config"  # a receipt for each
+    (project / "lkctl.yaml").write_text(f"lkctl:\n  templates:\n    dirs: {extra}\n")
+    assert cmdline() == "console=ttyS0"  # the template's default again
+    (project / "lkctl.yaml").unlink()
+    p = subprocess.run([*CLI, "image.build", "tpl"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "neither a template nor a LinuxKit YAML file" in p.stderr  # the dir is gone
+
+
 def test_jinja_templates_never_get_a_receipt(project: Path) -> None:
     _templates(project / ".lkctl" / "templates", "j.yml.j2", TEMPLATE.replace("${CMDLINE:-console=ttyS0}", "{{ 'q' }}"))
     assert build_source("j").cmdline_text == "q"
