@@ -433,6 +433,19 @@ def test_the_cli_takes_template_variables_and_dirs_from_config(project: Path, pl
     assert p.returncode == 1 and "neither a template nor a LinuxKit YAML file" in p.stderr  # the dir is gone
 
 
+def test_a_template_reads_as_utf8_whatever_the_locale(project: Path, plain_env: None) -> None:
+    # LinuxKit YAML is UTF-8 (spec files are read so): under an ASCII locale the full path failed to read a
+    # template with an em dash while its receipt, made under UTF-8, answered "unchanged"
+    _templates(project / ".lkctl" / "templates", "tpl.yml", "# tpl \u2014 caf\u00e9\n" + TEMPLATE)
+    ascii_env = dict(os.environ, PYTHONUTF8="0", LC_ALL="C")
+    runs = []
+    for env in (ascii_env, dict(os.environ), dict(ascii_env, LKCTL_TEST_FULL_CLI="1")):  # the last: invoke's CLI
+        p = subprocess.run([*CLI, "image.build", "tpl"], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        runs.append(p.stdout)
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_jinja_templates_never_get_a_receipt(project: Path) -> None:
     _templates(project / ".lkctl" / "templates", "j.yml.j2", TEMPLATE.replace("${CMDLINE:-console=ttyS0}", "{{ 'q' }}"))
     assert build_source("j").cmdline_text == "q"
