@@ -545,6 +545,18 @@ def test_base_image_recipes_and_stamps_are_facts_of_the_receipt(
     assert build_source("minimal").receipt
 
 
+def test_the_builtin_template_builds_under_an_ascii_locale(
+    base_store: Path, project: Path, plain_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the base images' recipes are UTF-8: the full path died with a UnicodeDecodeError traceback under PYTHONUTF8=0
+    # LC_ALL=C, where a receipt made under UTF-8 answered "unchanged"
+    monkeypatch.setenv("LKCTL_OCI_STORE", str(base_store))
+    ascii_env = dict(os.environ, PYTHONUTF8="0", LC_ALL="C", LKCTL_TEST_FULL_CLI="1")  # the full (invoke) CLI
+    p = subprocess.run([*CLI, "image.build", "minimal"], env=ascii_env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip() + "-initrd.img").is_file()
+
+
 def test_pull_always_is_never_answered_from_a_receipt(project: Path, tmp_path: Path) -> None:
     from lkctl.oci.pull import push_image
     from tests.integration._loopback import docker_registry
