@@ -20,7 +20,8 @@ receipt. The facts:
 - the build's stamp (sha256) and each output file by identity: a deleted or edited output is rebuilt.
 
 It is conservative: a receipt is written only when the inputs read before the build equal those after it (no
-template, YAML, store or code change while it ran; each source still holds the bytes the build hashed), and
+template, YAML, store or code change while it ran; each source still holds the bytes the build hashed, and
+none changed within its file system's timestamp tick, where a later edit could keep its identity), and
 anything unexpected in a receipt (unreadable, malformed, over 8 MiB, another version, another request, a result
 that is not shaped like this request's build) means "no receipt".
 Receipts live with the build bookkeeping (`cache/build-state/receipts/`, 0600 in a 0700 dir), never in the
@@ -34,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +46,15 @@ from lkctl.build import BuildOptions, BuildResult
 from lkctl.errors import LkError
 from lkctl.fsutil import file_identity as _identity
 
-__all__ = ["BuildRequest", "InputSnapshot", "check_receipt", "receipt_path", "snapshot_inputs", "write_receipt"]
+__all__ = [
+    "BuildRequest",
+    "InputSnapshot",
+    "check_receipt",
+    "racy_identity",
+    "receipt_path",
+    "snapshot_inputs",
+    "write_receipt",
+]
 
 log = logging.getLogger("lkctl.build.receipt")
 
@@ -192,6 +202,10 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
     if None in sources:
         log.debug("no receipt for %s: a file source changed since the build hashed it", request.source)
         return None
+    now = time.time_ns()
+    if any(racy_identity(s, now) for s in sources if s is not None):
+        log.debug("no receipt for %s: a file source changed within its file system's timestamp tick", request.source)
+        return None
     store = Store(paths.oci_store_dir())
     bases = []
     for ref in result.image_refs:
@@ -249,6 +263,22 @@ def _source_identity(path: str, digest: str) -> list[Any] | None:
     except FileNotFoundError:
         now = "missing"
     return first if now == digest and _identity(path, follow=True) == first else None
+
+
+def racy_identity(identity: Sequence[Any], now_ns: int) -> bool:
+    """Whether a later edit of this file could keep `identity` (file_identity's list): its ctime is within two
+    ticks of its file system's timestamps before `now_ns` (or after it). A tick is guessed from the ctime's
+    trailing zeros: whole seconds (ext3, FAT, some network and FUSE file systems), 10 ms... An edit of the same
+    size in the same tick would leave every field as it was, while the full path (which hashes sources) rebuilds.
+    Nanosecond file systems tick with the kernel's coarse clock (a few ms), far below the build that separates a
+    source's last change from its receipt. Pure."""
+    if len(identity) < 7:
+        return False  # missing: its appearing changes the identity
+    ctime = int(identity[6])
+    tick = 1
+    while tick < 1_000_000_000 and ctime % (tick * 10) == 0:
+        tick *= 10
+    return ctime + 2 * tick > now_ns
 
 
 def _arch(arch: str | None) -> str | None:
