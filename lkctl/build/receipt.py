@@ -303,7 +303,7 @@ def check_receipt(request: BuildRequest) -> BuildResult | None:
         return None
     try:
         return _check(request, json.loads(raw))
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         log.debug("receipt of %s not used: %s", request.source, e)
         return None
 

@@ -265,6 +265,7 @@ MALFORMED: dict[str, Callable[[Path], object]] = {
         json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "stamp"})
     ),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+    "nested too deep to parse": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
 }
 
 
