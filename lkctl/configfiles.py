@@ -63,8 +63,9 @@ def invoke_only_config(environ: Mapping[str, str], start: Path, home: Path) -> b
     project = project_dir(start)
     if project is not None:
         bases.append(project / "lkctl")
-    exts = (".json", ".py", ".yaml", ".yml")  # a YAML one that is a file is in config_files() already
-    return any(base.with_name(base.name + ext).exists() for base in bases for ext in exts)
+    json_py = [base.with_name(base.name + ext) for base in bases for ext in (".json", ".py")]
+    yaml = [base.with_name(base.name + ext) for base in bases for ext in (".yaml", ".yml")]
+    return any(p.exists() for p in json_py) or any(p.exists() and not p.is_file() for p in yaml)
 
 
 def merge_trees(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
