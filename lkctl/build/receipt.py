@@ -5,7 +5,8 @@ form that is cheap to check again. The next build of the same request checks the
 the outputs are those the full path would call "unchanged, from cache", and the BuildResult comes from the
 receipt. The facts:
 
-- the request itself (build_source's arguments: source, files, name, out dir, --var values, formats, size,
+- the request itself (build_source's arguments: source, files, name, out dir, the template's variable values as
+  resolved from --var, config and environment, formats, size,
   arch, compression level, pull policy, decompress_kernel), the working directory (relative paths, workspace
   templates) and the environment lkctl's paths and programs depend on (PATH, HOME, LKCTL_*, XDG_*);
 - lkctl's own code (every file of the package, by identity), the Python version and environment, and the
