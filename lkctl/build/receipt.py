@@ -6,9 +6,9 @@ the outputs are those the full path would call "unchanged, from cache", and the 
 receipt. The facts:
 
 - the request itself (build_source's arguments: source, files, name, out dir, the template's variable values as
-  resolved from --var, config and environment, formats, size,
-  arch, compression level, pull policy, decompress_kernel), the working directory (relative paths, workspace
-  templates) and the environment lkctl's paths and programs depend on (PATH, HOME, LKCTL_*, XDG_*);
+  resolved from --var, config and environment, formats, size, arch, compression level, pull policy,
+  decompress_kernel), the working directory (relative paths, workspace templates) and the environment lkctl's
+  paths and programs depend on (PATH, HOME, LKCTL_*, XDG_*);
 - lkctl's own code (every file of the package, by identity), the Python version and environment, and the
   directories on `sys.path` (installing or upgrading a library changes its directory);
 - the template file a name resolved to and the YAML files, by sha256 of their bytes;
