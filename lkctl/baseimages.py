@@ -100,7 +100,8 @@ def _load_recipe(name: str) -> _Recipe:
 
     rdir = paths.resource_dir("images") / name
     try:
-        doc = safe_load((rdir / "recipe.yml").read_text())  # libyaml when PyYAML has it (every build reads these)
+        # libyaml when PyYAML has it (every build reads these); UTF-8 whatever the locale
+        doc = safe_load((rdir / "recipe.yml").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BuildError(f"no recipe for base image {name}: {rdir / 'recipe.yml'} is missing") from None
     except yaml.YAMLError as e:

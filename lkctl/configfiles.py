@@ -52,7 +52,8 @@ def config_files(start: Path | None = None, home: Path | None = None) -> list[Pa
 
 def invoke_only_config(environ: Mapping[str, str], start: Path, home: Path) -> bool:
     """True when the full CLI would read config these files do not hold: a runtime config file, a `.json`/`.py`
-    config file beside the YAML ones, or invoke's own `LKCTL_LKCTL_*` variables. The lean paths (lkctl.fastbuild,
+    config file beside the YAML ones, a config name that exists but is no regular file (invoke opens it and
+    fails: a directory `~/.lkctl.yaml`), or invoke's own `LKCTL_LKCTL_*` variables. The lean paths (lkctl.fastbuild,
     lkctl.runtime.fastrun) read config_files() themselves and leave anything beyond them to the full CLI."""
     if environ.get("LKCTL_RUNTIME_CONFIG") or environ.get("INVOKE_RUNTIME_CONFIG"):
         return True
@@ -62,7 +63,9 @@ def invoke_only_config(environ: Mapping[str, str], start: Path, home: Path) -> b
     project = project_dir(start)
     if project is not None:
         bases.append(project / "lkctl")
-    return any(base.with_name(base.name + ext).exists() for base in bases for ext in (".json", ".py"))
+    json_py = [base.with_name(base.name + ext) for base in bases for ext in (".json", ".py")]
+    yaml = [base.with_name(base.name + ext) for base in bases for ext in (".yaml", ".yml")]
+    return any(p.exists() for p in json_py) or any(p.exists() and not p.is_file() for p in yaml)
 
 
 def merge_trees(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lkctl import paths
-from lkctl.errors import ImageError, LkError, StateError
+from lkctl.errors import ConfigError, ImageError, LkError, StateError
 from lkctl.templates import (
     KEY_VARIABLES,
     Template,
@@ -33,6 +33,7 @@ from lkctl.templates import (
     find_template,
     list_templates,
     render_template,
+    resolve_values,
     template_meta,
     template_variables,
 )
@@ -399,13 +400,14 @@ def build_source(
     source: str,
     files: Sequence[Path] = (),
     *,
-    variables: Mapping[str, str] | None = None,
+    variables: Mapping[str, str] | TemplateInputs | None = None,
     name: str = "",
     out_dir: Path | None = None,
     options: BuildOptions | None = None,
 ) -> BuildResult:
     """Build a template name or LinuxKit YAML files (`source` first, then `files`, merged like `linuxkit build
-    a.yml b.yml`) with `options` (formats, size, arch, pull, ...).
+    a.yml b.yml`) with `options` (formats, size, arch, pull, ...). `variables`: `--var` values, or TemplateInputs
+    (config, extra template dirs) as `vm.run --image` takes them; a `--var` the template does not use is an error.
 
     With default options this is exactly what `--image` builds (same cache directory, so a later
     `vm.run --image` finds it). Otherwise the output goes to `out_dir` (default: lkctl's build cache, by name);
@@ -418,7 +420,7 @@ def build_source(
     if cached is not None:
         return cached
     before = snapshot_inputs(request)
-    result = _build_source(template, paths_in, variables, name, out_dir, request.options)
+    result = _build_source(template, paths_in, request.variables, name, out_dir, request.options)
     write_receipt(request, result, before)
     return result
 
@@ -439,24 +441,33 @@ def unchanged_build(source: str) -> BuildResult | None:
 def _build_request(
     source: str,
     files: Sequence[Path],
-    variables: Mapping[str, str] | None,
+    variables: Mapping[str, str] | TemplateInputs | None,
     name: str,
     out_dir: Path | None,
     options: BuildOptions | None,
 ) -> tuple[BuildRequest, Template | None, list[Path]]:
-    """build_source's request (what its receipt is kept under), the template `source` names (None for YAML files)
-    and the YAML files to merge; an ImageError for a source that is neither."""
+    """build_source's request (what its receipt is kept under, with the template's variable values resolved),
+    the template `source` names (None for YAML files) and the YAML files to merge; an ImageError for a source
+    that is neither, a ConfigError for a `--var` nothing uses."""
     from lkctl.build import BuildOptions
     from lkctl.build.receipt import BuildRequest
 
-    template = None if Path(source).suffix in (".yml", ".yaml") else find_template(source)
+    inputs = variables if isinstance(variables, TemplateInputs) else TemplateInputs(variables=dict(variables or {}))
+    yml = Path(source).suffix in (".yml", ".yaml")
+    template = None if yml else find_template(source, inputs.cwd, inputs.extra_dirs)
     paths_in = [] if template is not None and not files else [Path(source), *files]
     for p in paths_in:
         if not p.is_file():
             raise ImageError(f"{p} is neither a template nor a LinuxKit YAML file")
+    if paths_in and inputs.variables:
+        raise ConfigError(f"{source} is LinuxKit YAML, not a template: --var {next(iter(inputs.variables))} has "
+                          "nothing to fill")  # fmt: skip
+    values: dict[str, str] = {}  # nothing to resolve (the lean path's case) → no need to read the template yet
+    if not paths_in and (inputs.variables or inputs.config or inputs.environ is not None):
+        values = resolve_values(template, inputs) if template is not None else {}
     request = BuildRequest(
         source, None if paths_in else template.path if template else None, tuple(paths_in),
-        dict(variables or {}), name, out_dir, options or BuildOptions(),
+        values, name, out_dir, options or BuildOptions(),
     )  # fmt: skip
     return request, template, paths_in
 
@@ -473,7 +484,8 @@ def _build_source(
     from lkctl.build import BuildOptions, build_image, check_request
     from lkctl.build.spec import load_spec, parse_spec
 
-    if options == BuildOptions():
+    # a template under another --name takes the general path below: build_template names outputs after the template
+    if options == BuildOptions() and (paths_in or template is None or name in ("", template.name)):
         if paths_in:
             return build_spec_files(paths_in, name=name or paths_in[-1].stem, out_dir=out_dir)
         assert template is not None

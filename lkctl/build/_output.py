@@ -37,7 +37,7 @@ def write_format(
     if fmt.name == "kernel+initrd":
         _link(parts.kernel, outs[0])
         _link(parts.initrd, outs[1])
-        outs[2].write_text(parts.cmdline)
+        outs[2].write_text(parts.cmdline, encoding="utf-8")
         return
     boot = _media.BootFiles(parts.kernel, parts.initrd, parts.cmdline, tag, arch)
     work.mkdir(parents=True, exist_ok=True)

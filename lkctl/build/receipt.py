@@ -5,9 +5,10 @@ form that is cheap to check again. The next build of the same request checks the
 the outputs are those the full path would call "unchanged, from cache", and the BuildResult comes from the
 receipt. The facts:
 
-- the request itself (build_source's arguments: source, files, name, out dir, --var values, formats, size,
-  arch, compression level, pull policy, decompress_kernel), the working directory (relative paths, workspace
-  templates) and the environment lkctl's paths and programs depend on (PATH, HOME, LKCTL_*, XDG_*);
+- the request itself (build_source's arguments: source, files, name, out dir, the template's variable values as
+  resolved from --var, config and environment, formats, size, arch, compression level, pull policy,
+  decompress_kernel), the working directory (relative paths, workspace templates) and the environment lkctl's
+  paths and programs depend on (PATH, HOME, LKCTL_*, XDG_*);
 - lkctl's own code (every file of the package, by identity), the Python version and environment, and the
   directories on `sys.path` (installing or upgrading a library changes its directory);
 - the template file a name resolved to and the YAML files, by sha256 of their bytes;
@@ -20,8 +21,10 @@ receipt. The facts:
 - the build's stamp (sha256) and each output file by identity: a deleted or edited output is rebuilt.
 
 It is conservative: a receipt is written only when the inputs read before the build equal those after it (no
-template, YAML, store or code change while it ran; each source still holds the bytes the build hashed), and
-anything unexpected in a receipt (unreadable, malformed, another version, another request) means "no receipt".
+template, YAML, store or code change while it ran; each source still holds the bytes the build hashed, and
+none changed within its file system's timestamp tick, where a later edit could keep its identity), and
+anything unexpected in a receipt (unreadable, malformed, over 8 MiB, another version, another request, a result
+that is not shaped like this request's build) means "no receipt".
 Receipts live with the build bookkeeping (`cache/build-state/receipts/`, 0600 in a 0700 dir), never in the
 user's output directory. Templates rendered with jinja2 get none (they may include other files).
 """
@@ -33,6 +36,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +47,20 @@ from lkctl.build import BuildOptions, BuildResult
 from lkctl.errors import LkError
 from lkctl.fsutil import file_identity as _identity
 
-__all__ = ["BuildRequest", "InputSnapshot", "check_receipt", "receipt_path", "snapshot_inputs", "write_receipt"]
+__all__ = [
+    "BuildRequest",
+    "InputSnapshot",
+    "check_receipt",
+    "racy_identity",
+    "receipt_path",
+    "snapshot_inputs",
+    "write_receipt",
+]
 
 log = logging.getLogger("lkctl.build.receipt")
 
 _VERSION = 1
+_MAX_BYTES = 8 << 20  # a receipt is a few KiB, plus ~150 bytes per file source
 _PACKAGE = Path(__file__).resolve().parent.parent  # lkctl/
 
 
@@ -190,6 +203,10 @@ def _write(request: BuildRequest, result: BuildResult, before: InputSnapshot) ->
     if None in sources:
         log.debug("no receipt for %s: a file source changed since the build hashed it", request.source)
         return None
+    now = time.time_ns()
+    if any(racy_identity(s, now) for s in sources if s is not None):
+        log.debug("no receipt for %s: a file source changed within its file system's timestamp tick", request.source)
+        return None
     store = Store(paths.oci_store_dir())
     bases = []
     for ref in result.image_refs:
@@ -249,6 +266,22 @@ def _source_identity(path: str, digest: str) -> list[Any] | None:
     return first if now == digest and _identity(path, follow=True) == first else None
 
 
+def racy_identity(identity: Sequence[Any], now_ns: int) -> bool:
+    """Whether a later edit of this file could keep `identity` (file_identity's list): its ctime is within two
+    ticks of its file system's timestamps before `now_ns` (or after it). A tick is guessed from the ctime's
+    trailing zeros: whole seconds (ext3, FAT, some network and FUSE file systems), 10 ms... An edit of the same
+    size in the same tick would leave every field as it was, while the full path (which hashes sources) rebuilds.
+    Nanosecond file systems tick with the kernel's coarse clock (a few ms), far below the build that separates a
+    source's last change from its receipt. Pure."""
+    if len(identity) < 7:
+        return False  # missing: its appearing changes the identity
+    ctime = int(identity[6])
+    tick = 1
+    while tick < 1_000_000_000 and ctime % (tick * 10) == 0:
+        tick *= 10
+    return ctime + 2 * tick > now_ns
+
+
 def _arch(arch: str | None) -> str | None:
     """`arch` as an OCI architecture name (what the build resolves images for), None for the host's."""
     if not arch:
@@ -263,12 +296,15 @@ def check_receipt(request: BuildRequest) -> BuildResult | None:
     if not request.eligible:
         return None
     try:
-        raw = receipt_path(request).read_bytes()
+        with open(receipt_path(request), "rb") as f:
+            raw = f.read(_MAX_BYTES + 1)
     except OSError:
+        return None
+    if len(raw) > _MAX_BYTES:  # no build writes one this big: not ours to parse
         return None
     try:
         return _check(request, json.loads(raw))
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         log.debug("receipt of %s not used: %s", request.source, e)
         return None
 
@@ -277,6 +313,8 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
     if not isinstance(r, dict) or r.get("version") != _VERSION or r.get("request") != _request_doc(request):
         return None
     out = r["result"]
+    if not _consistent(request, out, r["stamp"]):
+        return None
     if [_identity(p) for p in _all_outputs(out)] != r["outputs"]:
         return None
     stamp_path, stamp = r["stamp"]
@@ -311,3 +349,25 @@ def _check(request: BuildRequest, r: Any) -> BuildResult | None:
 
 def _all_outputs(out: Mapping[str, Any]) -> list[str]:
     return [str(p) for files in out["outputs"].values() for p in files]
+
+
+def _consistent(request: BuildRequest, out: Mapping[str, Any], stamp: Sequence[Any]) -> bool:
+    """Whether a receipt's result has the shape a build of `request` gives: the formats asked for, each with its
+    files (`<dir>/<name><suffix>`) in one output dir, that dir's bookkeeping as the stamp. A receipt is ours, in a
+    private dir; this keeps a damaged or planted one from naming other files as the build's outputs."""
+    from lkctl.build._bookkeeping import build_paths
+    from lkctl.build._formats import FORMATS
+
+    kernel = Path(out["kernel"])
+    out_dir, name = kernel.parent, kernel.name.removesuffix("-kernel")
+    outputs = out["outputs"]
+    if not name or list(outputs) != list(dict.fromkeys(request.options.formats)):
+        return False
+    expected = [str(out_dir / n) for n in FORMATS["kernel+initrd"].files(name)]  # set whatever the formats
+    if [out["kernel"], out["initrd"], out["cmdline"]] != expected:
+        return False
+    if any(outputs[f] != [str(out_dir / n) for n in FORMATS[f].files(name)] for f in outputs):
+        return False
+    if request.out_dir is not None and out_dir != request.out_dir:
+        return False
+    return list(stamp) == [str(build_paths(out_dir, name).stamp), stamp[1]]

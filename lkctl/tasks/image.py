@@ -55,6 +55,7 @@ def build(
     """Build a LinuxKit image (any common format) from a template or YAML files."""
     from lkctl.build import BuildOptions
     from lkctl.images import build_source
+    from lkctl.templates import inputs_from_settings
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
     if size or arch:
@@ -69,10 +70,11 @@ def build(
     )
     extra = [Path(f) for f in file or []]
     out_dir = Path(out) if out else None
+    inputs = inputs_from_settings(settings_from(c).templates, parse_vars(var))  # as vm.run --image takes them
     from lkctl.progress import Ticker
 
     with Ticker(f"building {source}"):
-        result = build_source(source, extra, variables=parse_vars(var), name=name, out_dir=out_dir, options=options)
+        result = build_source(source, extra, variables=inputs, name=name, out_dir=out_dir, options=options)
     files = [p for f in formats for p in result.outputs[f]]
     state = "unchanged, from cache" if result.cached else f"built {', '.join(result.built)}"
     print(f"lkctl: {state}: {', '.join(str(p) for p in files)}", file=sys.stderr)

@@ -130,7 +130,7 @@ def template_variables(template: Template) -> Variables:
 
 def _read(template: Template) -> str:
     try:
-        return template.path.read_text()
+        return template.path.read_text(encoding="utf-8")  # LinuxKit YAML is UTF-8, whatever the locale
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read template {template.name} ({template.path}): {e}") from None
 

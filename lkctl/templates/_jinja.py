@@ -47,7 +47,7 @@ def jinja_variables(path: Path) -> Variables:
 
     env = _environment(path.parent)
     try:
-        ast = env.parse(path.read_text())
+        ast = env.parse(path.read_text(encoding="utf-8"))
     except jinja2.TemplateSyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: jinja2 syntax error: {e.message}") from None
     found = Variables()
@@ -75,7 +75,7 @@ def render_jinja(path: Path, values: Mapping[str, str], source: str) -> str:
     env = _environment(path.parent)
     try:
         template = env.get_template(path.name)
-        ast = env.parse(path.read_text())
+        ast = env.parse(path.read_text(encoding="utf-8"))
     except jinja2.TemplateSyntaxError as e:
         raise ConfigError(f"{source}, line {e.lineno}: jinja2 syntax error: {e.message}") from None
     context: dict[str, Any] = dict(values)

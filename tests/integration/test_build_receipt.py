@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -264,6 +265,7 @@ MALFORMED: dict[str, Callable[[Path], object]] = {
         json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "stamp"})
     ),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+    "nested too deep to parse": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
 }
 
 
@@ -273,6 +275,60 @@ def test_a_malformed_receipt_is_ignored_and_replaced(damage: str, project: Path)
     MALFORMED[damage](receipt_path_of("vm.yml"))
     after = build()
     assert not after.receipt and after.cached
+    answered()
+
+
+def _outputs_elsewhere(r: dict[str, Any], project: Path) -> None:
+    """The result names files outside the output dir (the project's own), with their identities."""
+    from lkctl.fsutil import file_identity
+
+    files = [str(project / n) for n in ("vm.yml", "extra.yml", "motd.txt")]
+    r["result"].update(kernel=files[0], initrd=files[1], cmdline=files[2], outputs={"kernel+initrd": files})
+    r["outputs"] = [file_identity(f) for f in files]
+
+
+def _stamp_elsewhere(r: dict[str, Any], project: Path) -> None:
+    """The stamp fact names another file (here the YAML), with its digest: deleting the real stamp goes unseen."""
+    import hashlib
+
+    r["stamp"] = [str(project / "vm.yml"), hashlib.sha256((project / "vm.yml").read_bytes()).hexdigest()]
+    stamps = list((paths.cache_dir() / "build-state").glob("*/vm.json"))
+    stamps[0].unlink()
+
+
+HOSTILE: dict[str, Callable[[dict[str, Any], Path], object]] = {
+    "no kernel+initrd among its outputs": lambda r, p: (r["result"].update(outputs={"tar": []}), r.update(outputs=[])),
+    "outputs outside the output dir": _outputs_elsewhere,
+    "a stamp that is not the build's": _stamp_elsewhere,
+}
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE), ids=list(HOSTILE))
+def test_a_valid_but_inconsistent_receipt_is_ignored(
+    hostile: str, project: Path, plain_env: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from lkctl.fastbuild import fast_build
+
+    build()
+    path = receipt_path_of("vm.yml")
+    r = json.loads(path.read_text())
+    HOSTILE[hostile](r, project)
+    path.write_text(json.dumps(r))
+    assert fast_build(["image.build", "vm.yml"]) is None  # the full CLI builds, and says so itself
+    assert capfd.readouterr() == ("", "")
+    after = build()
+    assert not after.receipt and after.kernel == paths.cache_dir() / "builds" / "vm" / "vm-kernel"
+    same_outputs(after, reference(tmp_path))
+    answered()
+
+
+def test_a_huge_receipt_is_not_read(project: Path) -> None:
+    build()
+    path = receipt_path_of("vm.yml")
+    r = json.loads(path.read_text())
+    r["padding"] = "x" * (16 << 20)  # valid, and every fact holds: only its size is wrong
+    path.write_text(json.dumps(r))
+    assert not build().receipt
     answered()
 
 
@@ -335,6 +391,60 @@ def test_templates_text_variables_and_lookup(project: Path, tmp_path: Path) -> N
     shadowed = build_source("tpl")
     assert not shadowed.receipt and shadowed.cmdline_text == "console=hvc0"
     assert build_source("tpl").receipt
+
+
+def test_name_names_a_templates_outputs_with_default_options_too(project: Path) -> None:
+    # `image.build TEMPLATE --name X` wrote the template's own name while `--name X --format tar` wrote X
+    _templates(paths.config_dir() / "templates", "tpl.yml", TEMPLATE)
+    named = build_source("tpl", name="custom")
+    assert named.kernel.name == "custom-kernel" and named.kernel.is_file()
+    assert build_source("tpl", name="custom") == replace(named, cached=True, receipt=True, built=(), assembled="none")
+    assert build_source("tpl").kernel.name == "tpl-kernel"
+    assert build_source("tpl", name="custom", options=BuildOptions(level=1)).kernel.name == "custom-kernel"
+
+
+def test_a_var_no_template_uses_is_an_error_not_a_silent_build(project: Path) -> None:
+    # as vm.run and template.render say it: a typo must not build (or answer "unchanged" for) the defaults
+    _templates(paths.config_dir() / "templates", "tpl.yml", TEMPLATE)
+    build_source("tpl")
+    with pytest.raises(LkError, match="template tpl has no variable CMDLNE; did you mean CMDLINE"):
+        build_source("tpl", variables={"CMDLNE": "quiet"})
+    with pytest.raises(LkError, match=r"vm\.yml is LinuxKit YAML, not a template: --var CMDLINE has nothing to fill"):
+        build("vm.yml", variables={"CMDLINE": "quiet"})
+
+
+def test_the_cli_takes_template_variables_and_dirs_from_config(project: Path, plain_env: None) -> None:
+    # image.build builds what vm.run --image builds: lkctl.templates.variables and .dirs count (README, Templates)
+    extra = _templates(project / "more-templates", "tpl.yml", TEMPLATE).parent
+    config = f"lkctl:\n  templates:\n    dirs: {extra}\n    variables: {{CMDLINE: from-config, OTHER: unused}}\n"
+    (project / "lkctl.yaml").write_text(config)
+
+    def cmdline(*args: str) -> str:
+        p = subprocess.run([*CLI, "image.build", "tpl", *args], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return Path(p.stdout.strip() + "-cmdline").read_text()
+
+    assert cmdline() == "from-config"
+    assert cmdline("--var", "CMDLINE=from-flag") == "from-flag"  # --var over config
+    assert cmdline() == "from-config"  # a receipt for each
+    (project / "lkctl.yaml").write_text(f"lkctl:\n  templates:\n    dirs: {extra}\n")
+    assert cmdline() == "console=ttyS0"  # the template's default again
+    (project / "lkctl.yaml").unlink()
+    p = subprocess.run([*CLI, "image.build", "tpl"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "neither a template nor a LinuxKit YAML file" in p.stderr  # the dir is gone
+
+
+def test_a_template_reads_as_utf8_whatever_the_locale(project: Path, plain_env: None) -> None:
+    # LinuxKit YAML is UTF-8 (spec files are read so): under an ASCII locale the full path failed to read a
+    # template with an em dash while its receipt, made under UTF-8, answered "unchanged"
+    _templates(project / ".lkctl" / "templates", "tpl.yml", "# tpl \u2014 caf\u00e9\n" + TEMPLATE)
+    ascii_env = dict(os.environ, PYTHONUTF8="0", LC_ALL="C")
+    runs = []
+    for env in (ascii_env, dict(os.environ), dict(ascii_env, LKCTL_TEST_FULL_CLI="1")):  # the last: invoke's CLI
+        p = subprocess.run([*CLI, "image.build", "tpl"], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        runs.append(p.stdout)
+    assert runs[0] == runs[1] == runs[2]
 
 
 def test_jinja_templates_never_get_a_receipt(project: Path) -> None:
@@ -434,6 +544,18 @@ def test_base_image_recipes_and_stamps_are_facts_of_the_receipt(
     same_outputs(after, build_source("minimal", out_dir=tmp_path / "fresh"))
     assert not build_source("minimal").receipt  # the store changed while the last one built: no receipt then
     assert build_source("minimal").receipt
+
+
+def test_the_builtin_template_builds_under_an_ascii_locale(
+    base_store: Path, project: Path, plain_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the base images' recipes are UTF-8: the full path died with a UnicodeDecodeError traceback under PYTHONUTF8=0
+    # LC_ALL=C, where a receipt made under UTF-8 answered "unchanged"
+    monkeypatch.setenv("LKCTL_OCI_STORE", str(base_store))
+    ascii_env = dict(os.environ, PYTHONUTF8="0", LC_ALL="C", LKCTL_TEST_FULL_CLI="1")  # the full (invoke) CLI
+    p = subprocess.run([*CLI, "image.build", "minimal"], env=ascii_env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip() + "-initrd.img").is_file()
 
 
 def test_pull_always_is_never_answered_from_a_receipt(project: Path, tmp_path: Path) -> None:

@@ -73,3 +73,13 @@ def test_a_project_above_the_repository_root_does_not_count(tmp_path: Path) -> N
     (tmp_path / "lkctl.yaml").write_text("")  # outside the repository: invoke would not load it either
     (tmp_path / "repo" / ".git").mkdir(parents=True)
     assert not config_may_apply({}, tmp_path / "repo", tmp_path / "home")
+
+
+@pytest.mark.parametrize("name", [".lkctl.yaml", ".lkctl.yml", ".lkctl.json", ".lkctl.py"])
+def test_a_config_name_that_is_not_a_file_sends_it_to_the_full_cli(tmp_path: Path, name: str) -> None:
+    # invoke opens every config name that exists and fails on a directory (IsADirectoryError): the lean path must
+    # not answer where the full CLI fails
+    home = tmp_path / "home"
+    (home / name).mkdir(parents=True)
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    assert config_may_apply({}, tmp_path / "repo", home)
