@@ -99,7 +99,7 @@ def _first_line(argv: list[str]) -> str:
 
 def _memory_mb() -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemTotal:"):
                 return int(line.split()[1]) // 1024
     except (OSError, ValueError, IndexError):
@@ -110,7 +110,7 @@ def _memory_mb() -> int | None:
 def _ports() -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="utf-8").split()
         out["ephemeral_range"] = f"{lo}-{hi}"
     except (OSError, ValueError):
         out["ephemeral_range"] = None

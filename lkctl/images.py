@@ -118,7 +118,7 @@ def _kernel_initrd(prefix: Path, label: str) -> BootImage:
     cmdline_file = Path(f"{prefix}-cmdline")
     if not initrd.is_file():
         raise ImageError(f"{label}: found {kernel} but not {initrd}; a kernel+initrd image needs both")
-    cmdline = cmdline_file.read_text().strip() if cmdline_file.is_file() else ""
+    cmdline = cmdline_file.read_text(encoding="utf-8").strip() if cmdline_file.is_file() else ""
     from lkctl.runtime.model import BootImage, ImageFormat
 
     return _with_rootdisk(BootImage(ImageFormat.KERNEL_INITRD, prefix, kernel=kernel, initrd=initrd, cmdline=cmdline))
@@ -367,7 +367,7 @@ class StagedKeys:
         self.made = True
 
         def public(path: Path) -> str:  # "ssh-ed25519 AAAA...": the comment names a staging dir, not the VM
-            return " ".join(path.read_text().split()[:2])
+            return " ".join(path.read_text(encoding="utf-8").split()[:2])
 
         return {
             "SSH_KEY": public(keys.client_pub),

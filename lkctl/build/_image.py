@@ -155,7 +155,7 @@ def _file_state(paths: Sequence[Path]) -> dict[str, list[int]] | None:
 
 def _read_stamp(stamp: Path) -> dict[str, Any]:
     try:
-        recorded = json.loads(stamp.read_text())
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(recorded, dict) or recorded.get("version") != _STAMP_VERSION:

@@ -120,11 +120,14 @@ def _grub(boot: BootFiles, work: Path) -> tuple[Path, Path, str]:
         )
     marker = f"lkctl-{boot.tag[:16]}"
     early = work / "grub-early.cfg"
-    early.write_text(f"search --no-floppy --file --set=root /EFI/BOOT/{marker}\nset prefix=($root)/EFI/BOOT\n")
+    early.write_text(
+        f"search --no-floppy --file --set=root /EFI/BOOT/{marker}\nset prefix=($root)/EFI/BOOT\n", encoding="utf-8"
+    )
     cfg = work / "grub.cfg"
     cfg.write_text(
         "set timeout=0\nset gfxpayload=text\n"
-        f"linux /boot/kernel {_grub_quote(boot.cmdline)}\ninitrd /boot/initrd.img\nboot\n"
+        f"linux /boot/kernel {_grub_quote(boot.cmdline)}\ninitrd /boot/initrd.img\nboot\n",
+        encoding="utf-8",
     )
     out = work / binary
     grub_mkimage = _program("grub-mkimage")
@@ -147,7 +150,9 @@ def iso_bios(out: Path, boot: BootFiles, work: Path) -> None:
     (tree / "isolinux").mkdir()
     shutil.copyfile(_file("isolinux.bin"), tree / "isolinux" / "isolinux.bin")  # xorriso patches it: a copy
     shutil.copyfile(_file("ldlinux.c32"), tree / "isolinux" / "ldlinux.c32")
-    (tree / "isolinux" / "isolinux.cfg").write_text(_syslinux_cfg("/boot/kernel", "/boot/initrd.img", boot.cmdline))
+    (tree / "isolinux" / "isolinux.cfg").write_text(
+        _syslinux_cfg("/boot/kernel", "/boot/initrd.img", boot.cmdline), encoding="utf-8"
+    )
     _run([_program("xorriso"), "-as", "mkisofs", "-quiet", "-o", out, "-R", "-J", "-V", "LinuxKit",
           "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4",
           "-boot-info-table", "-isohybrid-mbr", _file("isohdpfx.bin"), tree], "xorriso (iso-bios)")  # fmt: skip
@@ -164,7 +169,7 @@ def iso_efi(out: Path, boot: BootFiles, work: Path) -> None:
     _link(boot.kernel, tree / "boot" / "kernel")
     _link(boot.initrd, tree / "boot" / "initrd.img")
     _link(cfg, tree / "EFI" / "BOOT" / "grub.cfg")
-    (tree / "EFI" / "BOOT" / marker).write_text(boot.tag + "\n")
+    (tree / "EFI" / "BOOT" / marker).write_text(boot.tag + "\n", encoding="utf-8")
     efiboot = tree / "efiboot.img"
     _fat_image(efiboot, max(1440, _align(loader.stat().st_size + (256 << 10), 64 << 10) >> 10), "EFIBOOT")
     img = os.fspath(efiboot)
@@ -213,7 +218,8 @@ def disk_bios(out: Path, boot: BootFiles, work: Path, size: int | None) -> None:
     image, part_type = _fat_partition(out, disk_size, gpt=False, boot=boot)
     cfg = work / "syslinux.cfg"
     cfg.write_text(
-        f"DEFAULT linux\nPROMPT 0\nLABEL linux\n  KERNEL /kernel\n  INITRD /initrd.img\n  APPEND {boot.cmdline}\n"
+        f"DEFAULT linux\nPROMPT 0\nLABEL linux\n  KERNEL /kernel\n  INITRD /initrd.img\n  APPEND {boot.cmdline}\n",
+        encoding="utf-8",
     )
     mcopy = _program("mcopy")
     _run([mcopy, "-i", image, cfg, "::/syslinux.cfg"], "mcopy")
@@ -239,7 +245,7 @@ def disk_efi(out: Path, boot: BootFiles, work: Path, size: int | None) -> None:
     _write_at(out, layout.tail_offset, layout.tail)
     image, _ = _fat_partition(out, disk_size, gpt=True, boot=boot)
     marker_file = work / marker
-    marker_file.write_text(boot.tag + "\n")
+    marker_file.write_text(boot.tag + "\n", encoding="utf-8")
     _run([_program("mmd"), "-i", image, "::/EFI", "::/EFI/BOOT", "::/boot"], "mmd")
     mcopy = _program("mcopy")
     _run([mcopy, "-i", image, loader, cfg, marker_file, "::/EFI/BOOT/"], "mcopy")

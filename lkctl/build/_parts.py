@@ -376,7 +376,7 @@ def _tee(entries: Iterable[Entry], parts: Sequence[_Part | _RunSink], spool_dir:
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) and state.get("version") == _VERSION else {}

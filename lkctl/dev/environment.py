@@ -196,7 +196,7 @@ def stop_dev(project: Project, settings: Settings) -> str:
 def _uptime(record: VmRecord) -> float | None:
     """Seconds since the VM's QEMU started (Linux: from /proc; elsewhere unknown)."""
     try:
-        with open("/proc/uptime") as f:
+        with open("/proc/uptime", encoding="utf-8") as f:
             since_boot = float(f.read().split()[0])
         started = int(record.pid_start) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):

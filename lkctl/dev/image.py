@@ -183,7 +183,7 @@ def _publish(version: str, source: str, fill: Any, extra: dict[str, Any], *, fre
             prefix = tmp / DEV_IMAGE_NAME
             shutil.copyfile(kernel, f"{prefix}-kernel")
             shutil.copyfile(initrd, f"{prefix}-initrd.img")
-            Path(f"{prefix}-cmdline").write_text(cmdline + "\n")
+            Path(f"{prefix}-cmdline").write_text(cmdline + "\n", encoding="utf-8")
             meta = {"name": DEV_IMAGE_NAME, "version": version, "source": source, **extra,
                     "installed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
             atomic_write(tmp / _MANIFEST, json.dumps(meta, indent=1) + "\n")

@@ -91,7 +91,7 @@ def _libcrypto_path() -> str | None:
     except ImportError:
         return None
     try:
-        with open("/proc/self/maps") as f:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 path = line.rstrip("\n").partition("/")[2]
                 if path and "libcrypto" in os.path.basename(path):

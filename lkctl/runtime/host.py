@@ -78,7 +78,7 @@ _KERNEL_TIMEOUT = 8.0
 def boot_id() -> str:
     """This host boot's id (Linux), "" elsewhere: what makes a pid + start time unique across reboots."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
     except OSError:
         return ""
 

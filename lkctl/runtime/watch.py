@@ -105,8 +105,8 @@ class _ProcSample:
 
 def _proc_sample(pid: int) -> _ProcSample:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+        status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise VmError(f"cannot read /proc/{pid} of the VM's QEMU: {e.strerror}") from None
     fields = stat[stat.rindex(")") + 2 :].split()
@@ -115,7 +115,7 @@ def _proc_sample(pid: int) -> _ProcSample:
 
 
 def _host_uptime() -> float:
-    return float(Path("/proc/uptime").read_text().split()[0])
+    return float(Path("/proc/uptime").read_text(encoding="utf-8").split()[0])
 
 
 def vm_stats(record: VmRecord, *, interval: float = 0.5) -> dict[str, Any]:
@@ -204,7 +204,9 @@ def _qemu_started(record: VmRecord) -> datetime | None:
         return None
     try:
         btime = next(
-            int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime ")
+            int(ln.split()[1])
+            for ln in Path("/proc/stat").read_text(encoding="utf-8").splitlines()
+            if ln.startswith("btime ")
         )
     except (OSError, StopIteration, ValueError):
         return None

@@ -101,7 +101,7 @@ def known_hosts_line(host: str, port: int, host_pub: Path) -> str:
     if not host or any(c.isspace() or c in ",#[]" for c in host) or not 0 < port < 65536:
         raise ConfigError(f"cannot pin a host key for {host!r} port {port}")
     try:
-        fields = host_pub.read_text().split()
+        fields = host_pub.read_text(encoding="utf-8").split()
     except (OSError, UnicodeDecodeError) as e:
         raise StateError(f"cannot read host public key {host_pub}: {e}") from e
     if len(fields) < 2 or not re.fullmatch(r"(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+", fields[0]):

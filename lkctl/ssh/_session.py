@@ -315,5 +315,5 @@ def session_when_listening(
 
 def prewarm() -> None:
     """Import what the handshake needs (paramiko, its curve25519 kex and ed25519 code: ~0.4 s of CPU here)."""
-    import paramiko.ed25519key
+    import paramiko.ed25519key  # noqa: F401
     import paramiko.kex_curve25519  # noqa: F401

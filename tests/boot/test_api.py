@@ -129,7 +129,7 @@ def test_ssh_config_works_with_real_openssh(shared: lkctl.Vm, cli: Cli, tmp_path
     assert done.stdout == f"{NAME}\n"
     # the pin is real: another key under the alias makes OpenSSH refuse
     known = Path(re.search(r'UserKnownHostsFile "([^"]+)"', text)[1])  # type: ignore[index]
-    alias, _kind, _ = known.read_text().split()
+    alias, _kind, _ = known.read_text(encoding="utf-8").split()
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     forged = tmp_path / "forged_known_hosts"

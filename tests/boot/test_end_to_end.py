@@ -19,7 +19,7 @@ def listening_addresses(port: int) -> set[str]:
     """Local addresses with a TCP socket listening on `port` (from /proc/net/tcp{,6})."""
     found = set()
     for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        for line in Path(table).read_text().splitlines()[1:]:
+        for line in Path(table).read_text(encoding="utf-8").splitlines()[1:]:
             fields = line.split()
             addr, hexport = fields[1].rsplit(":", 1)
             if int(hexport, 16) == port and fields[3] == "0A":

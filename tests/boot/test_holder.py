@@ -31,7 +31,7 @@ def _holder_pid(vm_dir: Path) -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] not in "ZX"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").split(") ", 1)[1][0] not in "ZX"
     except OSError:
         return False
 

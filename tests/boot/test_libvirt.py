@@ -45,11 +45,11 @@ def _answers() -> bool:
 
 def _pid_alive(pidfile: Path) -> int:
     try:
-        pid = int(pidfile.read_text().strip())
+        pid = int(pidfile.read_text(encoding="utf-8").strip())
     except (OSError, ValueError):
         return 0
     try:  # a zombie is dead (PID 1 here does not reap, so exited daemons linger as zombies)
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     except OSError:
         return 0
     return 0 if stat[stat.rindex(")") + 2] in "ZX" else pid

@@ -85,7 +85,7 @@ def test_ps_and_prune_loops_never_sweep_a_vm_being_started(cli: Cli, lkctl_home:
                 p.communicate()
         for pid in qemu_pids_for(lkctl_home):
             os.kill(pid, signal.SIGKILL)
-    errors = Path(f"{stop}.err").read_text() if Path(f"{stop}.err").exists() else ""
+    errors = Path(f"{stop}.err").read_text(encoding="utf-8") if Path(f"{stop}.err").exists() else ""
     assert "Traceback" not in errors and "exit " not in errors, errors
     cli("vm.prune")
 

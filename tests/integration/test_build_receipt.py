@@ -422,7 +422,7 @@ def test_the_cli_takes_template_variables_and_dirs_from_config(project: Path, pl
     def cmdline(*args: str) -> str:
         p = subprocess.run([*CLI, "image.build", "tpl", *args], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
-        return Path(p.stdout.strip() + "-cmdline").read_text()
+        return Path(p.stdout.strip() + "-cmdline").read_text(encoding="utf-8")
 
     assert cmdline() == "from-config"
     assert cmdline("--var", "CMDLINE=from-flag") == "from-flag"  # --var over config

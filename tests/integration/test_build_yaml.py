@@ -57,7 +57,7 @@ def provide_images(spec: Spec, store: Store) -> None:
 
 
 def directives(path: Path, key: str) -> list[str]:
-    return [m.group(1).strip() for m in re.finditer(rf"^# {key}: (.*)$", path.read_text(), re.M)]
+    return [m.group(1).strip() for m in re.finditer(rf"^# {key}: (.*)$", path.read_text(encoding="utf-8"), re.M)]
 
 
 def build_tar(spec: Spec, tmp_path: Path) -> set[str]:

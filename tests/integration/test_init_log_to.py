@@ -17,7 +17,7 @@ def _wait_for(path: Path, text: str, timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
     seen = ""
     while time.monotonic() < deadline:
-        seen = path.read_text() if path.exists() else ""
+        seen = path.read_text(encoding="utf-8") if path.exists() else ""
         if text in seen:
             break
         time.sleep(0.02)

@@ -113,7 +113,7 @@ def test_libvirt_ssh_transport_gets_strict_pinned_host_key_checking(lkctl_home: 
     assert query["keyfile"] == "/k" and query["no_tty"] == "1"
     wrapper = Path(query["command"])
     assert wrapper.is_relative_to(lkctl_home) and wrapper.stat().st_mode & 0o777 == 0o700
-    body = wrapper.read_text()
+    body = wrapper.read_text(encoding="utf-8")
     assert "-o StrictHostKeyChecking=yes" in body and "-o UserKnownHostsFile='/pins/it'\"'\"'s hv'" in body
     assert "-o ForwardAgent=no" in body
     libssh = dict(parse_qsl(urlsplit(transport_uri("qemu+libssh://hv/system", "/pins/hv")).query))

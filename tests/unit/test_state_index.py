@@ -61,7 +61,7 @@ def test_a_changed_vm_json_wins_over_the_index() -> None:
     path = r.dir / "vm.json"
     data = json.loads(path.read_text())
     data["name"] = "renamed-in-place"
-    with open(path, "r+") as f:
+    with open(path, "r+", encoding="utf-8") as f:
         f.write(json.dumps(data))
         f.truncate()
     assert [r.name for r in state.all_records()] == ["renamed-in-place"]

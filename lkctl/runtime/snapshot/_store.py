@@ -288,7 +288,10 @@ def _qemu_pid(vm_dir: Path) -> int:
 
 def _alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] not in ("Z", "X")
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace").rsplit(") ", 1)[1][:1] not in (
+            "Z",
+            "X",
+        )
     except (OSError, IndexError):
         return False
 
