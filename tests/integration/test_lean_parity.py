@@ -10,6 +10,7 @@ booted once for the module; the others fail or refuse before QEMU starts.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class Where:
     env: dict[str, str]
     cwd: Path
     marks: Path
+    booted: Outcome | None = None  # the module VM's own `vm.run -d`, through the lean path
     n: list[int] = field(default_factory=lambda: [0])
 
     def lkctl(
@@ -264,6 +266,8 @@ def vm(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Iterator
     try:
         booted = w.lkctl("vm.run", "--image=minimal", "-d", "--name", NAME, timeout=900)
         assert booted.code == 0, booted.err.decode(errors="replace")
+        assert not booted.invoke
+        w.booted = booted
         yield w
     finally:
         w.lkctl("vm.rm", "--force", NAME, timeout=120)
@@ -353,3 +357,86 @@ def test_vm_exec_interrupted_ends_the_same_on_both_paths(vm: Where, sig: signal.
     # both, as with `ssh host cmd` without a terminal; vm.exec -t, on the full path, ends it with the terminal.)
     assert after_lean - before == after_full - after_lean
     vm.lkctl("vm.exec", NAME, "--", "pkill", "-f", "sleep 60")
+
+
+def _boot_text(b: bytes) -> bytes:
+    """vm.run -d's output with what differs between two boots made equal: IDs, ports, seconds, boot phases seen."""
+    b = re.sub(rb"\b[0-9a-f]{8}\b", b"ID", b)
+    b = re.sub(rb"127\.0\.0\.1:\d+", b"127.0.0.1:PORT", b)
+    return b"".join(line for line in b.splitlines(keepends=True) if not re.match(rb"lkctl: booting \S+: ", line))
+
+
+@pytest.mark.boot
+def test_a_successful_vm_run_d_says_the_same_through_the_full_cli(vm: Where) -> None:
+    assert vm.booted is not None
+    full = vm.lkctl("vm.run", "--image=minimal", "-d", "--name", NAME + "2", env=FULL, timeout=900)
+    try:
+        assert full.invoke and full.code == 0, full.err
+        lean = vm.booted
+        assert _boot_text(lean.out) == _boot_text(full.out) == b"ID\n"
+        assert _boot_text(lean.err).replace(NAME.encode(), b"N") == _boot_text(full.err).replace(
+            (NAME + "2").encode(), b"N"
+        )
+    finally:
+        vm.lkctl("vm.rm", "--force", NAME + "2", env=FULL, timeout=120)
+
+
+_KEPT = {"id_ed25519", "ssh_host_ed25519_key", "known_hosts", "vm.json"}
+
+
+def _modes(home: Path) -> list[tuple[str, int]]:
+    """Each directory and secret-holding file under `home` (VM IDs made equal) with its permission bits."""
+    return sorted(
+        (re.sub(r"\b[0-9a-f]{8}\b", "ID", str(p.relative_to(home))), p.stat().st_mode & 0o777)
+        for p in home.rglob("*")
+        if p.is_dir() or p.name in _KEPT
+    )
+
+
+def _run_interrupted(home: Path, env: dict[str, str], phase: bytes, sig: int) -> tuple[int, bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ENTRY, "vm.run", "-d", "--image=minimal", "--name", "cut"],
+        env={**env, "LKCTL_HOME": str(home), "LEAN_MARK": str(home.parent / "mark")}, cwd=home.parent,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        while phase not in (line := proc.stderr.readline()):
+            assert line, f"vm.run -d ended before {phase!r}"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.splitlines()[-1]
+
+
+@pytest.mark.boot
+@pytest.mark.parametrize(
+    ("phase", "sig"),
+    [(b"booting and waiting", signal.SIGTERM), (b"cut: kernel", signal.SIGINT), (b"init done", signal.SIGTERM)],
+    ids=["before-qemu-SIGTERM", "kernel-SIGINT", "init-SIGTERM"],
+)
+def test_vm_run_d_interrupted_leaves_the_same_state_on_both_paths(
+    vm: Where, tmp_path: Path, phase: bytes, sig: signal.Signals
+) -> None:
+    seen = []
+    for label, extra in (("lean", {}), ("full", FULL)):
+        home = tmp_path / label / "lk"
+        home.mkdir(parents=True)
+        code, last = _run_interrupted(home, {**vm.env, **extra}, phase, sig)
+        assert (code, last) == (130, b"lkctl: interrupted"), label
+        assert not qemu_pids_for(home), f"{label}: QEMU left running"
+        ps = subprocess.run(
+            [str(BIN / "lkctl"), "vm.ps", "--all"], env={**vm.env, "LKCTL_HOME": str(home)}, capture_output=True,
+            timeout=60, check=True,
+        )  # fmt: skip
+        rows = re.sub(rb"\s+\d+s\s+", b" AGE ", _boot_text(ps.stdout))
+        modes = _modes(home)
+        seen.append((rows, modes))
+    assert seen[0] == seen[1]
+    rows, modes = seen[0]
+    if phase != b"booting and waiting":  # QEMU ran: the VM stays listed, as failed, with its secrets private
+        assert b" error " in rows, rows
+        assert ("state/vms/ID/id_ed25519", 0o600) in modes and ("state/vms/ID", 0o700) in modes, modes
