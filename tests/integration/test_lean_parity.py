@@ -65,6 +65,7 @@ class Where:
         env: dict[str, str] | None = None,
         input: bytes | None = None,
         closed: tuple[int, ...] = (),
+        stdin_fd: int | None = None,
         cwd: Path | None = None,
         timeout: float = 120,
     ) -> Outcome:
@@ -72,13 +73,15 @@ class Where:
         mark = self.marks / f"invoke-{self.n[0]}"
         full_env = {**self.env, **(env or {}), "LEAN_MARK": str(mark)}
 
+        stdin = stdin_fd if stdin_fd is not None else None if input is not None else subprocess.DEVNULL
+
         def close_fds() -> None:
             for fd in closed:
                 os.close(fd)
 
         proc = subprocess.run(
             [sys.executable, "-c", _ENTRY, *args], env=full_env, cwd=cwd or self.cwd, input=input,
-            stdin=None if input is not None else subprocess.DEVNULL, capture_output=True, timeout=timeout,
+            stdin=stdin, capture_output=True, timeout=timeout,
             preexec_fn=close_fds if closed else None, check=False,
         )  # fmt: skip
         return Outcome(proc.returncode, proc.stdout, proc.stderr, mark.exists())
@@ -282,6 +285,9 @@ EXEC_CASES = {
     "words-kept-exactly": ["printf", "[%s]", "é", "", "--", "--help", "a b", "$HOME", "'"],
     "killed-by-a-signal": ["sh", "-c", "kill -TERM $$"],
     "stdin-from-dev-null": ["cat"],
+    "exit-status-above-255": ["sh", "-c", "exit 300"],
+    "not-found": ["/nonexistent"],
+    "environment-names": ["sh", "-c", "echo $HOME $PWD $USER; env | cut -d= -f1 | sort; tty"],
 }
 
 
@@ -338,6 +344,38 @@ def _interrupted(vm: Where, extra_env: dict[str, str], sig: int) -> tuple[int, b
             proc.kill()
             proc.wait()
     return proc.returncode, err
+
+
+@pytest.mark.boot
+def test_vm_exec_with_a_terminal_as_stdin_streams_none_of_it_on_both_paths(vm: Where) -> None:
+    controller, terminal = os.openpty()
+    try:
+        os.write(controller, b"typed\n")
+        lean, full = vm.both("vm.exec", NAME, "--", "sh", "-c", "cat; echo end", stdin_fd=terminal)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    _same(lean, full, lean_path=True)
+    assert lean.out == b"end\n"
+
+
+def _first_byte_then_close(vm: Where, extra_env: dict[str, str]) -> tuple[int, bytes]:
+    """`lkctl vm.exec VM -- yes-ish | head -c1`: the reader goes away after one byte."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _ENTRY, "vm.exec", NAME, "--", "sh", "-c", "yes | head -c 3000000"],
+        env={**vm.env, **extra_env, "LEAN_MARK": str(vm.marks / "pipe")}, cwd=vm.cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1) == b"y"
+        proc.stdout.close()
+        err = proc.stderr.read()
+        return proc.wait(timeout=120), err
+
+
+@pytest.mark.boot
+def test_vm_exec_into_a_reader_that_goes_away_ends_quietly_on_both_paths(vm: Where) -> None:
+    assert _first_byte_then_close(vm, {}) == _first_byte_then_close(vm, FULL) == (141, b"")
 
 
 def _guest_sleepers(vm: Where) -> int:
