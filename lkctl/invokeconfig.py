@@ -108,8 +108,11 @@ def check_config_files(
 ) -> list[dict[str, Any]]:
     """The contents of the YAML files invoke_config_files() lists; ConfigError for one invoke could not merge over
     `defaults` (default: ours, settings_defaults()). (.json and .py files are left to invoke.)"""
+    files = [p for p in invoke_config_files(start, home) if p.suffix in (".yaml", ".yml")]
+    if not files:
+        return []  # the common case on the lean paths: no settings import at all
     tree = settings_defaults() if defaults is None else defaults
-    return [_read_yaml(p, tree) for p in invoke_config_files(start, home) if p.suffix in (".yaml", ".yml")]
+    return [_read_yaml(p, tree) for p in files]
 
 
 def settings_env_names() -> frozenset[str]:
