@@ -26,13 +26,14 @@ class LeanPath(NamedTuple):
     module: str
     function: str
     teardown: bool  # end through _exit_without_teardown (flush, atexit), else os._exit (output went to fds 1/2)
+    gated: bool = True  # ask lkctl.invokeconfig.full_cli_needed first (image.build's own check is stricter)
 
 
 LEAN_PATHS: dict[str, LeanPath] = {
     "vm.exec": LeanPath("lkctl.launcher", "fast_exec", teardown=False),
     "dev.test": LeanPath("lkctl.dev.fastcli", "fast_dev", teardown=False),
     "dev.shell": LeanPath("lkctl.dev.fastcli", "fast_dev", teardown=False),
-    "image.build": LeanPath("lkctl.fastbuild", "fast_build", teardown=False),
+    "image.build": LeanPath("lkctl.fastbuild", "fast_build", teardown=False, gated=False),
     "vm.run": LeanPath("lkctl.runtime.fastrun", "fast_run", teardown=True),
 }
 """Command word → its lean path: a function of argv (after the program name) → exit status, or None to hand over."""
@@ -78,10 +79,11 @@ def _lean_path(args: list[str]) -> tuple[Callable[[list[str]], int | None], bool
     lean = LEAN_PATHS.get(args[0]) if args else None
     if lean is None:
         return None
-    from lkctl.invokeconfig import full_cli_needed
+    if lean.gated:
+        from lkctl.invokeconfig import full_cli_needed
 
-    if full_cli_needed(os.environ):
-        return None
+        if full_cli_needed(os.environ):
+            return None
     import importlib
 
     return getattr(importlib.import_module(lean.module), lean.function), lean.teardown
