@@ -171,6 +171,32 @@ def test_vm_run_reads_the_projects_invoke_yaml_and_the_environment_as_the_full_c
     _same(*where.both("vm.run", "-d", "--image", "/nonexistent/img", env={"LKCTL_VM_CPUS": "many"}), lean_path=True)
 
 
+SETTINGS_CASES = {
+    "env-hosts-not-json": ({}, {"LKCTL_HOSTS": "nope"}),
+    "env-accel-unknown": ({}, {"LKCTL_VM_ACCEL": "warp"}),
+    "env-network-unknown": ({}, {"LKCTL_VM_NETWORK": "wifi"}),
+    "user-file": ({"HOME/.lkctl.yaml": "lkctl:\n  vm:\n    cpus: x\n"}, {}),
+    "unknown-setting": ({"lkctl.yaml": "lkctl:\n  vm:\n    memroy: 1\n"}, {}),
+    "yml-beside-yaml": ({"lkctl.yml": "lkctl:\n  vm:\n    cpus: x\n", "lkctl.yaml": "lkctl: {}\n"}, {}),
+    "invoke-yaml-over-user": (
+        {"HOME/.lkctl.yaml": "lkctl: {vm: {cpus: 2}}\n", "invoke.yaml": "lkctl: {vm: {cpus: y}}\n"},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize(("files", "env"), SETTINGS_CASES.values(), ids=SETTINGS_CASES.keys())
+def test_vm_run_settings_from_files_and_environment_as_the_full_cli(
+    where: Where, files: dict[str, str], env: dict[str, str]
+) -> None:
+    for name, text in files.items():
+        path = Path(where.env["HOME"]) / name[5:] if name.startswith("HOME/") else where.cwd / name
+        path.write_text(text)
+    lean, full = where.both("vm.run", "-d", "--image", "/nonexistent/img", env=env)
+    _same(lean, full, lean_path=True)
+    assert lean.code != 0
+
+
 # ---- dev.test / dev.shell -- CMD: the project's dev VM is not running ----
 
 DEV_FORMS = [
@@ -240,6 +266,12 @@ def test_a_missing_runtime_config_is_lkctls_own_failure_125_for_vm_exec(where: W
     lean, full = where.both("vm.exec", "nope", "--", "true", env={"LKCTL_RUNTIME_CONFIG": "/nonexistent.yaml"})
     _same(lean, full, lean_path=False)
     assert lean.code == 125, lean.err
+
+
+def test_an_invoke_variable_of_the_wrong_type_is_one_line(where: Where) -> None:
+    lean, full = where.both("vm.run", "-d", "--image", "/nonexistent/img", env={"LKCTL_LKCTL_VM_CPUS": "e"})
+    _same(lean, full, lean_path=False)
+    assert lean.code == 2 and lean.err.startswith(b"lkctl: an LKCTL_* variable does not fit"), lean.err
 
 
 # ---- closed standard streams ----
