@@ -56,6 +56,16 @@ class LkConfig(Config):
         base["run"]["in_stream"] = False
         return base
 
+    def load_shell_env(self) -> None:
+        # invoke casts `LKCTL_LKCTL_VM_CPUS=e` to the default's type (int): a ValueError, a traceback, without this
+        from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar
+
+        try:
+            super().load_shell_env()
+        except (ValueError, AmbiguousEnvVar, UncastableEnvVar) as e:
+            msg = f"lkctl: an LKCTL_* variable does not fit the setting it names: {str(e).splitlines()[0]}"
+            raise Exit(msg, code=USAGE_ERROR) from None
+
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
