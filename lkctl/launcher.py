@@ -60,7 +60,7 @@ def fast_exec(args: list[str]) -> int | None:
             return None  # the full CLI says it in its own words
         if not state.is_our_process(record):
             return None
-        stdin = None if sys.stdin.isatty() else sys.stdin.fileno()
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
         return holder.exec_via_holder(record, args[3:], stdin_fd=stdin)
     except holder.HolderUnavailable:
         return None
