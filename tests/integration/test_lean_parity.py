@@ -224,6 +224,24 @@ def test_other_dev_forms_go_to_the_full_cli(where: Where, args: list[str]) -> No
     _same(*where.both(*args, timeout=30), lean_path=False)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["vm.exec", "nope", "--", "true"],  # no such VM: the full CLI says so (125)
+        ["vm.exec", "", "--", "true"],
+        ["vm.exec", "nope", "--"],
+        ["vm.exec", "--help"],
+        ["vm.exec", "nope", "-t", "--", "true"],
+        ["vm.exec", "nope", "--bogus", "--", "true"],
+    ],
+    ids=["no-vm", "empty-name", "no-command", "help", "tty", "unknown-option"],
+)
+def test_vm_exec_without_a_running_vm_or_in_another_form_goes_to_the_full_cli(where: Where, args: list[str]) -> None:
+    lean, full = where.both(*args)
+    _same(lean, full, lean_path=False)
+    assert lean.code in (0, 125), lean.err  # 0 for --help; lkctl's own failures are 125 for vm.exec
+
+
 # ---- what only the full CLI understands sends every lean path there ----
 
 LEAN_CASES = [
