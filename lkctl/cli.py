@@ -56,12 +56,41 @@ class LkConfig(Config):
         base["run"]["in_stream"] = False
         return base
 
+    def load_shell_env(self) -> None:
+        # invoke casts `LKCTL_LKCTL_VM_CPUS=e` to the default's type (int): a ValueError, a traceback, without this
+        from invoke.exceptions import AmbiguousEnvVar, UncastableEnvVar
+
+        try:
+            super().load_shell_env()
+        except (ValueError, AmbiguousEnvVar, UncastableEnvVar) as e:
+            msg = f"lkctl: an LKCTL_* variable does not fit the setting it names: {str(e).splitlines()[0]}"
+            raise Exit(msg, code=USAGE_ERROR) from None
+
 
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 class LkProgram(Program):
+    _config_error = ""  # a config file invoke could not merge (lkctl.invokeconfig): said once the task is known
+
+    def create_config(self) -> None:
+        from lkctl.errors import ConfigError
+        from lkctl.invokeconfig import check_config_files, settings_defaults
+
+        try:
+            check_config_files(defaults={**Config.global_defaults(), **settings_defaults()})
+        except ConfigError as e:  # invoke would fail with a traceback loading it: say it in one line instead
+            self._config_error = e.message
+            self.config = self.config_class(lazy=True)
+            return
+        super().create_config()
+
+    def _usage_code(self) -> int:
+        """The exit status of a usage or config error: 125 for vm.exec/vm.shell, whose own codes are the command's."""
+        rest = list(self.core.unparsed) if getattr(self, "core", None) is not None else []
+        return _OWN_FAILURE.get(rest[0] if rest else "", USAGE_ERROR)
+
     def core_args(self) -> list[Argument]:
         args = []
         for arg in super().core_args():
@@ -92,6 +121,8 @@ class LkProgram(Program):
             raise Exit
 
     def parse_collection(self) -> None:
+        if self._config_error:
+            raise Exit(f"lkctl: {self._config_error}", code=self._usage_code())
         super().parse_collection()
         from lkctl.configfiles import project_dir
 
@@ -152,12 +183,14 @@ class LkProgram(Program):
         path = self.args.config.value or os.environ.get("LKCTL_RUNTIME_CONFIG")
         path = path or os.environ.get("INVOKE_RUNTIME_CONFIG")
         if path and not Path(path).is_file():
-            raise Exit(f"lkctl: config file {path} does not exist (given with -f or *_RUNTIME_CONFIG)", USAGE_ERROR)
+            raise Exit(
+                f"lkctl: config file {path} does not exist (given with -f or *_RUNTIME_CONFIG)", self._usage_code()
+            )
         self.config.set_runtime_path(Path(path) if path else None)
         try:
             self.config.load_runtime(merge=False)
         except Exception as e:  # yaml/json/py errors from a user's file: one line, no traceback
-            raise Exit(f"lkctl: cannot read config file {path}: {str(e).splitlines()[0]}", USAGE_ERROR) from None
+            raise Exit(f"lkctl: cannot read config file {path}: {str(e).splitlines()[0]}", self._usage_code()) from None
         if merge:
             self.config.merge()
 

@@ -9,13 +9,11 @@ For a VM's size, a template's `# lkctl: memory=… cpus=…` line comes below al
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lkctl.errors import ConfigError
-from lkctl.settings import Settings
 
 __all__ = [
     "config_files",
@@ -107,6 +105,10 @@ def explicit_values(tree: Mapping[str, Any]) -> dict[str, Any]:
     invoke's config holds our defaults too (Collection.configure), so a value equal to its default cannot be told
     from "not set"; it then changes nothing anyway, except that it does not outrank a template's sizing.
     """
+    import dataclasses
+
+    from lkctl.settings import Settings  # here, not at the top: the lean CLI paths import this module
+
     defaults = dataclasses.asdict(Settings())
     out: dict[str, Any] = {}
     for section, values in tree.items():

@@ -1,17 +1,46 @@
-"""The `lkctl` executable's entry point: a lean path for `lkctl vm.exec VM -- CMD...`, else the invoke Program.
+"""The `lkctl` executable's entry point: lean paths for a few plain commands, else the invoke Program.
 
-`vm.exec` through a running VM's connection holder needs neither invoke nor paramiko, and importing them is most
-of the command's cost; so the plain form `vm.exec VM -- CMD...` (no options) is answered here when the VM is
-running and its holder answers. Every other case, and every error before the command started, goes to the full
-CLI, which gives the usual messages and connects over SSH itself.
+Importing invoke, lkctl's Program and its task collections is most of a short command's cost, so the plain forms
+of a few commands are answered without it (LEAN_PATHS: `vm.exec VM -- CMD...` through the VM's connection holder,
+`vm.run -d --image X`, `dev.test`/`dev.shell -- CMD`, an unchanged `image.build SOURCE`). A lean path answers
+exactly as the full CLI would (same output, exit status, state) or returns None having done nothing, and the full
+CLI runs. Before any of them, anything only the full CLI understands (lkctl.invokeconfig.full_cli_needed: an
+unknown `LKCTL_*`/`INVOKE_*` variable such as `LKCTL_BENCH_FULL_CLI=1`, a runtime or .json/.py config file, a
+config file invoke cannot merge) sends the command to the full CLI.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["fast_exec", "main"]
+__all__ = ["LEAN_PATHS", "LeanPath", "fast_exec", "main"]
+
+
+class LeanPath(NamedTuple):
+    """Where a command's lean path lives (imported only when that command is typed) and how the process ends."""
+
+    module: str
+    function: str
+    teardown: bool  # end through _exit_without_teardown (flush, atexit), else os._exit (output went to fds 1/2)
+    gated: bool = True  # ask lkctl.invokeconfig.full_cli_needed first (image.build's own check is stricter)
+
+
+LEAN_PATHS: dict[str, LeanPath] = {
+    "vm.exec": LeanPath("lkctl.launcher", "fast_exec", teardown=False),
+    "dev.test": LeanPath("lkctl.dev.fastcli", "fast_dev", teardown=False),
+    "dev.shell": LeanPath("lkctl.dev.fastcli", "fast_dev", teardown=False),
+    "image.build": LeanPath("lkctl.fastbuild", "fast_build", teardown=False, gated=False),
+    "vm.run": LeanPath("lkctl.runtime.fastrun", "fast_run", teardown=True),
+}
+"""Command word → its lean path: a function of argv (after the program name) → exit status, or None to hand over."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def fast_exec(args: list[str]) -> int | None:
@@ -21,13 +50,16 @@ def fast_exec(args: list[str]) -> int | None:
     from lkctl.errors import LkError
     from lkctl.runtime import holder, state
 
+    # as the full CLI (lkctl.cli.LkProgram.run): SIGTERM/SIGHUP end the command like Ctrl-C, "lkctl: interrupted"
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
-        record = state.find_vm(args[1])
-    except LkError:
-        return None  # the full CLI says it in its own words
-    if not state.is_our_process(record):
-        return None
-    try:
+        try:
+            record = state.find_vm(args[1])
+        except LkError:
+            return None  # the full CLI says it in its own words
+        if not state.is_our_process(record):
+            return None
         stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.fileno()
         return holder.exec_via_holder(record, args[3:], stdin_fd=stdin)
     except holder.HolderUnavailable:
@@ -42,25 +74,50 @@ def fast_exec(args: list[str]) -> int | None:
         return 130
 
 
+def _lean_path(args: list[str]) -> tuple[Callable[[list[str]], int | None], bool] | None:
+    """The lean path for `args` and whether it ends through the teardown-free exit, or None for the full CLI."""
+    lean = LEAN_PATHS.get(args[0]) if args else None
+    if lean is None:
+        return None
+    if lean.gated:
+        from lkctl.invokeconfig import full_cli_needed
+
+        if full_cli_needed(os.environ):
+            return None
+    import importlib
+
+    return getattr(importlib.import_module(lean.module), lean.function), lean.teardown
+
+
+def _open_closed_std_fds() -> None:
+    """A closed stdin/stdout/stderr (`lkctl ... >&-`) becomes /dev/null, for the lean paths and the full CLI alike:
+    otherwise the next file lkctl opens (a VM record, a log) would take fd 1 and receive what is printed."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            mode, errors = ("r", None) if fd == 0 else ("w", "backslashreplace" if fd == 2 else None)
+            setattr(sys, name, open(fd, mode, errors=errors, closefd=False))  # noqa: SIM115 - lives as sys.<name>
+
+
 def main() -> None:
-    code = fast_exec(sys.argv[1:])
-    if code is None and sys.argv[1:2] in (["dev.test"], ["dev.shell"]):
-        from lkctl.dev.fastcli import fast_dev  # dev.test / dev.shell -- CMD: the same lean path
-
-        code = fast_dev(sys.argv[1:])
-    if code is None and sys.argv[1:2] == ["image.build"]:
-        from lkctl.fastbuild import fast_build  # an unchanged `image.build SOURCE`: answered from its receipt
-
-        code = fast_build(sys.argv[1:])
-    if code is not None:
-        sys.stderr.flush()
-        os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
-    if sys.argv[1:2] == ["vm.run"]:
-        from lkctl.runtime.fastrun import fast_run  # plain `vm.run -d`: QEMU starts without invoke imported
-
-        code = fast_run(sys.argv[1:])
+    _open_closed_std_fds()
+    lean = _lean_path(sys.argv[1:])
+    if lean is not None:
+        handler, teardown = lean
+        code = handler(sys.argv[1:])
         if code is not None:
-            _exit_without_teardown(code)
+            if teardown:
+                _exit_without_teardown(code)
+            sys.stderr.flush()
+            os._exit(code)  # stdout went to fd 1 directly, nothing is buffered; skip the interpreter teardown
     from lkctl.cli import program
 
     status: object = 0

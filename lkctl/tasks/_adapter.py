@@ -140,7 +140,24 @@ def config_tree(c: Context) -> dict[str, Any]:
     runtime = getattr(c.config, "_runtime_path", None)  # invoke keeps -f FILE here, with no public getter
     if runtime and not Path(runtime).is_file():
         raise ConfigError(f"config file {runtime} does not exist (given with -f or INVOKE_RUNTIME_CONFIG)")
-    return merge_trees(read_files(config_files()), explicit_values(_plain(tree)))
+    files = read_files(config_files())
+    levels = {name: getattr(c.config, f"_{name}", None) for name in (*_BELOW_FILES, *_ABOVE_FILES)}
+    if not all(isinstance(v, Mapping) for v in levels.values()):  # not an invoke Config: all of it over the files
+        return merge_trees(files, explicit_values(_plain(tree)))
+    # invoke's own files (system, user, project: for `lkctl` the same as some of ours) sit below ours, so the
+    # documented order holds (~/.lkctl.yaml under the project's invoke.yaml); -f, the environment and values set
+    # in code stay above them
+    below: dict[str, Any] = {}
+    above: dict[str, Any] = {}
+    for name in _BELOW_FILES:
+        below = merge_trees(below, _plain(levels[name]).get("lkctl") or {})
+    for name in _ABOVE_FILES:
+        above = merge_trees(above, _plain(levels[name]).get("lkctl") or {})
+    return merge_trees(merge_trees(explicit_values(below), files), explicit_values(above))
+
+
+_BELOW_FILES = ("collection", "system", "user", "project")
+_ABOVE_FILES = ("env", "runtime", "overrides", "modifications")
 
 
 def size_sources(c: Context, **flags: object) -> dict[str, str]:
