@@ -46,7 +46,8 @@ _SUFFIXES = (".yaml", ".yml", ".json", ".py")  # invoke's order: it loads the fi
 
 
 def invoke_config_files(start: Path | None = None, home: Path | None = None) -> list[Path]:
-    """The config files the full CLI's invoke loads, lowest precedence first (at most one per place)."""
+    """The config files the full CLI's invoke loads, lowest precedence first (at most one per place: the first
+    name that exists, as invoke takes it; a directory there is listed too, invoke fails on it)."""
     from lkctl.configfiles import project_dir
 
     home = Path.home() if home is None else home
@@ -58,7 +59,7 @@ def invoke_config_files(start: Path | None = None, home: Path | None = None) -> 
     for base in bases:
         for suffix in _SUFFIXES:
             path = base.with_name(base.name + suffix)
-            if path.is_file():
+            if path.exists():
                 found.append(path)
                 break
     return found
@@ -91,7 +92,7 @@ def _read_yaml(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
     from lkctl.yamlio import safe_load
 
     try:
-        data = safe_load(path.read_text()) or {}
+        data = safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot read config file {path}: {first}") from None
@@ -108,7 +109,11 @@ def check_config_files(
 ) -> list[dict[str, Any]]:
     """The contents of the YAML files invoke_config_files() lists; ConfigError for one invoke could not merge over
     `defaults` (default: ours, settings_defaults()). (.json and .py files are left to invoke.)"""
-    files = [p for p in invoke_config_files(start, home) if p.suffix in (".yaml", ".yml")]
+    found = invoke_config_files(start, home)
+    for path in found:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} is not a regular file: remove or rename it")
+    files = [p for p in found if p.suffix in (".yaml", ".yml")]
     if not files:
         return []  # the common case on the lean paths: no settings import at all
     tree = settings_defaults() if defaults is None else defaults

@@ -274,6 +274,19 @@ def test_a_config_file_invoke_cannot_merge_is_one_line_on_every_path(where: Wher
     assert lean.code == (125 if args[0] == "vm.exec" else 2)
 
 
+@pytest.mark.parametrize("args", [*LEAN_CASES, ["vm.exec", "nope", "--", "true"]], ids=lambda a: a[0])
+def test_a_config_name_that_is_a_directory_is_one_line_on_every_path(where: Where, args: list[str]) -> None:
+    path = Path(where.env["HOME"]) / ".lkctl.yaml"
+    path.mkdir()  # invoke opens the first name that exists: a traceback before
+    try:
+        lean, full = where.both(*args)
+    finally:
+        path.rmdir()
+    _same(lean, full, lean_path=False)
+    assert lean.err.decode() == f"lkctl: config file {path} is not a regular file: remove or rename it\n"
+    assert lean.code == (125 if args[0] == "vm.exec" else 2)
+
+
 def test_invokes_own_keys_in_a_config_file_send_the_lean_paths_to_the_full_cli(where: Where) -> None:
     (where.cwd / "lkctl.yaml").write_text("tasks:\n  auto_dash_names: true\n")
     for args in LEAN_CASES:
