@@ -28,19 +28,6 @@ from pathlib import Path
 
 __all__ = ["config_may_apply", "fast_build", "lean_source"]
 
-#: lkctl's own variables (lkctl.paths, the builder): invoke's config has no key they could map to
-_OWN_ENV = frozenset(
-    {
-        "LKCTL_HOME",
-        "LKCTL_CACHE_DIR",
-        "LKCTL_STATE_DIR",
-        "LKCTL_DATA_DIR",
-        "LKCTL_CONFIG_DIR",
-        "LKCTL_OCI_STORE",
-        "LKCTL_BUILD_FRAGMENT_LIMIT",
-    }
-)
-
 
 def lean_source(args: list[str]) -> str | None:
     """SOURCE when `args` is `image.build SOURCE` and nothing else; else None. Pure."""
@@ -52,7 +39,9 @@ def lean_source(args: list[str]) -> str | None:
 def config_may_apply(environ: Mapping[str, str], cwd: Path, home: Path) -> bool:
     """True if invoke could read config (or config-like variables) for this command; then only the full CLI
     knows what happens. Errs towards True."""
-    if any((k.startswith("LKCTL_") and k not in _OWN_ENV) or k.startswith("INVOKE_") for k in environ):
+    from lkctl.invokeconfig import OWN_ENV
+
+    if any((k.startswith("LKCTL_") and k not in OWN_ENV) or k.startswith("INVOKE_") for k in environ):
         return True  # INVOKE_RUNTIME_CONFIG names a config file, INVOKE_DEBUG turns logging on
     from lkctl.configfiles import config_files, invoke_only_config
 
