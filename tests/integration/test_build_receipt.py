@@ -53,6 +53,12 @@ def _init_layers(text: bytes) -> list[list[Member]]:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project dir (the cwd) with vm.yml, extra.yml and motd.txt; the test's store holds the images."""
+    # a receipt covers every sys.path directory by identity (a library installed there changes what lkctl runs).
+    # Under pytest that holds the repository's root, which the suite's other worker may add a file to mid-build,
+    # and under xdist '' (the cwd: this project, which the tests edit): then (rightly) no receipt, and the tests
+    # that expect one would fail by chance. The CLI's sys.path has neither (its first entry is the script's dir).
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(sys, "path", [e for e in sys.path if e not in ("", ".") and Path(e).resolve() != root])
     store = Store(paths.oci_store_dir()).ensure()
     add_image(store, "lkctl.test/kernel:1", [[file("kernel", b"MZ kernel " * 64), file("kernel.tar", b"")]])
     add_image(store, "lkctl.test/init:1", _init_layers(b"1\n"))
@@ -202,12 +208,19 @@ def test_the_environment_lkctl_reads_is_part_of_the_request(project: Path, monke
     answered()
 
 
-def test_a_change_to_lkctls_code_invalidates_every_receipt(project: Path) -> None:
-    build()
-    answered()
+def test_a_change_to_lkctls_code_invalidates_every_receipt(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the receipt's view of lkctl's package is pointed at a copy, so touching it here cannot cost a build that runs
+    # meanwhile in another test process its receipt
     import lkctl.build.receipt as module
 
-    _touch_ctime(Path(module.__file__))
+    package = tmp_path / "lkctl"
+    shutil.copytree(Path(module.__file__).parent.parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(module, "_PACKAGE", package)
+    build()
+    answered()
+    _touch_ctime(package / "build" / "receipt.py")
     after = build()
     assert not after.receipt and after.cached  # the builder's own cache still knows the outputs
     answered()

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from lkctl.errors import ConfigError
-from lkctl.invokeconfig import OWN_ENV, check_config_files, full_cli_needed, invoke_config_files, settings_env_names
+from lkctl.invokeconfig import (
+    OWN_ENV,
+    SETTINGS_ENV,
+    check_config_files,
+    full_cli_needed,
+    invoke_config_files,
+    settings_env_names,
+)
 from lkctl.launcher import LEAN_PATHS
 from tests.conftest import REPO
 
@@ -109,3 +116,7 @@ def test_every_lkctl_variable_the_code_reads_is_known_to_the_lean_paths() -> Non
 def test_each_lean_path_names_a_function() -> None:
     for word, lean in LEAN_PATHS.items():
         assert callable(getattr(importlib.import_module(lean.module), lean.function)), word
+
+
+def test_the_settings_variables_written_out_are_those_the_settings_read() -> None:
+    assert settings_env_names() == SETTINGS_ENV
