@@ -24,7 +24,6 @@ __all__ = [
     "full_cli_needed",
     "invoke_config_files",
     "settings_defaults",
-    "settings_env_names",
 ]
 
 OWN_ENV = frozenset(
@@ -81,7 +80,7 @@ SETTINGS_ENV = frozenset(
         "LKCTL_VM_VIRTIOFS",
     }
 )
-"""Every `LKCTL_<SECTION>_<KEY>` variable lkctl.settings reads: settings_env_names() written out, so a lean path
+"""Every `LKCTL_<SECTION>_<KEY>` variable lkctl.settings reads, written out so a lean path
 judges the environment without importing the settings (~12 ms of dataclasses; a unit test keeps the two equal)."""
 
 _SUFFIXES = (".yaml", ".yml", ".json", ".py")  # invoke's order: it loads the first that exists
@@ -160,20 +159,6 @@ def check_config_files(
         return []  # the common case on the lean paths: no settings import at all
     tree = settings_defaults() if defaults is None else defaults
     return [_read_yaml(p, tree) for p in files]
-
-
-def settings_env_names() -> frozenset[str]:
-    """Every `LKCTL_<SECTION>_<KEY>` variable lkctl.settings.load_settings reads."""
-    import dataclasses
-
-    from lkctl.settings import Settings
-
-    names = set()
-    for sec in dataclasses.fields(Settings):
-        default = getattr(Settings(), sec.name)
-        if dataclasses.is_dataclass(default):
-            names |= {f"LKCTL_{sec.name}_{f.name}".upper() for f in dataclasses.fields(default)}
-    return frozenset(names)
 
 
 def full_cli_needed(environ: Mapping[str, str], start: Path | None = None, home: Path | None = None) -> bool:

@@ -391,22 +391,33 @@ def test_vm_exec_does_not_run_what_the_full_cli_refuses(vm: Where, setup: str, e
     assert lean.code == 125 and lean.out == b"", lean.err
 
 
-def _interrupted(vm: Where, extra_env: dict[str, str], sig: int) -> tuple[int, bytes]:
-    env = {**vm.env, **extra_env, "LEAN_MARK": str(vm.marks / "sig")}
+def _signalled(
+    argv: list[str], env: dict[str, str], cwd: Path, *, on_stderr: bool, marker: bytes, sig: int, timeout: float
+) -> tuple[int, bytes]:
+    """Run lkctl's entry with `argv`, send `sig` once a line holding `marker` appears on its stderr (`on_stderr`:
+    vm.run's progress) or stdout (an exec's output), and return its exit status and stderr."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _ENTRY, "vm.exec", NAME, "--", "sh", "-c", "echo started; sleep 60"],
-        env=env, cwd=vm.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", _ENTRY, *argv], env=env, cwd=cwd,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None
+    stream = proc.stderr if on_stderr else proc.stdout
+    assert stream is not None
     try:
-        assert proc.stdout.readline() == b"started\n"
+        while marker not in (line := stream.readline()):
+            assert line, f"{argv[0]} ended before {marker!r}"
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     return proc.returncode, err
+
+
+def _interrupted(vm: Where, extra_env: dict[str, str], sig: int) -> tuple[int, bytes]:
+    env = {**vm.env, **extra_env, "LEAN_MARK": str(vm.marks / "sig")}
+    argv = ["vm.exec", NAME, "--", "sh", "-c", "echo started; sleep 60"]
+    return _signalled(argv, env, vm.cwd, on_stderr=False, marker=b"started\n", sig=sig, timeout=60)
 
 
 @pytest.mark.boot
@@ -497,22 +508,10 @@ def _modes(home: Path) -> list[tuple[str, int]]:
 
 
 def _run_interrupted(home: Path, env: dict[str, str], phase: bytes, sig: int) -> tuple[int, bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _ENTRY, "vm.run", "-d", "--image=minimal", "--name", "cut"],
-        env={**env, "LKCTL_HOME": str(home), "LEAN_MARK": str(home.parent / "mark")}, cwd=home.parent,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    try:
-        while phase not in (line := proc.stderr.readline()):
-            assert line, f"vm.run -d ended before {phase!r}"
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err.splitlines()[-1]
+    argv = ["vm.run", "-d", "--image=minimal", "--name", "cut"]
+    env = {**env, "LKCTL_HOME": str(home), "LEAN_MARK": str(home.parent / "mark")}
+    code, err = _signalled(argv, env, home.parent, on_stderr=True, marker=phase, sig=sig, timeout=120)
+    return code, err.splitlines()[-1]
 
 
 @pytest.mark.boot

@@ -15,10 +15,23 @@ from lkctl.invokeconfig import (
     check_config_files,
     full_cli_needed,
     invoke_config_files,
-    settings_env_names,
 )
 from lkctl.launcher import LEAN_PATHS
 from tests.conftest import REPO
+
+
+def settings_env_names() -> frozenset[str]:
+    """Every `LKCTL_<SECTION>_<KEY>` variable lkctl.settings.load_settings reads, from the settings themselves."""
+    import dataclasses
+
+    from lkctl.settings import Settings
+
+    names = set()
+    for sec in dataclasses.fields(Settings):
+        default = getattr(Settings(), sec.name)
+        if dataclasses.is_dataclass(default):
+            names |= {f"LKCTL_{sec.name}_{f.name}".upper() for f in dataclasses.fields(default)}
+    return frozenset(names)
 
 
 @pytest.fixture
