@@ -18,6 +18,7 @@ from typing import Any
 
 from invoke.config import Config
 from invoke.exceptions import Exit, ParseError
+from invoke.executor import Executor
 from invoke.parser import Argument, ParserContext
 from invoke.program import Program
 
@@ -191,8 +192,40 @@ class LkProgram(Program):
             self.config.load_runtime(merge=False)
         except Exception as e:  # yaml/json/py errors from a user's file: one line, no traceback
             raise Exit(f"lkctl: cannot read config file {path}: {str(e).splitlines()[0]}", self._usage_code()) from None
+        if path:
+            from lkctl.errors import ConfigError
+            from lkctl.invokeconfig import check_config_tree, settings_defaults
+
+            try:  # invoke's merge of a value over a mapping (`run: 3`) is a traceback
+                check_config_tree(self.config._runtime, path, {**Config.global_defaults(), **settings_defaults()})
+            except ConfigError as e:
+                raise Exit(f"lkctl: {e.message}", self._usage_code()) from None
         if merge:
             self.config.merge()
+
+    def execute(self) -> None:
+        # As Program.execute, with a `tasks.executor_class` from a config file that names no Executor said in one
+        # line (invoke's own code fails on it with an ImportError, AttributeError or TypeError traceback)
+        executor = self._executor_class()(self.collection, self.config, self.core)
+        executor.execute(*self.tasks)
+
+    def _executor_class(self) -> type[Executor]:
+        import importlib
+
+        dotted = self.config.tasks.executor_class
+        if dotted is None:
+            return self.executor_class
+        where = f"config: tasks.executor_class {dotted!r}"
+        if not isinstance(dotted, str) or "." not in dotted.strip("."):
+            raise Exit(f"lkctl: {where} must name a class as module.Class, or be left out", self._usage_code())
+        module_path, _, class_name = dotted.rpartition(".")
+        try:
+            klass = getattr(importlib.import_module(module_path), class_name)
+        except Exception as e:  # the user's module may fail in any way while it imports
+            raise Exit(f"lkctl: {where}: cannot load it ({type(e).__name__}: {e})", self._usage_code()) from None
+        if not (isinstance(klass, type) and issubclass(klass, Executor)):
+            raise Exit(f"lkctl: {where} is not a subclass of invoke.Executor", self._usage_code())
+        return klass
 
     def print_help(self) -> None:
         print(f"Usage: {self.binary} [--core-opts] TASK [--task-opts] ... (`{self.binary} TASK --help` for one task)")

@@ -21,6 +21,7 @@ __all__ = [
     "OWN_ENV",
     "SETTINGS_ENV",
     "check_config_files",
+    "check_config_tree",
     "full_cli_needed",
     "invoke_config_files",
     "settings_defaults",
@@ -137,12 +138,18 @@ def _read_yaml(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot read config file {path}: {first}") from None
+    check_config_tree(data, path, defaults)
+    return dict(data)
+
+
+def check_config_tree(data: Any, path: Path | str, defaults: Mapping[str, Any]) -> None:
+    """ConfigError when invoke could not merge a config file's contents `data` over `defaults` (it would fail with a
+    traceback): not a mapping at the top, or a value where the defaults have a mapping (`run: 3`)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping at the top, got {type(data).__name__}")
     bad = _unmergeable(data, defaults, "")
     if bad:
         raise ConfigError(f"config file {path}: `{bad}:` must be a mapping (of settings), as in the defaults")
-    return dict(data)
 
 
 def check_config_files(

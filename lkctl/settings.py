@@ -132,6 +132,9 @@ def _mapping(value: Any) -> dict[str, str]:
     return out
 
 
+_KINDS = {dict: "a mapping of names to scalar values", int: "a whole number", float: "a number", str: "a string"}
+
+
 def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> Any:
     try:
         if isinstance(default, dict):
@@ -146,8 +149,8 @@ def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> A
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        kind = "mapping of names to scalar values" if isinstance(default, dict) else type(default).__name__
-        raise ConfigError(f"{origin}: lkctl.{section}.{name} must be a {kind}, got {value!r}") from None
+        kind = _KINDS.get(type(default), type(default).__name__)
+        raise ConfigError(f"{origin}: lkctl.{section}.{name} must be {kind}, got {value!r}") from None
 
 
 def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -86,3 +86,60 @@ def test_doctor_reports_qemu_accelerator_and_packages(repo: Path) -> None:
     assert report["ports"]["loopback_free_port"]
     text = run("lkctl", repo, "doctor", "--no-probe").stdout
     assert "accelerator  not probed" in text and "qemu         /" in text and "config files " in text
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("run: 3\n", "`run:` must be a mapping"),
+        ("lkctl:\n  vm: 3\n", "`lkctl.vm:` must be a mapping"),
+        ("- a list\n", "expected a mapping at the top, got list"),
+        ("lkctl:\n  vm:\n    memory: [1]\n", "lkctl.vm.memory must be a whole number, got [1]"),
+    ],
+)
+def test_an_f_file_invoke_cannot_merge_is_one_line(repo: Path, text: str, said: str) -> None:
+    bad = repo / "bad.yaml"
+    bad.write_text(text)
+    done = run("lkctl", repo, "-f", str(bad), "doctor", "--no-probe")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert said in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    # vm.exec keeps its own failures apart from the command's statuses: 125
+    assert run("lkctl", repo, "-f", str(bad), "vm.exec", "x", "--", "true").returncode == 125
+
+
+def test_an_f_file_in_json_is_checked_too(repo: Path) -> None:
+    bad = repo / "bad.json"
+    bad.write_text('{"tasks": 3}')
+    done = run("lkctl", repo, "-f", str(bad), "vm.ps")
+    assert done.returncode == 2 and "`tasks:` must be a mapping" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("7", "must name a class as module.Class"),
+        ("nosuchmodule.Executor", "cannot load it (ModuleNotFoundError: No module named 'nosuchmodule')"),
+        ("os.nothere", "cannot load it (AttributeError"),
+        ("os.path", "is not a subclass of invoke.Executor"),
+    ],
+)
+@pytest.mark.parametrize("where", ["-f", "home"])
+def test_a_bad_executor_class_in_config_is_one_line(repo: Path, value: str, said: str, where: str) -> None:
+    text = f"tasks:\n  executor_class: {value}\n"
+    if where == "home":
+        (repo.parent / "home").mkdir(exist_ok=True)
+        (repo.parent / "home" / ".lkctl.yaml").write_text(text)
+        args: tuple[str, ...] = ()
+    else:
+        (repo / "extra.yaml").write_text(text)
+        args = ("-f", str(repo / "extra.yaml"))
+    done = run("lkctl", repo, *args, "vm.ps")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert said in done.stderr and "tasks.executor_class" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_executor_class_that_is_one_runs_the_task(repo: Path) -> None:
+    (repo / "extra.yaml").write_text("tasks:\n  executor_class: invoke.Executor\n")
+    done = run("lkctl", repo, "-f", str(repo / "extra.yaml"), "vm.ps")
+    assert done.returncode == 0 and "no running VMs" in done.stderr, done.stderr
