@@ -184,9 +184,8 @@ class LkProgram(Program):
         path = self.args.config.value or os.environ.get("LKCTL_RUNTIME_CONFIG")
         path = path or os.environ.get("INVOKE_RUNTIME_CONFIG")
         if path and not Path(path).is_file():
-            raise Exit(
-                f"lkctl: config file {path} does not exist (given with -f or *_RUNTIME_CONFIG)", self._usage_code()
-            )
+            what = "is not a regular file" if Path(path).exists() else "does not exist"
+            raise Exit(f"lkctl: config file {path} {what} (given with -f or *_RUNTIME_CONFIG)", self._usage_code())
         self.config.set_runtime_path(Path(path) if path else None)
         try:
             self.config.load_runtime(merge=False)

@@ -70,6 +70,11 @@ def test_a_missing_f_file_is_an_error_under_both(repo: Path, tool: str) -> None:
     assert "nope.yaml does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_f_file_that_is_a_directory_is_named_so(repo: Path) -> None:
+    done = run("lkctl", repo, "-f", str(repo / "sub"), "doctor", "--no-probe")
+    assert done.returncode == 2 and "sub is not a regular file" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_config_file_outside_the_repository_does_not_count(repo: Path) -> None:
     (repo.parent / "lkctl.yaml").write_text("lkctl:\n  vm:\n    memory: 4000\n")
     assert doctor("lkctl", repo)["config"]["vm"]["memory"]["value"] == 1536
