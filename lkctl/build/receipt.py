@@ -266,20 +266,24 @@ def _source_identity(path: str, digest: str) -> list[Any] | None:
     return first if now == digest and _identity(path, follow=True) == first else None
 
 
+_COARSE_TICK_NS = 10_000_000  # the kernel's coarse clock, which stamps files, at CONFIG_HZ=100 (the slowest)
+
+
 def racy_identity(identity: Sequence[Any], now_ns: int) -> bool:
     """Whether a later edit of this file could keep `identity` (file_identity's list): its ctime is within two
     ticks of its file system's timestamps before `now_ns` (or after it). A tick is guessed from the ctime's
     trailing zeros: whole seconds (ext3, FAT, some network and FUSE file systems), 10 ms... An edit of the same
     size in the same tick would leave every field as it was, while the full path (which hashes sources) rebuilds.
-    Nanosecond file systems tick with the kernel's coarse clock (a few ms), far below the build that separates a
-    source's last change from its receipt. Pure."""
+    Nanosecond file systems still tick with the kernel's coarse clock (1-10 ms by CONFIG_HZ), so a tick is at
+    least _COARSE_TICK_NS: a source rewritten with its own bytes just before the receipt (while a whole build ran
+    since the build hashed it) gets none, and the next unchanged build writes it. Pure."""
     if len(identity) < 7:
         return False  # missing: its appearing changes the identity
     ctime = int(identity[6])
     tick = 1
     while tick < 1_000_000_000 and ctime % (tick * 10) == 0:
         tick *= 10
-    return ctime + 2 * tick > now_ns
+    return ctime + 2 * max(tick, _COARSE_TICK_NS) > now_ns
 
 
 def _arch(arch: str | None) -> str | None:

@@ -22,7 +22,9 @@ def ident(ctime_ns: int) -> list[object]:
         (NOW - 3 * S - 500_000_000, False),  # two ticks before now: any later edit gets a later ctime
         (NOW - 10_000_000, True),  # 10 ms ticks, 10 ms ago
         (NOW - 10 * S - 123_456_789, False),  # nanoseconds: the kernel's clock tick is far below a build's length
-        (NOW - 1_000_017, False),
+        (NOW - 1_000_017, True),  # nanoseconds, 1 ms ago: still within the coarse clock's tick (up to 10 ms)
+        (NOW - 19_999_999, True),
+        (NOW - 20_000_017, False),  # two coarse ticks ago
         (NOW + 5 * S + 123_456_789, True),  # in the future (the clock went back): nothing can be said
     ],
 )
