@@ -40,6 +40,7 @@ from lkctl.http._partial import FollowHash, Part, WriteBack, hash_file
 from lkctl.http._stream import write_body
 
 __all__ = [
+    "MAX_SMALL_RESPONSE",
     "ChecksumMismatch",
     "ClientOwner",
     "DownloadError",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_SMALL_RESPONSE = 16 << 20
+"""The most `request` reads of one answer: metadata (manifests, which OCI clients must take up to 4 MiB, indexes,
+API answers, checksum files, error texts). A server sending more (broken or hostile) is refused, not buffered."""
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes \*/(\d+)$")
@@ -220,7 +224,12 @@ def request(
     attempt = 0
     while True:
         try:
-            r = client.request(method, url, headers=dict(headers or {}), content=content)
+            sent = client.build_request(method, url, headers=dict(headers or {}), content=content)
+            r = client.send(sent, stream=True)
+            try:
+                _read_capped(r, url)
+            finally:
+                r.close()
             if _retryable(r):
                 raise _Retry(f"HTTP {r.status_code}", retry_after_seconds(r.headers.get("retry-after")))
         except _RETRY_ERRORS as e:
@@ -236,6 +245,24 @@ def request(
     if check and r.status_code >= 400:
         raise _status_error(r, url)
     return r
+
+
+def _read_capped(r: httpx.Response, url: str) -> None:
+    """Read `r`'s body (decoded), at most MAX_SMALL_RESPONSE bytes; DownloadError past that."""
+    too_big = DownloadError(
+        f"{url}: the server sends more than {MAX_SMALL_RESPONSE >> 20} MiB where lkctl expects a small answer "
+        "(metadata); refusing it"
+    )
+    length = r.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_SMALL_RESPONSE:
+        raise too_big
+    chunks, n = [], 0
+    for chunk in r.iter_bytes():
+        n += len(chunk)
+        if n > MAX_SMALL_RESPONSE:
+            raise too_big  # a compressed answer that inflates past the cap, or a body longer than it said
+        chunks.append(chunk)
+    r._content = b"".join(chunks)  # what Response.read() sets (httpx 0.28, pinned): .content/.json()/.text work
 
 
 def _validator(r: httpx.Response) -> str:

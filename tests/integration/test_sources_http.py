@@ -182,3 +182,45 @@ def test_small_requests_retry_and_report_the_final_status(tmp_path: Path) -> Non
         with pytest.raises(HttpError) as err:
             request(client, "GET", url, retry=policy(waits, attempts=2))
     assert err.value.status == 503
+
+
+class HugeAnswers(QuietHandler):
+    """Metadata endpoints gone wrong: /declared says 17 MiB up front, /endless never stops (no length),
+    /bomb is 17 MiB of zeros gzip-compressed to ~17 KiB, /fine is 15 MiB."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        import gzip
+
+        mib = 1 << 20
+        if self.path == "/bomb":
+            body = gzip.compress(bytes(17 * mib))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        if self.path == "/endless":
+            self.send_header("Connection", "close")
+            self.end_headers()
+            with contextlib.suppress(ConnectionError):
+                for _ in range(1024):  # 1 GiB at most, should the client never stop reading
+                    self.wfile.write(bytes(mib))
+            return
+        size = 17 * mib if self.path == "/declared" else 15 * mib
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):
+            self.wfile.write(bytes(size))
+
+
+@pytest.mark.parametrize("path", ["/declared", "/endless", "/bomb"])
+def test_a_small_request_refuses_an_answer_past_16_mib(path: str) -> None:
+    with serve_http(HugeAnswers) as server, http_client() as client:
+        url = f"http://127.0.0.1:{server.server_address[1]}{path}"
+        with pytest.raises(DownloadError, match="more than 16 MiB where lkctl expects a small answer"):
+            request(client, "GET", url, retry=policy([]))
+        assert len(request(client, "GET", url.replace(path, "/fine")).content) == 15 << 20
