@@ -327,7 +327,8 @@ def _stream_once(
         if progress:
             progress(done, total)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mode == "wb" else 0)
-        whole = False
+        whole = overflow = False
+        cap = size if size is not None else total  # a body past it (chunked, or a server that lies) is refused
         fd = os.open(part.path, flags, 0o666)  # not O_APPEND: splice cannot write to an append-only descriptor
         try:
             os.lseek(fd, part.offset, os.SEEK_SET)
@@ -338,6 +339,9 @@ def _stream_once(
             try:
                 for n in write_body(r, fd, _read_timeout(client)):
                     done += n
+                    if cap is not None and done > cap:
+                        overflow = True  # not a disk filled by an endless body
+                        break
                     hasher.advance(done)
                     writeback.written(done)
                     if progress:
@@ -355,8 +359,11 @@ def _stream_once(
                     _add(phases, "fsync", began)
         finally:
             os.close(fd)
-            if not whole and part.hashed == part.offset:
+            if not whole and not overflow and part.hashed == part.offset:
                 part.checkpoint()  # stopped short: a resume takes the hash up from here instead of re-hashing
+        if overflow:
+            part.reset()
+            raise DownloadError(f"{url}: the server sent more than the {cap} bytes expected; download discarded")
         if total is not None and done < total:
             raise _Retry(f"connection closed after {done} of {total} bytes")
         return total

@@ -224,3 +224,26 @@ def test_a_small_request_refuses_an_answer_past_16_mib(path: str) -> None:
         with pytest.raises(DownloadError, match="more than 16 MiB where lkctl expects a small answer"):
             request(client, "GET", url, retry=policy([]))
         assert len(request(client, "GET", url.replace(path, "/fine")).content) == 15 << 20
+
+
+class ChunkedPastItsSize(QuietHandler):
+    """A chunked body (no length up front) that goes on past the size the caller expects: 64 MiB at most."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(DATA), DATA))
+            self.wfile.write(b"0\r\n\r\n")
+
+
+def test_a_body_past_the_expected_size_is_refused_and_discarded(tmp_path: Path) -> None:
+    with serve_http(ChunkedPastItsSize) as server, http_client() as client:
+        url = f"http://127.0.0.1:{server.server_address[1]}/f"
+        with pytest.raises(DownloadError, match=f"sent more than the {len(DATA)} bytes expected; download discarded"):
+            download([url], tmp_path / "f", sha256=SHA, size=len(DATA), client=client, retry=policy([]))
+    assert [p.name for p in tmp_path.iterdir()] == [".f.lock"]  # no .part of 64 MiB kept, no final file
