@@ -99,6 +99,8 @@ CASES: list[tuple[list[str], str]] = [
     (["image.build", "no-such-template"], "neither a template nor a LinuxKit YAML file"),
     (["image.build", "{d}/missing.yml"], "neither a template nor a LinuxKit YAML file"),
     (["image.build", "{d}/bad.yml", "--out", "{d}/out"], "bad.yml"),
+    (["image.build", "minimal", "--out", "{d}/notes.txt"], "notes.txt is not a directory"),
+    (["image.build", "minimal", "--out", "{d}/notes.txt/sub/dir"], "notes.txt is not a directory"),
     # image.import: sniffed and bounded, one line
     (["image.import", "/dev/zero", "--ref", "x:1"], "not a regular file or directory"),
     (["image.import", "{d}/truncated.tgz", "--ref", "x:1"], "damaged or truncated archive"),
