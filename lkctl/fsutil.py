@@ -20,6 +20,7 @@ __all__ = [
     "private_dir",
     "try_lock",
     "unix_address",
+    "unmakeable_dir",
 ]
 
 
@@ -39,6 +40,19 @@ def private_dir(path: Path) -> Path:
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+def unmakeable_dir(path: Path) -> str:
+    """Why directory `path` cannot be used or made here ("" when it can): a file on its way, or the nearest
+    existing directory above it not writable. Anything else still shows when it is made."""
+    d = path.absolute()
+    while not os.path.lexists(d):
+        d = d.parent
+    if not d.is_dir():
+        return f"{d} is not a directory" + (" (a broken symbolic link)" if d.is_symlink() and not d.exists() else "")
+    if d != path.absolute() and not os.access(d, os.W_OK | os.X_OK):
+        return f"no permission to make directories in {d}"
+    return ""
 
 
 @contextlib.contextmanager

@@ -451,7 +451,10 @@ def _build_request(
     that is neither, a ConfigError for a `--var` nothing uses."""
     from lkctl.build import BuildOptions
     from lkctl.build.receipt import BuildRequest
+    from lkctl.fsutil import unmakeable_dir
 
+    if out_dir is not None and (why := unmakeable_dir(out_dir)):
+        raise ConfigError(f"--out {out_dir}: {why}")
     inputs = variables if isinstance(variables, TemplateInputs) else TemplateInputs(variables=dict(variables or {}))
     yml = Path(source).suffix in (".yml", ".yaml")
     template = None if yml else find_template(source, inputs.cwd, inputs.extra_dirs)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lkctl import paths
-from lkctl.fsutil import atomic_write, private_dir, try_lock
+from lkctl.errors import BuildError
+from lkctl.fsutil import atomic_write, private_dir, try_lock, unmakeable_dir
 
 __all__ = ["BuildPaths", "build_paths", "created_output_dir", "prune_builds", "reclaim_leftovers"]
 
@@ -86,17 +87,26 @@ def created_output_dir(out_dir: Path) -> Iterator[None]:
     a failed build leaves nothing behind."""
     missing = []
     d = Path(out_dir).absolute()
-    while not d.exists():
+    while not d.exists() and not d.is_symlink():
         missing.append(d)
         d = d.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_dirs(missing)
+        why = unmakeable_dir(out_dir) or e.strerror or str(e)
+        raise BuildError(f"cannot make the output directory {out_dir}: {why} (choose another with --out)") from None
     try:
         yield
     except BaseException:
-        for d in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_dirs(missing)
         raise
+
+
+def _remove_dirs(made: Sequence[Path]) -> None:
+    for d in made:  # deepest first; only the empty ones go
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _used_by_vms(directory: Path, argvs: Sequence[Sequence[str]]) -> bool:
