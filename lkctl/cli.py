@@ -178,6 +178,22 @@ class LkProgram(Program):
             what = f"{bad.group(1)!r} is not a whole number" if bad else str(e)
             msg = f"lkctl: {what} ({self.binary} TASK --help shows each option's type)"
             raise Exit(msg, code=USAGE_ERROR) from None
+        self._check_repeatable_flags()
+
+    def _check_repeatable_flags(self) -> None:
+        """A repeatable option (`--port`, `--var`...) with no value after it: invoke takes it as given no times, so
+        `vm.run --port` would run without the forward the user meant; refuse it as invoke refuses other options."""
+        words = list(self.core.unparsed)
+        words = words[: words.index("--")] if "--" in words else words
+        repeatable = {f for ctx in self.tasks for f, arg in ctx.flags.items() if arg.kind is list}
+        flags = {f for ctx in [self.initial_context, *self.tasks] for f in [*ctx.flags, *ctx.inverse_flags]}
+        for i, word in enumerate(words):
+            if word in repeatable and (i + 1 == len(words) or words[i + 1] in flags):
+                task = next(str(ctx.name) for ctx in self.tasks if word in ctx.flags)
+                raise Exit(
+                    f"lkctl: {task}: {word} needs a value ({self.binary} {task} --help shows its form)",
+                    code=_OWN_FAILURE.get(task, USAGE_ERROR),
+                )
 
     def update_config(self, merge: bool = True) -> None:
         # As Program.update_config without invoke's shell-command overrides, and a -f FILE that must exist.

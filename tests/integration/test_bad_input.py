@@ -54,6 +54,8 @@ CASES: list[tuple[list[str], str]] = [
     (["vm.run", "--image=minimal", "--volume", "{d}/share:/a/../etc"], "may not contain '..'"),
     (["vm.run", "--image=minimal", "--volume", "justone"], "expected HOST:GUEST"),
     (["vm.run", "--image=minimal", "--port", "8080"], "--port 8080: expected HOST:GUEST"),
+    (["vm.run", "--image=minimal", "-d", "--port"], "vm.run: --port needs a value"),  # not a run without it
+    (["vm.run", "--image=minimal", "--volume", "--port", "80:80"], "vm.run: --volume needs a value"),
     (["vm.run", "--image=minimal", "--port", "abc:80"], "ports must be numbers"),
     (["vm.run", "--image=minimal", "--port", "70000:80"], "70000 is not a port number"),
     (["vm.run", "--image=minimal", "--port", "8080:80/sctp"], "protocol must be tcp or udp"),
@@ -120,6 +122,8 @@ CASES: list[tuple[list[str], str]] = [
     (["image.export", "nope:1", "--format", "bogus", "--out", "{d}/out.tar"], "bogus"),
     (["template.show", "no-such-template"], "no-such-template"),
     (["template.render", "minimal", "--var", "X"], "--var 'X': expected NAME=VALUE"),
+    (["template.render", "minimal", "--var"], "template.render: --var needs a value"),
+    (["vm.ps", "--filter"], "vm.ps: --filter needs a value"),
     (["template.render", "no-such-template"], "no-such-template"),
 ]
 
