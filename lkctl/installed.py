@@ -164,7 +164,7 @@ def _now() -> str:
 
 
 def _staging_dir(root: Path, dl: Download) -> Path:
-    return root / ".downloads" / dl.image / f"{dl.source}-{dl.version}"
+    return root / ".downloads" / dl.image / f"{dl.source}-{dl.version_dir}"
 
 
 def install_download(

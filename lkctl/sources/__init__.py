@@ -10,6 +10,7 @@ walks in order. Importing this package is cheap: httpx loads only when a source 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from lkctl.arch import Platform
-from lkctl.errors import ConfigError, SourceNotFound
+from lkctl.errors import ConfigError, DownloadError, SourceNotFound
 from lkctl.http import Fetched, ProgressFn
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "ProgressFn",
     "Source",
     "SourceNotFound",
+    "check_version",
     "compare_versions",
     "insecure_registries",
     "newest_version",
@@ -42,6 +44,7 @@ __all__ = [
 ]
 
 SOURCE_NAMES = ("cdn", "github", "oci")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,24 @@ class Download:
     size: int | None
     source: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # e.g. auth, never printed
+
+    def __post_init__(self) -> None:
+        # Both come from the server (an index, SHA256SUMS, a release). The file name becomes a path under lkctl's
+        # data dir, where anything but a plain name could lead the download outside it (`../../.bashrc`); the
+        # version is printed, so it may hold no control characters (a terminal's escape sequences)
+        if not _PLAIN_NAME.fullmatch(self.file_name) or ".." in self.file_name:
+            raise DownloadError(
+                f"{self.source}: refusing {self.image}'s file name {self.file_name[:80]!r} from the server: not a "
+                "plain file name (letters, digits, '.', '_', '+', '-')"
+            )
+        check_version(self.source, self.image, self.version)
+
+    @property
+    def version_dir(self) -> str:
+        """The version as a file name: itself when plain, else a digest of it (a tag like `release/1.0`)."""
+        if _PLAIN_NAME.fullmatch(self.version) and ".." not in self.version:
+            return self.version
+        return "v-" + hashlib.sha256(self.version.encode()).hexdigest()[:16]
 
 
 @runtime_checkable
@@ -125,6 +146,12 @@ def newest_version(versions: Iterable[str]) -> str | None:
     if not keyed:
         return None
     return max(keyed, key=lambda kv: kv[0])[1]
+
+
+def check_version(source: str, image: str, version: str) -> None:
+    """DownloadError for a version a server named that lkctl cannot print or put in a URL (control characters)."""
+    if not (0 < len(version) <= 200 and version.isprintable()):
+        raise DownloadError(f"{source}: refusing {image}'s version {version[:80]!r} from the server")
 
 
 def split_name(text: str) -> tuple[str, str | None]:

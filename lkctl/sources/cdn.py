@@ -102,7 +102,10 @@ class CdnSource(ClientOwner):
         return newest
 
     def resolve(self, image: str, version: str | None, platform: Platform) -> Download:
+        from lkctl.sources import check_version
+
         version = version or self.latest_version(image, platform)
+        check_version(self.name, image, version)  # before it is part of a URL
         sums_text = self._get(f"{image}/{version}/SHA256SUMS", missing_ok=True)
         if sums_text is not None:
             sums = parse_checksums(sums_text.decode(errors="replace"))

@@ -314,3 +314,40 @@ def test_two_concurrent_pulls_of_one_image_download_it_once(server: Nginx, lkctl
     assert [p.returncode for p in procs] == [0, 0], errs
     assert sorted("already installed" in e for e in errs) == [False, True], errs
     assert sum(f"/{FILE} 200" in line for line in server.log()) == 1
+
+
+def test_a_file_name_from_the_server_that_is_a_path_is_refused(
+    cdn: Callable[..., CdnSource], server: Nginx, lkctl_home: Path
+) -> None:
+    escape = "core-dev-linux-amd64.qcow2/../../../../../../escaped.txt"  # SHA256SUMS chooses the file name
+    publish_cdn(server.root, "core-dev", "1.0.0", {FILE: image_bytes(1)})
+    vdir = server.root / "core-dev" / "1.0.0"
+    (vdir / "SHA256SUMS").write_text(f"{hashlib.sha256(b'x').hexdigest()}  {escape}\n")
+    with pytest.raises(ImageError, match=r"refusing core-dev's file name .* not a plain file name"):
+        pull_image("core-dev", sources=[cdn(server.url)], platform=AMD64)
+    assert not list(lkctl_home.parent.rglob("escaped.txt")) and read_installed("core-dev") is None
+
+
+def test_a_version_from_the_server_is_never_a_path_under_lkctls_data(
+    cdn: Callable[..., CdnSource], server: Nginx, lkctl_home: Path
+) -> None:
+    # index.json names the version, which once named the staging dir lkctl removes after an install: this one led
+    # it to lkctl's home (the URL normalises to /victim/..., where the server has the files)
+    version = "x/../../../../../victim"
+    precious = lkctl_home / "victim" / "precious.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("keep me\n")
+    publish_cdn(server.root, "victim", "", {FILE: image_bytes(1)})
+    (server.root / "core-dev").mkdir()
+    (server.root / "core-dev" / "index.json").write_text(json.dumps({"latest": version}))
+    result = pull_image("core-dev", sources=[cdn(server.url)], platform=AMD64)
+    assert result.downloaded and precious.read_text() == "keep me\n"
+    img = read_installed("core-dev")
+    assert img is not None and img.version == version and img.path == lkctl_home / "data" / "images" / "core-dev"
+
+
+def test_a_version_with_control_characters_is_refused(cdn: Callable[..., CdnSource], server: Nginx) -> None:
+    publish_cdn(server.root, "core-dev", "1.0.0", {FILE: image_bytes(1)})
+    (server.root / "core-dev" / "index.json").write_text(json.dumps({"latest": "1.0.0\x1b]0;pwned\x07"}))
+    with pytest.raises(ImageError, match="refusing core-dev's version"):
+        pull_image("core-dev", sources=[cdn(server.url)], platform=AMD64)
