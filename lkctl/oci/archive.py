@@ -367,11 +367,22 @@ def _output(out: Path | None) -> Iterator[IO[bytes]]:
     if out is None:
         import sys
 
+        if sys.stdout.isatty():  # as `docker save` does: a tar on a terminal is noise, and may hold escapes
+            raise ImageError("refusing to write an image archive to a terminal: give --out FILE or redirect stdout")
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
-    else:
+        return
+    from lkctl.fsutil import unmakeable_dir
+
+    if out.is_dir():
+        raise ImageError(f"--out {out} is a directory: name the file to write, e.g. {out / 'image.tar'}")
+    if why := unmakeable_dir(out.parent):
+        raise ImageError(f"--out {out}: {why}")
+    try:
         with atomic_output(Path(out)) as f:
             yield f
+    except OSError as e:  # a full disk, a file system that takes no new files: nothing is left at `out`
+        raise ImageError(f"cannot write {out}: {e.strerror or e}") from None
 
 
 def export_image(
