@@ -27,12 +27,11 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def lkctl(home: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def lkctl(home: Path, *args: str, stdout: int = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
     env["LKCTL_HOME"] = str(home / "lk")
-    return subprocess.run(
-        [str(BIN / "lkctl"), *args], env=env, cwd=home, text=True, timeout=120, **{"capture_output": True, **kw}
-    )
+    cmd = [str(BIN / "lkctl"), *args]
+    return subprocess.run(cmd, env=env, cwd=home, text=True, timeout=120, stdout=stdout, stderr=subprocess.PIPE)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +58,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line(home: Path, tmp_path:
 def test_an_archive_is_not_written_to_a_terminal_but_is_to_a_pipe(home: Path) -> None:
     leader, follower = pty.openpty()
     try:
-        done = lkctl(home, "image.export", REF, stdout=follower, stderr=subprocess.PIPE, capture_output=False)
+        done = lkctl(home, "image.export", REF, stdout=follower)
     finally:
         os.close(follower)
     os.set_blocking(leader, False)
