@@ -60,11 +60,12 @@ def ls(c: Context, json: bool = False) -> None:
 @adapt
 def show(c: Context, name: str) -> None:
     """Print a template as written (before variables are filled in)."""
-    from lkctl.templates import require_template
+    from lkctl.templates import read_template, require_template
 
     t = require_template(name, extra=_extra_dirs(c))
+    text = read_template(t)
     print(f"# {t.name}: {t.source} template {t.path}", file=sys.stderr)
-    sys.stdout.write(t.path.read_text())
+    sys.stdout.write(text)
 
 
 @task(name="vars", help={"name": "template name", "json": "print JSON"})

@@ -45,6 +45,7 @@ __all__ = [
     "find_template",
     "inputs_from_settings",
     "list_templates",
+    "read_template",
     "render_template",
     "require_template",
     "resolve_values",
@@ -125,10 +126,11 @@ def template_variables(template: Template) -> Variables:
         return jinja_variables(template.path)
     from lkctl.templates.substitute import variables_of
 
-    return variables_of(_read(template))
+    return variables_of(read_template(template))
 
 
-def _read(template: Template) -> str:
+def read_template(template: Template) -> str:
+    """The template's text as written (UTF-8); ConfigError when it cannot be read."""
     try:
         return template.path.read_text(encoding="utf-8")  # LinuxKit YAML is UTF-8, whatever the locale
     except (OSError, UnicodeDecodeError) as e:
@@ -206,7 +208,7 @@ def render_template(template: Template, values: Mapping[str, str] | TemplateInpu
     else:
         from lkctl.templates.substitute import substitute
 
-        text = substitute(_read(template), values or {}, source)
+        text = substitute(read_template(template), values or {}, source)
     _check_yaml(text, source)
     return text
 

@@ -101,6 +101,14 @@ def test_errors_name_every_missing_variable_unknown_templates_and_bad_vars(proje
     assert traversal.returncode == 2 and "invalid template name" in traversal.stderr
 
 
+@pytest.mark.parametrize("task", ["template.show", "template.vars", "template.render", "image.build"])
+def test_a_template_that_is_not_utf8_is_one_line_for_every_task(project: Path, task: str) -> None:
+    (project / ".lkctl" / "templates" / "latin.yml").write_bytes(b"# caf\xe9\nkernel: {}\n")
+    done = lk(project, task, "latin")
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.startswith("lkctl: cannot read template latin") and "can't decode byte 0xe9" in done.stderr
+
+
 def test_config_and_environment_supply_values_when_asked(project: Path) -> None:
     (project / "lkctl.yaml").write_text("lkctl:\n  templates:\n    variables:\n      OWNER: from-config\n")
     env = {**os.environ, "MOTD": "from-env"}
