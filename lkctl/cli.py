@@ -68,6 +68,9 @@ class LkConfig(Config):
             raise Exit(msg, code=USAGE_ERROR) from None
 
 
+_COMPLETION_SHELLS = ("bash", "fish", "zsh")  # invoke's completion scripts
+
+
 def _sigterm_to_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -112,13 +115,17 @@ class LkProgram(Program):
             self.parse_core_args()
         except ParseError as e:
             raise Exit(f"lkctl: {explain_parse_error(str(e), None, self.binary)}", code=USAGE_ERROR) from None
+        except ValueError:  # a non-number given to --list-depth
+            raise Exit(f"lkctl: --list-depth takes a whole number ({self.binary} --help)", code=USAGE_ERROR) from None
         if self.args.debug.value:
             enable_logging()
         if self.args.version.value:
             self.print_version()
             raise Exit
-        if self.args["print-completion-script"].value:
-            print_completion_script(shell=self.args["print-completion-script"].value, names=self.binary_names)
+        if shell := self.args["print-completion-script"].value:
+            if shell not in _COMPLETION_SHELLS:
+                raise Exit(f"lkctl: no completion script for {shell!r}: use bash, fish or zsh", code=USAGE_ERROR)
+            print_completion_script(shell=shell, names=self.binary_names)
             raise Exit
 
     def parse_collection(self) -> None:
@@ -280,6 +287,17 @@ class LkProgram(Program):
             invocation = re.sub(r"^\S*lkctl ", "", self.core.remainder)
             for word in completion_candidates(invocation, self.collection.task_names):
                 print(word)
+        topic, root = self.args.help.value, self.args.list.value
+        if isinstance(topic, str) and topic not in self.parser.contexts:  # `lkctl --help NAME`
+            close = did_you_mean(topic, self._contexts())
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise Exit(f"lkctl: no task {topic!r}{hint} ({self.binary} --list shows them all)", code=USAGE_ERROR)
+        if isinstance(root, str):  # `lkctl --list NAME`
+            try:
+                self.collection.subcollection_from_path(root)
+            except KeyError:
+                have = ", ".join(sorted(self.collection.collections))
+                raise Exit(f"lkctl: no task collection {root!r} (collections: {have})", code=USAGE_ERROR) from None
         super().parse_cleanup()
 
     def run(self, argv: list[str] | None = None, exit: bool = True) -> None:

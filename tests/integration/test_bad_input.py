@@ -124,6 +124,11 @@ CASES: list[tuple[list[str], str]] = [
     (["template.render", "minimal", "--var", "X"], "--var 'X': expected NAME=VALUE"),
     (["template.render", "minimal", "--var"], "template.render: --var needs a value"),
     (["vm.ps", "--filter"], "vm.ps: --filter needs a value"),
+    # the core options
+    (["--list", "--list-depth", "x"], "lkctl: --list-depth takes a whole number"),
+    (["--list", "nosuch"], "lkctl: no task collection 'nosuch' (collections: dev, image, template, vm)"),
+    (["--help", "vm.pss"], "lkctl: no task 'vm.pss'; did you mean vm.ps"),
+    (["--print-completion-script", "nosh"], "lkctl: no completion script for 'nosh': use bash, fish or zsh"),
     (["template.render", "no-such-template"], "no-such-template"),
 ]
 
