@@ -1,10 +1,10 @@
-"""console.printable: what lkctl's own messages may carry of a guest's console."""
+"""untrusted.printable: what lkctl's own messages may carry of a guest's console."""
 
 from __future__ import annotations
 
 import pytest
 
-from lkctl.runtime.console import printable
+from lkctl.runtime.untrusted import printable
 
 
 @pytest.mark.parametrize(
