@@ -231,7 +231,9 @@ def start_processes(
     A failure stops what was started, in reverse order, and raises; `HypervisorFailed.output` has QEMU's output.
     """
     _RELEASED[:] = [p for p in _RELEASED if p.poll() is None]
-    record = dataclasses.replace(record, helpers=[], pid=0, pid_start="", boot_id="", argv=list(plan.argv))
+    # creator: while this process starts it, vm.ps/vm.prune/vm.rm leave the record (pid 0: `created`) alone
+    record = dataclasses.replace(record, helpers=[], pid=0, pid_start="", boot_id="", argv=list(plan.argv),
+                                 creator=state.creator_identity())  # fmt: skip
     (record.dir / PIDFILE).unlink(missing_ok=True)  # a stale pidfile must not stand for the new QEMU
     state.save_record(record)
     with contextlib.ExitStack() as stack:
