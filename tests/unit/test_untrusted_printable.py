@@ -23,3 +23,10 @@ from lkctl.runtime.untrusted import printable
 )
 def test_printable_escapes_control_characters_but_newline_and_tab(raw: str, shown: str) -> None:
     assert printable(raw) == shown
+
+
+def test_exec_failed_quotes_the_guests_stderr_escaped() -> None:
+    from lkctl.api import ExecFailed, ExecResult
+
+    e = ExecFailed(["make"], ExecResult(2, b"", b"warning\n\x1b]52;c;b3duZWQ=\x07\x1b[31merror: x\x1b[0m\n"))
+    assert e.message == "'make' exited 2: \\x1b]52;c;b3duZWQ=\\x07\\x1b[31merror: x\\x1b[0m"
