@@ -129,6 +129,15 @@ def test_a_restart_whose_hypervisor_fails_is_an_error_that_prune_and_rm_leave_al
     _one_line(_lkctl(env, "vm.start", "web"), 1, "QEMU failed to restart VM web: qemu-system-x86_64: boom")
 
 
+def test_a_vm_whose_start_was_killed_before_qemu_ran_can_be_started_again(lkctl_home: Path, tmp_path: Path) -> None:
+    # what a SIGKILLed vm.start (or vm.run) leaves between recording the argv and QEMU writing its pidfile
+    _record(argv=["/bin/sh", "-c", "echo 'qemu-system-x86_64: boom' >&2; exit 1"], creator=["1", "0"])
+    env = _env(lkctl_home, tmp_path)
+    assert json.loads(_lkctl(env, "vm.ps", "--all", "--json").stdout)[0]["status"] == "created"
+    # before: "VM web never started (it has no QEMU command line)", for good
+    _one_line(_lkctl(env, "vm.start", "web"), 1, "QEMU failed to restart VM web: qemu-system-x86_64: boom")
+
+
 @pytest.mark.parametrize(
     ("task", "value"), [("vm.start", "-5"), ("vm.start", "soon"), ("vm.wait", "-1"), ("vm.wait", "x")]
 )
