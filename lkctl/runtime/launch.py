@@ -206,6 +206,11 @@ def run_options(
     if 0 < size < MIN_MEMORY:  # refused here, not by qemu_argv after a build
         given = f"--memory {memory!r}" if memory else f"memory {size} MB (from {sources['memory']})"
         raise ConfigError(f"{given}: a VM needs at least {MIN_MEMORY}M (e.g. --memory 1024)")
+    shares = tuple(parse_volume(v) for v in volumes)
+    guests = [v.guest for v in shares]
+    twice = next((g for g in guests if guests.count(g) > 1), None)
+    if twice is not None:  # refused here, not by qemu_argv after a build
+        raise ConfigError(f"--volume: two volumes are mounted at {twice} in the guest; give each its own path")
     return RunOptions(
         name=check_vm_name(name) if name else "",
         memory=size,
@@ -216,7 +221,7 @@ def run_options(
         ready_timeout=parse_timeout(timeout) if timeout else 0.0,
         auto_remove=rm,
         wait_ssh=wait,
-        volumes=tuple(parse_volume(v) for v in volumes),
+        volumes=shares,
         data_disk=parse_data_disk(disk) if disk else None,
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,

@@ -97,6 +97,16 @@ def test_too_little_memory_is_refused_before_the_image_is_resolved(
     _one_line(proc, 2, fragment)
 
 
+def test_two_volumes_at_one_guest_path_are_refused_before_the_image_is_resolved(
+    lkctl_home: Path, tmp_path: Path, shared_cache: Path
+) -> None:
+    for d in ("a", "b c"):
+        (tmp_path / d).mkdir()
+    volumes = ["-v", f"{tmp_path / 'a'}:/mnt/x", "-v", f"{tmp_path / 'b c'}:/mnt/x/"]
+    proc = _lkctl(_env(lkctl_home, tmp_path, shared_cache), "vm.run", "--image=minimal", "-d", *volumes)
+    _one_line(proc, 2, "two volumes are mounted at /mnt/x in the guest")
+
+
 def test_rm_leaves_a_vm_that_a_live_lkctl_is_starting(lkctl_home: Path, tmp_path: Path) -> None:
     record = _record(creator=state.creator_identity())  # this process is "vm.run" here: alive, no QEMU yet
     env = _env(lkctl_home, tmp_path)
