@@ -15,6 +15,7 @@ from lkctl.runtime.untrusted import printable
 __all__ = [
     "PANIC_MARKERS",
     "READY_MARKER",
+    "ConsoleView",
     "console_bytes",
     "console_tail",
     "diagnose_not_ready",
@@ -28,6 +29,37 @@ PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
 def console_bytes(record: VmRecord) -> bytes:
     """Everything the VM's console has printed so far (QEMU's log or hyperkit's ring)."""
     return read_console(record.dir)
+
+
+class ConsoleView:
+    """The console of a booting VM as progress reporting needs it: its first and its last `limit` bytes, read
+    incrementally (a guest may print hundreds of MB while it boots; this is called five times a second). Bytes in
+    between are skipped, so the two parts need not join up. A console that shrank (a restart) is read afresh."""
+
+    def __init__(self, path: Path, limit: int = 64 << 10) -> None:
+        self.path, self.limit = path, limit
+        self.head = self.tail = b""
+        self.end = 0  # where the tail's last read stopped
+
+    def __call__(self) -> bytes:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 (closed below; a missing file is the common early case)
+        except FileNotFoundError:
+            return b""
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if size < self.end or size < len(self.head):
+                self.head, self.tail, self.end = b"", b"", 0
+            if len(self.head) < self.limit:
+                f.seek(len(self.head))
+                self.head += f.read(self.limit - len(self.head))
+            start = max(self.limit, self.end, size - self.limit)
+            if start > self.end:
+                self.tail = b""  # nothing read yet there, or the middle was skipped
+            f.seek(start)
+            new = f.read(max(0, size - start))
+            self.tail, self.end = (self.tail + new)[-self.limit :], start + len(new)
+        return self.head + self.tail
 
 
 def console_tail(record: VmRecord, lines: int = 20) -> str:

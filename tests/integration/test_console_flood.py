@@ -1,0 +1,58 @@
+"""A guest that floods its console while `vm.run -d` waits for it: the boot progress is fed a bounded view of the
+console, read incrementally, instead of the whole console log read again five times a second (a guest printing
+hundreds of MB made lkctl hold all of it in memory on every tick). No guest boots: a stand-in process carries the
+VM's ID, as a QEMU would, and a large (sparse) console log stands for what the guest printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lkctl.errors import VmError
+from lkctl.runtime import state
+from lkctl.runtime.qemu import CONSOLE_LOG
+from lkctl.runtime.start import wait_ready
+
+FLOOD = 256 << 20
+
+
+def test_boot_progress_sees_a_bounded_console_however_much_the_guest_printed(lkctl_home: Path) -> None:
+    record = state.VmRecord(id="abcd1234", name="flood", image="x", image_format="kernel+initrd",
+                            created="2026-01-01T00:00:00", memory=256, cpus=1, ssh_port=1)  # fmt: skip
+    state.save_record(record)
+    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", f"lkctl-{record.id}"])
+    try:
+        ident = state.process_identity(qemu.pid)
+        assert ident is not None
+        record = state.VmRecord(**{**record.to_json(), "pid": qemu.pid, "pid_start": ident.start,
+                                   "boot_id": ident.boot_id})  # fmt: skip
+        state.save_record(record)
+        console = record.dir / CONSOLE_LOG
+        with open(console, "wb") as f:
+            f.write(b"[    0.000000] Linux version 6.1\nlkctl-init: starting\n")
+            f.truncate(FLOOD)  # what a guest printing without end leaves (sparse here: cheap to make)
+            f.seek(0, os.SEEK_END)
+            f.write(b"\nthe last line\n")
+        seen: list[int] = []
+        last: list[bytes] = []
+
+        def on_wait(text: bytes) -> None:
+            seen.append(len(text))
+            last[:] = [text]
+
+        started = time.monotonic()
+        with pytest.raises(VmError, match="did not become ready"):
+            wait_ready(record, 3, on_wait)
+        took = time.monotonic() - started
+        assert seen, "on_wait was never called"
+        assert max(seen) <= 1 << 20, max(seen)  # before: the whole 256 MiB console, every 0.2 s
+        assert last[0].startswith(b"[    0.000000] Linux version") and last[0].endswith(b"the last line\n")
+        assert took < 30, took
+    finally:
+        qemu.kill()
+        qemu.wait()
