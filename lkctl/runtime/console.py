@@ -17,6 +17,7 @@ __all__ = [
     "READY_MARKER",
     "ConsoleView",
     "console_bytes",
+    "console_markers",
     "console_tail",
     "diagnose_not_ready",
     "follow_console",
@@ -29,6 +30,25 @@ PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
 def console_bytes(record: VmRecord) -> bytes:
     """Everything the VM's console has printed so far (QEMU's log or hyperkit's ring)."""
     return read_console(record.dir)
+
+
+def console_markers(record: VmRecord, markers: tuple[bytes, ...], chunk: int = 1 << 20) -> set[bytes]:
+    """Which of `markers` the console holds anywhere, read in chunks (never whole: the guest decides its size)."""
+    path = console_file(record.dir)
+    if path.name == CONSOLE_RING:
+        ring = read_console_ring(path)
+        return {m for m in markers if m in ring}
+    found: set[bytes] = set()
+    keep = max(map(len, markers), default=1) - 1  # a marker may straddle two chunks
+    try:
+        with open(path, "rb") as f:
+            window = b""
+            while len(found) < len(markers) and (data := f.read(chunk)):
+                window = window[-keep:] + data if keep else data
+                found |= {m for m in markers if m not in found and m in window}
+    except FileNotFoundError:
+        pass
+    return found
 
 
 class ConsoleView:
@@ -81,18 +101,18 @@ def console_tail(record: VmRecord, lines: int = 20) -> str:
 
 def diagnose_not_ready(record: VmRecord, why: str) -> str:
     """Which boot stage stalled, read from the console, with its last lines: the message of a readiness failure."""
-    console = console_bytes(record)
-    if not console.strip():
+    tail = console_tail(record)
+    seen = console_markers(record, (b"Kernel panic", b"lkctl-init:", READY_MARKER))
+    if not tail.strip() and not seen:
         reason = "the guest printed nothing on its console (no kernel output)"
-    elif b"Kernel panic" in console:
+    elif b"Kernel panic" in seen:
         reason = "the guest kernel panicked"
-    elif b"lkctl-init:" not in console:
+    elif b"lkctl-init:" not in seen:
         reason = "the kernel started but lkctl's init never ran (is the init image in the YAML?)"
-    elif READY_MARKER not in console:
+    elif READY_MARKER not in seen:
         reason = "init started but did not finish starting services"
     else:
         reason = "init reported ready but sshd did not answer (is an sshd service in the YAML?)"
-    tail = console_tail(record)
     msg = f"VM {record.name} did not become ready: {why}; {reason}."
     if tail:
         msg += f"\nlast console lines ({console_file(record.dir)}):\n{tail}"

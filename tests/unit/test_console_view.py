@@ -38,3 +38,17 @@ def test_a_console_that_shrank_is_read_afresh(tmp_path: Path) -> None:
     view()
     log.write_bytes(b"new")  # a restart truncated it
     assert view() == b"new"
+
+
+def test_console_markers_finds_markers_across_chunk_boundaries(tmp_path: Path, lkctl_home: Path) -> None:
+    from lkctl.runtime import state
+    from lkctl.runtime.console import console_markers
+
+    record = state.VmRecord(id="abcd1234", name="m", image="x", image_format="kernel+initrd",
+                            created="2026-01-01T00:00:00", memory=256, cpus=1, ssh_port=0)  # fmt: skip
+    record.dir.mkdir(parents=True)
+    assert console_markers(record, (b"ready",)) == set()  # no console yet
+    (record.dir / "console.log").write_bytes(b"x" * 5 + b"lkctl-init: ready" + b"y" * 3 + b"Kernel panic")
+    for chunk in (1, 3, 7, 1 << 20):
+        found = console_markers(record, (b"lkctl-init: ready", b"Kernel panic", b"absent"), chunk=chunk)
+        assert found == {b"lkctl-init: ready", b"Kernel panic"}, chunk
