@@ -53,6 +53,8 @@ _KERNEL_STAMP = re.compile(rb"^\[\s*(\d+)\.(\d+)\]")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FILTER_KEYS = ("id", "name", "image", "status")
+# every status vm.ps shows: local VMs (state.vm_status) and libvirt ones (libvirt.backend.domain_status)
+STATUSES = ("running", "stopped", "error", "created", "unknown", "paused", "crashed", "missing")
 
 
 # ---- exit status and vm.wait ---------------------------------------------------------------------------------
@@ -326,7 +328,10 @@ def parse_filters(items: Sequence[str]) -> dict[str, list[str]]:
                     f"--filter {part!r}: expected KEY=VALUE with KEY one of {', '.join(FILTER_KEYS)} "
                     "(e.g. --filter status=running,name=web)"
                 )
-            out.setdefault(key, []).append(value.strip())
+            value = value.strip()
+            if key == "status" and value not in STATUSES and not any(c in value for c in "*?["):
+                raise ConfigError(f"--filter status={value}: no VM has that status; use one of {', '.join(STATUSES)}")
+            out.setdefault(key, []).append(value)
     return out
 
 

@@ -231,3 +231,11 @@ def test_a_full_state_dir_is_one_line_and_leaves_no_vm(lkctl_home: Path, tmp_pat
     assert rc == 1 and len(lines) == 1, stderr
     assert "cannot write lkctl's VM state" in lines[0] and "No space left on device" in lines[0], stderr
     assert listing == [".lock"]  # no VM dir left behind
+
+
+def test_a_status_filter_no_vm_can_match_is_refused(lkctl_home: Path, tmp_path: Path) -> None:
+    _record(pid=_dead_pid(), pid_start="1")
+    env = _env(lkctl_home, tmp_path)
+    # before: exit 0 and "no VMs", for a typo that can never match
+    _one_line(_lkctl(env, "vm.ps", "--filter", "status=runing"), 2, "--filter status=runing: no VM has that status")
+    assert json.loads(_lkctl(env, "vm.ps", "--filter", "status=stop*", "--json").stdout)[0]["name"] == "web"
