@@ -239,3 +239,18 @@ def test_a_status_filter_no_vm_can_match_is_refused(lkctl_home: Path, tmp_path: 
     # before: exit 0 and "no VMs", for a typo that can never match
     _one_line(_lkctl(env, "vm.ps", "--filter", "status=runing"), 2, "--filter status=runing: no VM has that status")
     assert json.loads(_lkctl(env, "vm.ps", "--filter", "status=stop*", "--json").stdout)[0]["name"] == "web"
+
+
+@pytest.mark.parametrize(
+    ("var", "args"), [("LKCTL_STATE_DIR", ["vm.prune"]), ("LKCTL_CACHE_DIR", ["vm.run", "--image=minimal", "-d"])]
+)
+def test_a_world_writable_dir_given_for_lkctls_files_is_refused_not_made_private(
+    var: str, args: list[str], lkctl_home: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "like-tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    # before: chmod 0700, under everyone else using it (LKCTL_STATE_DIR=/tmp as root broke the machine's /tmp)
+    _one_line(_lkctl(_env(lkctl_home, tmp_path, **{var: str(shared)}), *args), 2, "is a shared directory (mode 1777)")
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert list(shared.iterdir()) == []
