@@ -251,6 +251,8 @@ def test_a_world_writable_dir_given_for_lkctls_files_is_refused_not_made_private
     shared.mkdir()
     shared.chmod(0o1777)
     # before: chmod 0700, under everyone else using it (LKCTL_STATE_DIR=/tmp as root broke the machine's /tmp)
-    _one_line(_lkctl(_env(lkctl_home, tmp_path, **{var: str(shared)}), *args), 2, "is a shared directory (mode 1777)")
+    env = _env(lkctl_home, tmp_path)
+    env[var] = str(shared)
+    _one_line(_lkctl(env, *args), 2, "is a shared directory (mode 1777)")
     assert shared.stat().st_mode & 0o7777 == 0o1777
     assert list(shared.iterdir()) == []
