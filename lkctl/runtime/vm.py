@@ -385,16 +385,18 @@ def _abandon(record: VmRecord, child: subprocess.Popen[bytes] | None, error: Bas
 
 
 def _foreground(record: VmRecord, child: subprocess.Popen[bytes], out: IO[bytes] | None, settings: Settings) -> int:
-    """Copy the console to `out` until QEMU exits; Ctrl-C powers the guest off gracefully."""
+    """Copy the console to `out` until QEMU exits; Ctrl-C powers the guest off gracefully (status 130), and so does
+    the reader of `out` going away (`vm.run ... | head`: 141, as a pipeline member that SIGPIPE ended): an orderly
+    end, not a failure of the VM."""
     try:
         for chunk in follow_console(record, from_start=True, alive=lambda: child.poll() is None):
             if out is not None:
                 out.write(chunk)
                 out.flush()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as e:
         stop_vm(record, timeout=settings.vm.stop_timeout)
         child.wait()
-        return 130
+        return 130 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGPIPE
     return child.wait()
 
 
