@@ -222,7 +222,7 @@ def test_a_full_state_dir_is_one_line_and_leaves_no_vm(lkctl_home: Path, tmp_pat
     state_dir = tmp_path / "small"
     state_dir.mkdir()
     full = (
-        'mount -t tmpfs -o size=64k tmpfs "$d" && mkdir -m 700 "$d/vms" && touch "$d/vms/.lock" && '
+        'mount -t tmpfs -o size=64k,mode=0700 tmpfs "$d" && mkdir -m 700 "$d/vms" && touch "$d/vms/.lock" && '
         '{ dd if=/dev/zero of="$d/filler" bs=4k 2>/dev/null; true; }'
     )
     env = _env(lkctl_home, tmp_path, shared_cache, LKCTL_STATE_DIR=str(state_dir))
