@@ -151,7 +151,9 @@ class ExecFailed(VmError):
     """`exec(..., check=True)` of a command that exited non-zero; `.result` holds its output."""
 
     def __init__(self, argv: Sequence[str], result: ExecResult) -> None:
-        tail = result.stderr.decode(errors="replace").strip().splitlines()
+        from lkctl.runtime.untrusted import printable  # the guest's stderr: no raw control sequences in a message
+
+        tail = printable(result.stderr.decode(errors="replace")).strip().splitlines()
         super().__init__(
             f"{' '.join(argv)!r} exited {result.exit_code}" + (f": {tail[-1]}" if tail else ""),
             exit_code=result.exit_code or 1,

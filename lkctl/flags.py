@@ -126,11 +126,11 @@ def check_vm_name(name: str) -> str:
 
 
 def parse_signal(text: str) -> signal.Signals:
-    """`KILL`, `sigterm`, `SIGINT` → the signal (`vm.kill --signal`)."""
-    name = text.upper().removeprefix("SIG")
+    """`KILL`, `sigterm`, `SIGINT` or a number (`9`, as `docker kill -s 9`) → the signal (`vm.kill --signal`)."""
+    name = text.strip().upper().removeprefix("SIG")
     try:
-        return signal.Signals[f"SIG{name}"]
-    except KeyError:
+        return signal.Signals(int(name)) if name.isdigit() else signal.Signals[f"SIG{name}"]
+    except (KeyError, ValueError):
         raise ConfigError(f"unknown signal {text!r} (e.g. KILL, TERM, INT)") from None
 
 

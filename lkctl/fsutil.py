@@ -35,9 +35,18 @@ def file_identity(path: str | os.PathLike[str], *, follow: bool = False) -> list
 
 
 def private_dir(path: Path) -> Path:
-    """Create `path` (and parents) and make sure the leaf is 0700."""
+    """Create `path` (and parents) and make sure the leaf is 0700. An existing world-writable dir (/tmp, /dev/shm:
+    LKCTL_STATE_DIR or LKCTL_CACHE_DIR pointed at one) is refused, never made 0700 under everyone else using it."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
+    mode = path.stat().st_mode
+    if mode & 0o002:
+        from lkctl.errors import ConfigError
+
+        raise ConfigError(
+            f"{path} is a shared directory (mode {mode & 0o7777:o}); lkctl keeps its files in a private one: point "
+            "LKCTL_HOME (or LKCTL_STATE_DIR, LKCTL_CACHE_DIR) at a directory of its own"
+        )
+    if mode & 0o077:
         path.chmod(0o700)
     return path
 

@@ -10,11 +10,14 @@ from pathlib import Path
 from lkctl.runtime import state
 from lkctl.runtime.hyperkit import CONSOLE_RING, console_file, read_console, read_console_ring
 from lkctl.runtime.state import VmRecord
+from lkctl.runtime.untrusted import printable
 
 __all__ = [
     "PANIC_MARKERS",
     "READY_MARKER",
+    "ConsoleView",
     "console_bytes",
+    "console_markers",
     "console_tail",
     "diagnose_not_ready",
     "follow_console",
@@ -27,6 +30,56 @@ PANIC_MARKERS = (b"Kernel panic", b"lkctl-init: fatal:")
 def console_bytes(record: VmRecord) -> bytes:
     """Everything the VM's console has printed so far (QEMU's log or hyperkit's ring)."""
     return read_console(record.dir)
+
+
+def console_markers(record: VmRecord, markers: tuple[bytes, ...], chunk: int = 1 << 20) -> set[bytes]:
+    """Which of `markers` the console holds anywhere, read in chunks (never whole: the guest decides its size)."""
+    path = console_file(record.dir)
+    if path.name == CONSOLE_RING:
+        ring = read_console_ring(path)
+        return {m for m in markers if m in ring}
+    found: set[bytes] = set()
+    keep = max(map(len, markers), default=1) - 1  # a marker may straddle two chunks
+    try:
+        with open(path, "rb") as f:
+            window = b""
+            while len(found) < len(markers) and (data := f.read(chunk)):
+                window = window[-keep:] + data if keep else data
+                found |= {m for m in markers if m not in found and m in window}
+    except FileNotFoundError:
+        pass
+    return found
+
+
+class ConsoleView:
+    """The console of a booting VM as progress reporting needs it: its first and its last `limit` bytes, read
+    incrementally (a guest may print hundreds of MB while it boots; this is called five times a second). Bytes in
+    between are skipped, so the two parts need not join up. A console that shrank (a restart) is read afresh."""
+
+    def __init__(self, path: Path, limit: int = 64 << 10) -> None:
+        self.path, self.limit = path, limit
+        self.head = self.tail = b""
+        self.end = 0  # where the tail's last read stopped
+
+    def __call__(self) -> bytes:
+        try:
+            f = open(self.path, "rb")  # noqa: SIM115 (closed below; a missing file is the common early case)
+        except FileNotFoundError:
+            return b""
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if size < self.end or size < len(self.head):
+                self.head, self.tail, self.end = b"", b"", 0
+            if len(self.head) < self.limit:
+                f.seek(len(self.head))
+                self.head += f.read(self.limit - len(self.head))
+            start = max(self.limit, self.end, size - self.limit)
+            if start > self.end:
+                self.tail = b""  # nothing read yet there, or the middle was skipped
+            f.seek(start)
+            new = f.read(max(0, size - start))
+            self.tail, self.end = (self.tail + new)[-self.limit :], start + len(new)
+        return self.head + self.tail
 
 
 def console_tail(record: VmRecord, lines: int = 20) -> str:
@@ -48,22 +101,22 @@ def console_tail(record: VmRecord, lines: int = 20) -> str:
 
 def diagnose_not_ready(record: VmRecord, why: str) -> str:
     """Which boot stage stalled, read from the console, with its last lines: the message of a readiness failure."""
-    console = console_bytes(record)
-    if not console.strip():
+    tail = console_tail(record)
+    seen = console_markers(record, (b"Kernel panic", b"lkctl-init:", READY_MARKER))
+    if not tail.strip() and not seen:
         reason = "the guest printed nothing on its console (no kernel output)"
-    elif b"Kernel panic" in console:
+    elif b"Kernel panic" in seen:
         reason = "the guest kernel panicked"
-    elif b"lkctl-init:" not in console:
+    elif b"lkctl-init:" not in seen:
         reason = "the kernel started but lkctl's init never ran (is the init image in the YAML?)"
-    elif READY_MARKER not in console:
+    elif READY_MARKER not in seen:
         reason = "init started but did not finish starting services"
     else:
         reason = "init reported ready but sshd did not answer (is an sshd service in the YAML?)"
-    tail = console_tail(record)
     msg = f"VM {record.name} did not become ready: {why}; {reason}."
     if tail:
         msg += f"\nlast console lines ({console_file(record.dir)}):\n{tail}"
-    return msg
+    return printable(msg)  # `why` may quote the guest too (its SSH banner in the holder's error)
 
 
 def follow_console(

@@ -90,7 +90,9 @@ def start_vm(record: VmRecord, *, ready_timeout: float | None = None) -> VmRecor
     status = state.vm_status(record)
     if status == "running":
         raise ConfigError(f"VM {record.name} is already running")
-    if status == "created":
+    if status == "created" and state.being_created(record):
+        raise ConfigError(f"VM {record.name} is being started by lkctl process {record.creator[0]}; wait for it")
+    if status == "created" and not record.argv:  # with an argv, a start that was killed before QEMU ran
         raise VmError(f"VM {record.name} never started (it has no QEMU command line); remove it and run a new VM")
     return restart_vm(record, ready_timeout=ready_timeout)
 

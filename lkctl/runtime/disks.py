@@ -25,6 +25,7 @@ from lkctl.runtime.model import DataDisk, ImageFormat, UefiFirmware, VmSpec, Vol
 from lkctl.runtime.qemu import BOOT_OVERLAY, UEFI_VARS, VOLUMES_FILE
 
 __all__ = [
+    "check_self_contained",
     "clone_file",
     "create_data_disk",
     "create_overlay",
@@ -32,6 +33,7 @@ __all__ = [
     "detect_uefi",
     "find_uefi_firmware",
     "find_virtiofsd",
+    "foreign_files",
     "listen_unix",
     "parse_data_disk",
     "prepare_vm_files",
@@ -140,10 +142,53 @@ def detect_uefi(path: Path, fmt: ImageFormat) -> bool:
     return False
 
 
+def foreign_files(info: dict[str, object], image: Path) -> list[str]:
+    """The other files an image's own metadata makes QEMU open (`qemu-img info --output=json` of it): a qcow2's
+    backing file or external data file, a vmdk descriptor's extents."""
+    found: list[str] = []
+    if info.get("backing-filename"):
+        found.append(str(info.get("full-backing-filename") or info["backing-filename"]))
+    specific = info.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if isinstance(data, dict):
+        if data.get("data-file"):
+            found.append(str(data["data-file"]))
+        for extent in data.get("extents") or ():
+            name = extent.get("filename") if isinstance(extent, dict) else None
+            if name and Path(os.path.abspath(name)) != Path(os.path.abspath(image)):
+                found.append(str(name))
+    return found
+
+
+def check_self_contained(base: Path, base_format: str) -> None:
+    """Refuse a disk image whose metadata names other files: booted, the guest would read (and, through a backing
+    chain or an extent, see) whatever host file the image's author chose, such as a private key. Images are
+    booted as the self-contained files LinuxKit makes; an image from elsewhere is untrusted like the guest."""
+    import json
+
+    result = proc.run(
+        [proc.find_program("qemu-img"), "info", "--output=json", "-U", "-f", base_format, os.fspath(base)],
+        what=f"reading {base.name}'s header", timeout=60,
+    )  # fmt: skip
+    try:
+        info = json.loads(result.stdout)
+    except ValueError:
+        raise ImageError(f"{base}: qemu-img could not describe it") from None
+    others = foreign_files(info if isinstance(info, dict) else {}, base)
+    if others:
+        raise ImageError(
+            f"{base} is not a self-contained {base_format} image: it makes QEMU open {others[0]!r} (a backing file, "
+            f"data file or extent); lkctl boots only self-contained images (qemu-img convert -O {base_format} makes "
+            "one)"
+        )
+
+
 def create_overlay(base: Path, base_format: str, overlay: Path) -> None:
-    """Make `overlay` a qcow2 file backed by `base` (absolute path, explicit format): writes land in the overlay."""
+    """Make `overlay` a qcow2 file backed by `base` (absolute path, explicit format): writes land in the overlay.
+    `base` must be self-contained (check_self_contained)."""
     if not base.is_file():
         raise ImageError(f"image {base} does not exist")
+    check_self_contained(base, base_format)
     if overlay.exists():
         raise ImageError(f"{overlay} already exists; refusing to replace a VM's disk")
     tmp = overlay.with_name(f".{overlay.name}.tmp")

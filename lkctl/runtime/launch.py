@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, TextIO
 
 from lkctl import paths
+from lkctl.errors import ConfigError
 from lkctl.flags import check_vm_name
 from lkctl.fsutil import private_dir
 from lkctl.runtime import state
@@ -15,7 +16,9 @@ from lkctl.runtime.state import VmRecord
 from lkctl.runtime.vm import RunOptions, preflight, run_vm
 from lkctl.settings import Settings
 
-__all__ = ["RunPlan", "VmRow", "list_all_vms", "list_vms", "plan_image", "run_image", "run_options"]
+__all__ = ["MIN_MEMORY", "RunPlan", "VmRow", "list_all_vms", "list_vms", "plan_image", "run_image", "run_options"]
+
+MIN_MEMORY = 64  # MB: the least qemu_argv (and hyperkit's, libvirt's) accept
 
 
 def run_image(
@@ -199,9 +202,18 @@ def run_options(
     from lkctl.runtime.model import parse_network, parse_port, parse_volume
 
     local = not (connect or host)  # through libvirt the VM's host, not this machine, limits --memory
+    size = parse_memory(memory, local=local) if memory else (settings.vm.memory if sources["memory"] else 0)
+    if 0 < size < MIN_MEMORY:  # refused here, not by qemu_argv after a build
+        given = f"--memory {memory!r}" if memory else f"memory {size} MB (from {sources['memory']})"
+        raise ConfigError(f"{given}: a VM needs at least {MIN_MEMORY}M (e.g. --memory 1024)")
+    shares = tuple(parse_volume(v) for v in volumes)
+    guests = [v.guest for v in shares]
+    twice = next((g for g in guests if guests.count(g) > 1), None)
+    if twice is not None:  # refused here, not by qemu_argv after a build
+        raise ConfigError(f"--volume: two volumes are mounted at {twice} in the guest; give each its own path")
     return RunOptions(
         name=check_vm_name(name) if name else "",
-        memory=parse_memory(memory, local=local) if memory else (settings.vm.memory if sources["memory"] else 0),
+        memory=size,
         cpus=parse_count(cpus, what="--cpus") if cpus else (settings.vm.cpus if sources["cpus"] else 0),
         ssh_port=parse_port_number(ssh_port, what="--ssh-port") if ssh_port else 0,
         ports=tuple(parse_port(p) for p in ports),
@@ -209,7 +221,7 @@ def run_options(
         ready_timeout=parse_timeout(timeout) if timeout else 0.0,
         auto_remove=rm,
         wait_ssh=wait,
-        volumes=tuple(parse_volume(v) for v in volumes),
+        volumes=shares,
         data_disk=parse_data_disk(disk) if disk else None,
         uefi=True if uefi else None,
         hypervisor=hypervisor or settings.vm.hypervisor,
@@ -299,8 +311,6 @@ def list_all_vms(settings: Settings, *, include_stopped: bool = False, host: str
         if r.libvirt and name not in hosts:
             hosts[name] = HostConfig(name, r.libvirt["uri"], known_hosts=r.libvirt.get("known_hosts", ""))
     if host and host != "local" and host not in hosts:
-        from lkctl.errors import ConfigError
-
         raise ConfigError(f"--host {host}: no such host (known: local, {', '.join(hosts) or 'no libvirt host'})")
     rows = list_vms(include_stopped=include_stopped, records=records) if host in ("", "local") else []
     problems: list[str] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 from collections.abc import Mapping
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lkctl.errors import ConfigError, HypervisorFailed, VmError
+from lkctl.errors import ConfigError, HypervisorFailed, StateError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.exec import ssh_target
 from lkctl.runtime.hyperkit import console_file
@@ -17,7 +18,7 @@ from lkctl.runtime.ports import check_ports
 from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE, QMP_SOCKET
 from lkctl.runtime.start import StartPlan, load_daemons, start_processes, wait_ready
 from lkctl.runtime.state import VmRecord
-from lkctl.runtime.stop import kill_helpers, signal_vm, stop_vm, wait_gone
+from lkctl.runtime.stop import kill_helpers, signal_vm, stop_vm, terminate_vm, wait_gone
 
 __all__ = [
     "VmInspection",
@@ -101,9 +102,28 @@ def remove_vm(record: VmRecord, *, force: bool = False, stop_timeout: float | No
         if not force:
             raise ConfigError(f"VM {record.name} is running; stop it first or use --force")
         stop_vm(record, timeout=stop_timeout)
+    elif not force:
+        _refuse_if_starting(record)
     kill_helpers(record)
     with state.vms_lock():
+        current = None
+        if not record.problem:
+            with contextlib.suppress(StateError):
+                current = state.load_record(record.dir)
+        if current is not None and not force:  # a vm.start of it may have begun since it was looked at
+            if state.vm_status(current) == "running":
+                raise ConfigError(f"VM {record.name} was started meanwhile; stop it first or use --force")
+            _refuse_if_starting(current)
         state.remove_record(record)
+
+
+def _refuse_if_starting(record: VmRecord) -> None:
+    """A VM whose record a live lkctl (vm.run, vm.start, vm.restart) is starting is not removed under it: that
+    lkctl would go on writing into a removed dir, or leave a QEMU no command lists."""
+    if state.being_created(record):
+        raise ConfigError(
+            f"VM {record.name} is being started by lkctl process {record.creator[0]}; wait for it, or vm.rm --force"
+        )
 
 
 def prune_vms() -> list[VmRecord]:
@@ -113,6 +133,7 @@ def prune_vms() -> list[VmRecord]:
     from lkctl.paths import state_dir
 
     reclaim(state_dir() / "staging", "keys-")
+    reclaim(state.vms_dir(), state.REMOVING)  # removals that were killed half-way
     removed = []
     with state.vms_lock():
         for r in state.all_records():
@@ -166,15 +187,33 @@ def restart_vm(record: VmRecord, *, stop_timeout: float | None = None, ready_tim
     argv = list(record.argv)
     if "-daemonize" not in argv:
         argv.append("-daemonize")
-    (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
+    with state.state_writes():
+        (record.dir / CONSOLE_LOG).unlink(missing_ok=True)
     plan = StartPlan(tuple(argv), daemons)
     try:
         record, _ = start_processes(dataclasses.replace(record, exit_reason=""), plan)
-    except HypervisorFailed as e:
-        raise VmError(str(e).replace("failed to start", "failed to restart")) from None
-    if record.ssh_port:  # a VM with --network none has no SSH to wait for
-        record = wait_ready(record, ready_timeout)
+        if record.ssh_port:  # a VM with --network none has no SSH to wait for
+            record = wait_ready(record, ready_timeout)
+    except BaseException as e:
+        _start_failed(record, e)
+        if isinstance(e, HypervisorFailed):
+            raise VmError(str(e).replace("failed to start", "failed to restart")) from None
+        raise
     return record
+
+
+def _start_failed(record: VmRecord, error: BaseException) -> None:
+    """After a failed (re)start, as after a failed `vm.run`: no QEMU keeps running, and the record says why, so
+    the VM shows `error` and `vm.start` can try again (a record left with no pid read as never started)."""
+    with contextlib.suppress(StateError):
+        latest = state.load_record(record.dir)
+        if latest is None:  # removed meanwhile (vm.rm --force)
+            return
+        if state.is_our_process(latest):
+            terminate_vm(latest)
+        kill_helpers(latest)
+        reason = "interrupted while starting" if isinstance(error, KeyboardInterrupt) else str(error)
+        state.save_record(dataclasses.replace(latest, exit_reason=reason.splitlines()[0] if reason else "failed"))
 
 
 def _split_vm_path(text: str) -> tuple[str, str] | None:

@@ -120,8 +120,8 @@ def parse_network(text: str) -> Network:
 
 def parse_port(text: str) -> PortForward:
     """Parse `[HOST_IP:]HOST:GUEST[/tcp|udp]` (e.g. `8080:80`, `127.0.0.1:5353:53/udp`)."""
-    spec, _, proto = text.partition("/")
-    proto = proto or "tcp"
+    spec, slash, proto = text.partition("/")
+    proto = proto or ("" if slash else "tcp")
     if proto not in ("tcp", "udp"):
         raise ConfigError(f"--port {text}: protocol must be tcp or udp")
     parts = spec.rsplit(":", 2)
@@ -131,9 +131,11 @@ def parse_port(text: str) -> PortForward:
         host_ip, host, guest = parts
         host_ip = host_ip.strip("[]") or "127.0.0.1"
         try:
-            ipaddress.ip_address(host_ip)
+            address = ipaddress.ip_address(host_ip)
         except ValueError:
             raise ConfigError(f"--port {text}: {host_ip!r} is not an IP address") from None
+        if address.version == 6:  # QEMU's user network (7.2) answers `Invalid host forwarding rule` to any
+            raise ConfigError(f"--port {text}: forwards listen on IPv4 addresses only, e.g. 127.0.0.1 or 0.0.0.0")
     else:
         raise ConfigError(f"--port {text}: expected HOST:GUEST, e.g. --port 8080:80")
     try:

@@ -36,14 +36,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _clash(a: PortForward, b: PortForward) -> bool:
+    """Whether QEMU could not bind both: the same port and protocol on the same address, or on any address and
+    0.0.0.0 (which takes the port on every address)."""
+    import ipaddress
+
+    same_port = a.host_port == b.host_port and a.proto == b.proto
+    return same_port and (
+        a.host_ip == b.host_ip or any(ipaddress.ip_address(ip).is_unspecified for ip in (a.host_ip, b.host_ip))
+    )
+
+
 def check_ports(ssh_port: int, ports: Sequence[PortForward]) -> None:
-    """Refuse a host port forwarded twice or already in use (`ssh_port` 0: no SSH forward)."""
-    seen: set[tuple[str, int, str]] = set()
+    """Refuse a host port forwarded twice (also 0.0.0.0:P beside 127.0.0.1:P) or already in use (`ssh_port` 0: no
+    SSH forward)."""
+    seen: list[PortForward] = []
     wanted = [PortForward(ssh_port, 22)] if ssh_port else []
     for p in [*wanted, *ports]:
-        key = (p.host_ip, p.host_port, p.proto)
-        if key in seen:
-            raise ConfigError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is forwarded twice")
-        seen.add(key)
+        other = next((q for q in seen if _clash(p, q)), None)
+        if other is not None:
+            also = "" if other.host_ip == p.host_ip else f" (as {other.host_ip}:{other.host_port} too)"
+            raise ConfigError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is forwarded twice{also}")
+        seen.append(p)
         if not port_free(p.host_ip, p.host_port, p.proto):
             raise ConfigError(f"port {p.host_ip}:{p.host_port}/{p.proto} is already in use; choose another host port")

@@ -25,9 +25,10 @@ from lkctl import proc
 from lkctl.errors import ConfigError, HypervisorFailed, StateError, VmError
 from lkctl.fsutil import atomic_write
 from lkctl.runtime import state
-from lkctl.runtime.console import PANIC_MARKERS, console_bytes, diagnose_not_ready
+from lkctl.runtime.console import PANIC_MARKERS, ConsoleView, console_bytes, diagnose_not_ready
+from lkctl.runtime.hyperkit import CONSOLE_RING, console_file
 from lkctl.runtime.model import VmSpec
-from lkctl.runtime.qemu import PIDFILE
+from lkctl.runtime.qemu import CONSOLE_LOG, PIDFILE
 from lkctl.runtime.state import VmRecord
 from lkctl.runtime.stop import terminate_vm
 
@@ -231,7 +232,9 @@ def start_processes(
     A failure stops what was started, in reverse order, and raises; `HypervisorFailed.output` has QEMU's output.
     """
     _RELEASED[:] = [p for p in _RELEASED if p.poll() is None]
-    record = dataclasses.replace(record, helpers=[], pid=0, pid_start="", boot_id="", argv=list(plan.argv))
+    # creator: while this process starts it, vm.ps/vm.prune/vm.rm leave the record (pid 0: `created`) alone
+    record = dataclasses.replace(record, helpers=[], pid=0, pid_start="", boot_id="", argv=list(plan.argv),
+                                 creator=state.creator_identity())  # fmt: skip
     (record.dir / PIDFILE).unlink(missing_ok=True)  # a stale pidfile must not stand for the new QEMU
     state.save_record(record)
     with contextlib.ExitStack() as stack:
@@ -259,15 +262,18 @@ def wait_ready(
     holder: subprocess.Popen[bytes] | None = None,
 ) -> VmRecord:
     """Start the VM's connection holder and wait until it holds an SSH connection (see lkctl.runtime.readiness);
-    `on_wait` gets the console so far while waiting (progress for people).
+    `on_wait` gets the console so far while waiting (progress for people): its first and last 64 KiB once it is
+    longer (a ConsoleView: a guest that floods its console is not read whole on every tick).
 
     `holder`: one started before the VM (readiness.spawn_holder(after_go=True)), told to go on here.
     Returns the record with the holder in its helpers, so stopping the VM stops the holder too."""
     from lkctl.runtime.readiness import wait_for_holder
 
+    view = ConsoleView(record.dir / CONSOLE_LOG)
+
     def tick() -> None:
-        if on_wait is not None:
-            on_wait(console_bytes(record))
+        if on_wait is not None:  # hyperkit's console is a 64 KiB ring, read whole
+            on_wait(console_bytes(record) if console_file(record.dir).name == CONSOLE_RING else view())
 
     return wait_for_holder(
         record, timeout, panic_markers=PANIC_MARKERS, diagnose=diagnose_not_ready, on_tick=tick, starter=holder

@@ -55,6 +55,7 @@ __all__ = [
     "remove_record",
     "require_running",
     "save_record",
+    "state_writes",
     "vm_status",
     "vms_dir",
     "vms_lock",
@@ -136,11 +137,27 @@ def vms_dir() -> Path:
 
 
 @contextlib.contextmanager
+def state_writes() -> Iterator[None]:
+    """An OSError while writing lkctl's state (a full disk, a read-only or foreign state dir) becomes a StateError
+    that says so, in one line, instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or paths.state_dir()
+        raise StateError(
+            f"cannot write lkctl's VM state at {where}: {e.strerror or e}; free space there or make it writable "
+            "(LKCTL_STATE_DIR or LKCTL_HOME moves it)"
+        ) from None
+
+
+@contextlib.contextmanager
 def vms_lock() -> Iterator[None]:
     """The lock that serialises creating, naming and removing VMs."""
-    private_dir(paths.state_dir())
-    private_dir(vms_dir())
-    with file_lock(vms_dir() / ".lock"):
+    with contextlib.ExitStack() as stack:
+        with state_writes():
+            private_dir(paths.state_dir())
+            private_dir(vms_dir())
+            stack.enter_context(file_lock(vms_dir() / ".lock"))
         yield
 
 
@@ -172,8 +189,9 @@ def check_name_free(name: str, records: list[VmRecord] | None = None) -> None:
 def save_record(record: VmRecord) -> None:
     if record.problem:
         raise StateError(f"VM {record.id}: {record.problem}; its record is left as it is")
-    private_dir(record.dir)
-    atomic_write(record.dir / "vm.json", json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
+    with state_writes():
+        private_dir(record.dir)
+        atomic_write(record.dir / "vm.json", json.dumps(record.to_json(), indent=2) + "\n", mode=0o600)
 
 
 def _adopt_pidfile(record: VmRecord) -> VmRecord:
@@ -292,8 +310,8 @@ def _records_indexed(root: Path, *, with_argv: bool) -> list[VmRecord]:
     changed = False
     with os.scandir(root) as dirs:
         for entry in dirs:
-            if not entry.is_dir():
-                continue  # .lock, the index and its temp files
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue  # .lock, the index and its temp files, what remove_record is deleting
             cached = entries.get(entry.name)
             if isinstance(cached, list) and len(cached) == 4:  # anything else in a damaged index: read vm.json
                 try:
@@ -360,8 +378,27 @@ def _write_index(root: Path, entries: dict[str, list[Any]], argvs: dict[str, lis
             tmp.unlink()
 
 
+REMOVING = ".removing-"  # vms/.removing-p<pid>s<start>.XXXX/<id>: a VM dir being deleted (see remove_record)
+
+
 def remove_record(record: VmRecord) -> None:
-    shutil.rmtree(record.dir, ignore_errors=True)
+    """Forget a VM: its dir is renamed out of the listing in one step, then deleted. A removal that is killed
+    half-way leaves either the whole VM or an owned `.removing-*` dir that the next removal or `vm.prune`
+    reclaims; never a VM dir without its record, which nothing would list or remove again. Best effort (cleanup
+    paths call it): what cannot be renamed is deleted in place."""
+    from lkctl.leftovers import owned_tempdir, reclaim
+
+    reclaim(vms_dir(), REMOVING)
+    try:
+        tomb = owned_tempdir(vms_dir(), REMOVING)
+    except OSError:
+        shutil.rmtree(record.dir, ignore_errors=True)
+        return
+    try:
+        os.rename(record.dir, tomb / record.id)
+    except OSError:
+        shutil.rmtree(record.dir, ignore_errors=True)
+    shutil.rmtree(tomb, ignore_errors=True)
 
 
 def forget_ended(record: VmRecord) -> bool:

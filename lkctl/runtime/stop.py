@@ -11,7 +11,7 @@ import time
 
 from lkctl.errors import VmError
 from lkctl.runtime import state
-from lkctl.runtime.console import READY_MARKER, console_bytes
+from lkctl.runtime.console import READY_MARKER, console_markers
 from lkctl.runtime.qemu import QMP_SOCKET
 from lkctl.runtime.qmp import qmp_command
 from lkctl.runtime.state import VmRecord
@@ -81,7 +81,7 @@ def _stop_qemu(record: VmRecord, timeout: float) -> str:
     # A guest that has not reached init's ready point has no ACPI handler yet and would ignore the power button
     # for the whole timeout: it gets SIGTERM at once. (Images whose init is not lkctl's never print the marker,
     # so they are stopped this way too.)
-    if READY_MARKER in console_bytes(record):
+    if console_markers(record, (READY_MARKER,)):
         try:
             qmp_command(record.dir / QMP_SOCKET, "system_powerdown")
             if wait_gone(record, timeout):

@@ -144,14 +144,19 @@ def _create(
             image_digest=boot_digest(boot),
             creator=state.creator_identity(),  # `vm.ps`/`vm.prune` leave the record alone while we are alive
         )
-        state.save_record(record)  # reserves the name and id under the lock
+        try:
+            state.save_record(record)  # reserves the name and id under the lock
+        except BaseException:  # a full disk: no VM dir without its record is left
+            state.remove_record(record)
+            raise
     try:
-        for f in sorted(keys_from.iterdir()) if keys_from else ():
-            if f.is_file() and not f.name.startswith("."):
-                shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
-        ssh.generate_keys(record.dir)
-        hostname = guest_hostname(opts.hostname, record.name, record.id)
-        write_guest_files(record.dir, hostname, dict(opts.env), explicit_hostname=bool(opts.hostname))
+        with state.state_writes():
+            for f in sorted(keys_from.iterdir()) if keys_from else ():
+                if f.is_file() and not f.name.startswith("."):
+                    shutil.copy2(f, record.dir / f.name)  # generate_keys keeps (and checks) keys that exist
+            ssh.generate_keys(record.dir)
+            hostname = guest_hostname(opts.hostname, record.name, record.id)
+            write_guest_files(record.dir, hostname, dict(opts.env), explicit_hostname=bool(opts.hostname))
     except BaseException:
         state.remove_record(record)
         raise
@@ -242,11 +247,12 @@ def _launch(
         spec = _spec(record, boot, opts, settings, plan, ssh_port, host)
         backend.prepare_files(spec, record.dir, host)
         start = backend.start_plan(spec, backend.argv(spec, host))
-        save_daemons(record.dir, start.daemons)  # restarts start the same daemons
-        if ssh_port:
-            ssh.write_known_hosts(
-                record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
-            )
+        with state.state_writes():
+            save_daemons(record.dir, start.daemons)  # restarts start the same daemons
+            if ssh_port:
+                ssh.write_known_hosts(
+                    record.dir / "known_hosts", "127.0.0.1", ssh_port, record.dir / "ssh_host_ed25519_key.pub"
+                )
         record = dataclasses.replace(record, ssh_port=ssh_port)
         if opts.snapshot and opts.detach and backend.hypervisor == "qemu":  # a warm start, else a cold boot
             from lkctl.runtime import snapshot
@@ -256,8 +262,9 @@ def _launch(
         try:
             return start_processes(record, start, after_start=functools.partial(backend.after_start, spec=spec))
         except HypervisorFailed as e:
-            if "host forwarding rule" in e.output and not opts.ssh_port and attempt < 2:
-                continue  # someone took the free port between our check and QEMU's bind
+            ssh_rule = f"tcp:127.0.0.1:{ssh_port}-:22"
+            if f"host forwarding rule '{ssh_rule}'" in e.output and not opts.ssh_port and attempt < 2:
+                continue  # someone took the free SSH port between our check and QEMU's bind (not another rule)
             raise
     raise AssertionError("unreachable")
 
@@ -378,16 +385,18 @@ def _abandon(record: VmRecord, child: subprocess.Popen[bytes] | None, error: Bas
 
 
 def _foreground(record: VmRecord, child: subprocess.Popen[bytes], out: IO[bytes] | None, settings: Settings) -> int:
-    """Copy the console to `out` until QEMU exits; Ctrl-C powers the guest off gracefully."""
+    """Copy the console to `out` until QEMU exits; Ctrl-C powers the guest off gracefully (status 130), and so does
+    the reader of `out` going away (`vm.run ... | head`: 141, as a pipeline member that SIGPIPE ended): an orderly
+    end, not a failure of the VM."""
     try:
         for chunk in follow_console(record, from_start=True, alive=lambda: child.poll() is None):
             if out is not None:
                 out.write(chunk)
                 out.flush()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError) as e:
         stop_vm(record, timeout=settings.vm.stop_timeout)
         child.wait()
-        return 130
+        return 130 if isinstance(e, KeyboardInterrupt) else 128 + signal.SIGPIPE
     return child.wait()
 
 

@@ -16,6 +16,7 @@ runs get the host's arrival time instead (exact).
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import os
 import re
@@ -52,6 +53,8 @@ _KERNEL_STAMP = re.compile(rb"^\[\s*(\d+)\.(\d+)\]")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 FILTER_KEYS = ("id", "name", "image", "status")
+# every status vm.ps shows: local VMs (state.vm_status) and libvirt ones (libvirt.backend.domain_status)
+STATUSES = ("running", "stopped", "error", "created", "unknown", "paused", "crashed", "missing")
 
 
 # ---- exit status and vm.wait ---------------------------------------------------------------------------------
@@ -233,7 +236,11 @@ def read_console(
     poll: float = 0.1,
 ) -> Iterator[ConsoleLine]:
     """The VM's console as timed lines: the last `tail` lines, only those at or after `since`, then (follow)
-    new lines as they arrive until the VM stops."""
+    new lines as they arrive until the VM stops.
+
+    The console log is streamed in chunks, never read whole: the guest decides how much it prints, and a tail
+    keeps only its last `tail` lines in memory. A last line without its newline yet is printed (whole) only when
+    following, once it completes."""
     from lkctl.runtime.vm import follow_console
 
     if tail is not None and tail < 0:
@@ -242,26 +249,57 @@ def read_console(
     if record.libvirt:  # the console file is on the VM's libvirt host, read through libvirt
         from lkctl.runtime.libvirt.vms import console_chunks
 
-        existing = b"".join(console_chunks(record))
-    else:  # console.log, or hyperkit's console ring
-        from lkctl.runtime.hyperkit import read_console as read_console_file
-
-        existing = read_console_file(record.dir)
-    lines = list(stamp_lines(_split_lines([existing]), boot))
-    if existing and not existing.endswith(b"\n") and lines:
-        lines.pop()  # a partial last line: printed whole when following, after it completes
-        existing = existing[: existing.rfind(b"\n") + 1]
+        chunks: Iterable[bytes] = [b"".join(console_chunks(record))]
+    else:  # console.log, or hyperkit's console ring (64 KiB)
+        chunks = _console_chunks(record.dir)
+    done = [0]  # bytes of the whole lines read so far: following resumes after them
+    lines: Iterable[ConsoleLine] = stamp_lines(_whole_lines(chunks, done), boot)
     if since is not None:
-        lines = [ln for ln in lines if ln.time is None or ln.time >= since]
+        lines = (ln for ln in lines if ln.time is None or ln.time >= since)
     if tail is not None:
-        lines = lines[-tail:] if tail else []
+        lines = collections.deque(lines, maxlen=tail) if tail else _drained(lines)
     yield from lines
     if not follow:
         return
-    chunks = follow_console(record, from_start=True, poll=poll)
-    skip = len(existing)
-    for line in _split_lines(_skip_bytes(chunks, skip)):
+    for line in _split_lines(_skip_bytes(follow_console(record, from_start=True, poll=poll), done[0])):
         yield ConsoleLine(line, datetime.now(UTC), True)
+
+
+def _console_chunks(vm_dir: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    """The console as it is now, in chunks (up to its size when opened: a growing log is for --follow)."""
+    from lkctl.runtime.hyperkit import CONSOLE_RING, console_file, read_console_ring
+
+    path = console_file(vm_dir)
+    if path.name == CONSOLE_RING:
+        yield read_console_ring(path)
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; a VM that never started has none)
+    except FileNotFoundError:
+        return
+    with f:
+        left = os.fstat(f.fileno()).st_size
+        while left > 0 and (chunk := f.read(min(size, left))):
+            left -= len(chunk)
+            yield chunk
+
+
+def _whole_lines(chunks: Iterable[bytes], done: list[int]) -> Iterator[bytes]:
+    """Complete lines (with their newline) from `chunks`; `done[0]` counts their bytes. A last partial line is
+    left out."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            done[0] += len(line) + 1
+            yield line + b"\n"
+
+
+def _drained(lines: Iterable[ConsoleLine]) -> list[ConsoleLine]:
+    """`--tail 0`: nothing printed, but the lines are read, so following starts after them."""
+    collections.deque(lines, maxlen=0)
+    return []
 
 
 def _skip_bytes(chunks: Iterable[bytes], count: int) -> Iterator[bytes]:
@@ -290,7 +328,10 @@ def parse_filters(items: Sequence[str]) -> dict[str, list[str]]:
                     f"--filter {part!r}: expected KEY=VALUE with KEY one of {', '.join(FILTER_KEYS)} "
                     "(e.g. --filter status=running,name=web)"
                 )
-            out.setdefault(key, []).append(value.strip())
+            value = value.strip()
+            if key == "status" and value not in STATUSES and not any(c in value for c in "*?["):
+                raise ConfigError(f"--filter status={value}: no VM has that status; use one of {', '.join(STATUSES)}")
+            out.setdefault(key, []).append(value)
     return out
 
 

@@ -410,11 +410,12 @@ def exec_(
 
 @task(help={"vm": _VMS_HELP, "timeout": "seconds to wait for SSH after the boot (default 180)"})
 @adapt
-def start(c: Context, vm: str, timeout: int = 0) -> None:
+def start(c: Context, vm: str, timeout: str | float = "") -> None:
     """Boot stopped VMs again (same name, keys, ports, volumes, disks, environment)."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.control import start_vm
 
-    ready = float(timeout) or settings_from(c).vm.ready_timeout
+    ready = (parse_timeout(timeout) if timeout else 0.0) or settings_from(c).vm.ready_timeout
 
     def one(record: VmRecord) -> None:
         start_vm(record, ready_timeout=ready)
@@ -425,12 +426,14 @@ def start(c: Context, vm: str, timeout: int = 0) -> None:
 
 @task(help={"vm": "VM ID, name or unique ID prefix", "timeout": "give up after this many seconds (default: never)"})
 @adapt
-def wait(c: Context, vm: str, timeout: int = 0) -> int:
+def wait(c: Context, vm: str, timeout: str | float = "") -> int:
     """Block until a VM stops; print and exit with its status (0 = clean power-off, 137 = killed/crashed)."""
+    from lkctl.flags import parse_timeout
     from lkctl.runtime.state import find_vm
     from lkctl.runtime.watch import wait_vm
 
-    status = wait_vm(find_vm(vm), timeout=float(timeout) if timeout else None)
+    seconds = parse_timeout(timeout) if timeout else 0.0
+    status = wait_vm(find_vm(vm), timeout=seconds or None)
     print(status)
     if status:
         raise Exit(code=status)

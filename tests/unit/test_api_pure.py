@@ -104,7 +104,8 @@ def test_ps_filters_are_anded_across_keys_and_ored_within_one() -> None:
     assert pick("status=running", "status=stopped") == ["aa11", "bb22", "cc33"]
     assert pick("name=web-?", "image=dev") == ["bb22"]
     assert pick("id=cc") == ["cc33"]
-    assert pick("status=run") == []  # status is exact
+    with pytest.raises(ConfigError, match="no VM has that status"):  # status is exact: a prefix is no status
+        pick("status=run")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_filters(["colour=red"])
 

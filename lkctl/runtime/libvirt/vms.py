@@ -298,7 +298,9 @@ def _wait_ready(
 
 
 def _tail(console: bytes, lines: int = 15) -> str:
-    text = console.decode(errors="replace").replace("\r", "")
+    from lkctl.runtime.untrusted import printable  # the guest's bytes in lkctl's message: no raw control sequences
+
+    text = printable(console.decode(errors="replace").replace("\r", ""))
     return "last console lines:\n" + "\n".join(text.splitlines()[-lines:]) if text.strip() else "(no console output)"
 
 

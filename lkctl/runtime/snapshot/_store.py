@@ -178,9 +178,12 @@ def _die_with_parent() -> None:
 
 
 def _console_tail(path: Path) -> str:
+    """The file's last lines for an error message: the template guest's console, control sequences escaped."""
+    from lkctl.runtime.untrusted import printable
+
     with contextlib.suppress(OSError), open(path, "rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - 2048))
-        return "\n".join(f.read().decode(errors="replace").replace("\r", "").splitlines()[-8:])
+        return printable("\n".join(f.read().decode(errors="replace").replace("\r", "").splitlines()[-8:]))
     return ""
 
 
