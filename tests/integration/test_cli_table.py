@@ -135,6 +135,8 @@ def test_a_missing_positional_and_a_bad_number_are_one_line_each(capsys: pytest.
     code, _, err = lkctl(capsys, "vm.run", "--memory", "lots")
     assert code == 2 and err.startswith("lkctl: --memory 'lots': expected a number") and err.count("\n") == 1
     code, _, err = lkctl(capsys, "vm.start", "x", "--timeout", "lots")
+    assert code == 2 and err == "lkctl: --timeout 'lots': expected a number of seconds, e.g. 180\n"
+    code, _, err = lkctl(capsys, "dev.boot", "--cpus", "lots")  # an INT option invoke itself casts
     assert code == 2 and err == "lkctl: 'lots' is not a whole number (lkctl TASK --help shows each option's type)\n"
 
 
