@@ -174,6 +174,7 @@ class LkProgram(Program):
             raise Exit
 
     def parse_tasks(self) -> None:
+        self._check_follow_habit()
         try:
             super().parse_tasks()
         except ParseError as e:
@@ -186,6 +187,19 @@ class LkProgram(Program):
             msg = f"lkctl: {what} ({self.binary} TASK --help shows each option's type)"
             raise Exit(msg, code=USAGE_ERROR) from None
         self._check_repeatable_flags()
+
+    def _check_follow_habit(self) -> None:
+        """`vm.logs -f NAME` (docker's follow): -f is lkctl's config file option, so say how to follow instead of
+        what invoke would make of it."""
+        words = list(self.core.unparsed)
+        words = words[: words.index("--")] if "--" in words else words
+        if len(words) > 1 and "-f" in words[1:]:
+            ctx = self._contexts().get(words[0])
+            if ctx is not None and "follow" in ctx.args:
+                raise Exit(
+                    f"lkctl: {words[0]}: -f is lkctl's config file option (lkctl -f FILE TASK); follow with --follow",
+                    code=_OWN_FAILURE.get(words[0], USAGE_ERROR),
+                )
 
     def _check_repeatable_flags(self) -> None:
         """A repeatable option (`--port`, `--var`...) with no value after it: invoke takes it as given no times, so

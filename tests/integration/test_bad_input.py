@@ -124,6 +124,7 @@ CASES: list[tuple[list[str], str]] = [
     (["template.render", "minimal", "--var", "X"], "--var 'X': expected NAME=VALUE"),
     (["template.render", "minimal", "--var"], "template.render: --var needs a value"),
     (["vm.ps", "--filter"], "vm.ps: --filter needs a value"),
+    (["vm.logs", "-f", "web"], "lkctl: vm.logs: -f is lkctl's config file option (lkctl -f FILE TASK); follow with"),
     # the core options
     (["--list", "--list-depth", "x"], "lkctl: --list-depth takes a whole number"),
     (["--list", "nosuch"], "lkctl: no task collection 'nosuch' (collections: dev, image, template, vm)"),
