@@ -37,7 +37,13 @@ def file_identity(path: str | os.PathLike[str], *, follow: bool = False) -> list
 def private_dir(path: Path) -> Path:
     """Create `path` (and parents) and make sure the leaf is 0700. An existing world-writable dir (/tmp, /dev/shm:
     LKCTL_STATE_DIR or LKCTL_CACHE_DIR pointed at one) is refused, never made 0700 under everyone else using it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:  # a file on the way (LKCTL_HOME=/etc/passwd), a read-only or pseudo file system
+        from lkctl.errors import StateError
+
+        why = unmakeable_dir(path) or e.strerror or str(e)
+        raise StateError(f"cannot make lkctl's directory {path}: {why} (LKCTL_HOME chooses where they go)") from None
     mode = path.stat().st_mode
     if mode & 0o002:
         from lkctl.errors import ConfigError

@@ -256,3 +256,20 @@ def test_a_run_without_an_image_says_only_that(lkctl_home: Path, tmp_path: Path)
     assert proc.stderr.splitlines() == [
         "lkctl: no image given: use --image NAME (a template such as minimal, an installed image or a file)"
     ]
+
+
+@pytest.mark.parametrize("args", [["image.ls"], ["image.build", "minimal"], ["vm.run", "--image=minimal", "-d"]])
+def test_an_lkctl_home_that_cannot_be_a_directory_is_one_line(args: list[str], tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(blocker / "lk"), HOME=str(tmp_path))
+    proc = subprocess.run([LKCTL, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith(PROGRESS)]
+    assert lines == [
+        f"lkctl: cannot make lkctl's directory {blocker}/lk/cache: {blocker} is not a directory (LKCTL_HOME chooses "
+        "where they go)"
+    ]
+    assert blocker.read_text() == "not a directory\n"
