@@ -228,6 +228,11 @@ def _already(dl: Download) -> InstalledImage | None:
     return current
 
 
+def _by_source(source: str, message: str) -> str:
+    """`message` said as `source`'s (most of a source's errors already begin with its name)."""
+    return message if message.startswith(f"{source}: ") else f"{source}: {message}"
+
+
 def pull_image(
     name: str,
     version: str | None = None,
@@ -254,10 +259,10 @@ def pull_image(
             image, downloaded = _install(src, dl, reporter, platform=platform, force=force)
             return PullResult(image, src.name, downloaded, tuple(skipped))
         except SourceNotFound as e:
-            skipped.append(f"{src.name}: {e.message}")
+            skipped.append(_by_source(src.name, e.message))
         except ImageError as e:
             not_found = False
-            skipped.append(f"{src.name}: {e.message}")
+            skipped.append(_by_source(src.name, e.message))
     what = f"{name}:{version}" if version else name
     if not skipped:
         raise ImageError(f"cannot pull {what}: no image source to try")

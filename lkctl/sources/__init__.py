@@ -215,6 +215,11 @@ def build_source(name: str, settings: SourcesSettings) -> Source:
     """The source called `name`, configured from `settings`."""
     from lkctl.http.client import RetryPolicy
 
+    if not 0 < settings.timeout <= 3600:
+        raise ConfigError(f"lkctl.sources.timeout {settings.timeout:g}: give seconds from more than 0 up to 3600")
+    for key, urls in (("cdn_url", _split_list(settings.cdn_url)), ("github_api", [settings.github_api])):
+        if bad := [u for u in urls if not re.match(r"https?://[^/\s]", u)]:
+            raise ConfigError(f"lkctl.sources.{key}: {bad[0]!r} is not an http:// or https:// URL")
     retry = RetryPolicy(attempts=max(1, settings.retries))
     if name == "cdn":
         from lkctl.sources.cdn import CdnSource

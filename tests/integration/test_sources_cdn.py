@@ -351,3 +351,27 @@ def test_a_version_with_control_characters_is_refused(cdn: Callable[..., CdnSour
     (server.root / "core-dev" / "index.json").write_text(json.dumps({"latest": "1.0.0\x1b]0;pwned\x07"}))
     with pytest.raises(ImageError, match="refusing core-dev's version"):
         pull_image("core-dev", sources=[cdn(server.url)], platform=AMD64)
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"LKCTL_SOURCES_TIMEOUT": "-1"}, "lkctl.sources.timeout -1: give seconds from more than 0 up to 3600"),
+        ({"LKCTL_SOURCES_TIMEOUT": "0"}, "lkctl.sources.timeout 0: give seconds"),
+        ({"LKCTL_SOURCES_CDN_URL": "cdn.example.org/images"}, "'cdn.example.org/images' is not an http:// or"),
+        ({"LKCTL_SOURCES_CDN_URL": "ftp://x/y"}, "lkctl.sources.cdn_url: 'ftp://x/y' is not an http:// or https://"),
+    ],
+)
+def test_source_settings_that_cannot_work_are_one_line(lkctl_home: Path, setting: dict[str, str], said: str) -> None:
+    env = lkctl_env(lkctl_home, **{"LKCTL_SOURCES_CDN_URL": "http://127.0.0.1:9", **setting})
+    done = lkctl("image.pull", "core-dev", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("lkctl: ") and said in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_sources_error_names_its_source_once(lkctl_home: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = lkctl("image.pull", "core-dev", env=lkctl_env(lkctl_home, LKCTL_SOURCES_CDN_URL=f"http://127.0.0.1:{port}",
+                                                         LKCTL_SOURCES_RETRIES="1"))  # fmt: skip
+    assert done.returncode == 1 and "for linux/amd64: cdn: cannot fetch core-dev/index.json" in done.stderr
+    assert "cdn: cdn:" not in done.stderr
