@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -153,6 +154,16 @@ def _coerce(section: str, name: str, value: Any, default: Any, origin: str) -> A
         raise ConfigError(f"{origin}: lkctl.{section}.{name} must be {kind}, got {value!r}") from None
 
 
+def _check_seconds(section: str, name: str, value: Any, origin: str) -> None:
+    """A `*timeout` setting is a finite number of seconds, above 0 (stop_timeout: 0 or more, SIGTERM at once)."""
+    if not name.endswith("timeout"):
+        return
+    least_ok = value >= 0 if name == "stop_timeout" else value > 0
+    if not (math.isfinite(value) and least_ok):
+        what = "a number of seconds, 0 or more" if name == "stop_timeout" else "a number of seconds above 0"
+        raise ConfigError(f"{origin}: lkctl.{section}.{name} must be {what}, got {value:g}")
+
+
 def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Settings from an invoke config mapping (its `lkctl` key) and the environment, over the code defaults."""
     env = os.environ if env is None else env
@@ -178,9 +189,11 @@ def load_settings(config: Mapping[str, Any] | None = None, env: Mapping[str, str
             value = default
             if f.name in given and given[f.name] is not None:
                 value = _coerce(sec_field.name, f.name, given[f.name], default, "config")
+                _check_seconds(sec_field.name, f.name, value, "config")
             env_name = f"LKCTL_{sec_field.name}_{f.name}".upper()
             if env.get(env_name):
                 value = _coerce(sec_field.name, f.name, env[env_name], default, f"environment {env_name}")
+                _check_seconds(sec_field.name, f.name, value, f"environment {env_name}")
             values[f.name] = value
         sections[sec_field.name] = type(sec_default)(**values)
     return Settings(**sections)

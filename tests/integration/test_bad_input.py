@@ -273,3 +273,15 @@ def test_an_lkctl_home_that_cannot_be_a_directory_is_one_line(args: list[str], t
         "where they go)"
     ]
     assert blocker.read_text() == "not a directory\n"
+
+
+def test_a_ready_timeout_setting_below_zero_makes_no_vm(lkctl_home: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path), LKCTL_VM_READY_TIMEOUT="-1")
+    proc = subprocess.run([LKCTL, "vm.run", "--image=minimal", "-d"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr == (
+        "lkctl: environment LKCTL_VM_READY_TIMEOUT: lkctl.vm.ready_timeout must be a number of seconds above 0, "
+        "got -1\n"
+    )
+    assert not list(lkctl_home.glob("state/vms/*"))

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from lkctl.errors import ConfigError
@@ -29,3 +31,25 @@ def test_wrong_type_is_named_with_its_origin() -> None:
 
 def test_invoke_defaults_round_trip() -> None:
     assert load_settings(invoke_defaults(), env={}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"LKCTL_VM_READY_TIMEOUT": "-1"}, "lkctl.vm.ready_timeout must be a number of seconds above 0, got -1"),
+        ({"LKCTL_VM_READY_TIMEOUT": "0"}, "lkctl.vm.ready_timeout must be a number of seconds above 0, got 0"),
+        ({"LKCTL_VM_READY_TIMEOUT": "inf"}, "got inf"),
+        ({"LKCTL_VM_READY_TIMEOUT": "nan"}, "got nan"),
+        ({"LKCTL_VM_STOP_TIMEOUT": "-2"}, "lkctl.vm.stop_timeout must be a number of seconds, 0 or more, got -2"),
+        ({"LKCTL_SOURCES_TIMEOUT": "0"}, "environment LKCTL_SOURCES_TIMEOUT: lkctl.sources.timeout must be"),
+    ],
+)
+def test_a_timeout_that_cannot_be_waited_is_refused(env: dict[str, str], said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings({}, env=env)
+
+
+def test_a_timeout_from_config_is_checked_too_and_a_stop_timeout_of_0_is_allowed() -> None:
+    with pytest.raises(ConfigError, match=r"^config: lkctl\.vm\.ready_timeout"):
+        load_settings({"lkctl": {"vm": {"ready_timeout": -5}}}, env={})
+    assert load_settings({"lkctl": {"vm": {"stop_timeout": 0}}}, env={}).vm.stop_timeout == 0
