@@ -101,12 +101,12 @@ def parse_timeout(text: str | float, *, what: str = "--timeout") -> float:
     return seconds
 
 
-def parse_arch(text: str) -> str:
+def parse_arch(text: str, *, what: str = "--arch") -> str:
     """The OCI name (amd64, arm64, riscv64) of an architecture lkctl knows; anything else is refused."""
     arch = ARCHES.get(text.strip().lower())
     if arch is None:
         known = ", ".join(sorted(set(ARCHES.values())))
-        raise ConfigError(f"--arch {text!r}: unknown architecture; use one of {known}")
+        raise ConfigError(f"{what} {text!r}: unknown architecture; use one of {known}")
     return arch
 
 

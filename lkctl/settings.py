@@ -54,7 +54,7 @@ class VmSettings:
 class BuildSettings:
     """How images are built."""
 
-    arch: str = "amd64"
+    arch: str = ""  # what image.build builds for without --arch; "" = this machine's architecture
 
 
 @dataclass(frozen=True)

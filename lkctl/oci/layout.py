@@ -403,5 +403,8 @@ class Store:
             digest = chosen["digest"]
             doc = self.read_json(digest)
         config = self.read_json(doc["config"]["digest"])
+        made_for = (config.get("os") or os_name, config.get("architecture") or arch)
+        if made_for != (os_name, arch):  # a single-platform image of another machine: not silently used instead
+            raise ImageError(f"image {ref_s} is for {made_for[0]}/{made_for[1]} only, not {os_name}/{arch}")
         layers = tuple(Descriptor.from_json(layer) for layer in doc.get("layers", []))
         return Image(ref=ref_s, manifest_digest=digest, manifest=doc, config=config, layers=layers)

@@ -33,7 +33,7 @@ __all__ = ["base", "build", "export", "import_", "ls", "prune", "pull", "push", 
         "format": "output format, repeatable or comma-separated (default kernel+initrd): "
         "kernel+initrd tar iso-bios iso-efi raw-bios raw-efi qcow2-bios vmdk",
         "size": "disk size for raw-*, qcow2-bios and vmdk, e.g. 2G (default: as needed; qcow2-bios/vmdk 1024M)",
-        "arch": "build for this architecture (amd64, arm64; default this machine's)",
+        "arch": "build for this architecture (amd64, arm64; default lkctl.build.arch, else this machine's)",
         "pull": "missing (default: pull images the store lacks) | always | never",
         "decompress_kernel": "write the kernel uncompressed (vmlinux), as linuxkit --decompress-kernel",
     },
@@ -58,19 +58,27 @@ def build(
     from lkctl.templates import inputs_from_settings
 
     formats = [f.strip() for item in format or [] for f in item.split(",") if f.strip()] or ["kernel+initrd"]
+    settings = settings_from(c)
+    arch_from = "--arch" if arch else "lkctl.build.arch"
+    arch = arch or settings.build.arch
     if size or arch:
         from lkctl.flags import parse_arch, parse_size  # not imported when not needed: see lkctl.build.receipt
 
+    arch = parse_arch(arch, what=arch_from) if arch else ""
+    if arch and arch_from != "--arch":
+        from lkctl.build import host_arch
+
+        arch = "" if arch == host_arch() else arch  # this machine's: the build --image makes and finds
     options = BuildOptions(
         formats=tuple(formats),
         size=parse_size(size, what="--size") if size else None,
-        arch=parse_arch(arch) if arch else None,
+        arch=arch or None,
         pull=pull,
         decompress_kernel=decompress_kernel,
     )
     extra = [Path(f) for f in file or []]
     out_dir = Path(out) if out else None
-    inputs = inputs_from_settings(settings_from(c).templates, parse_vars(var))  # as vm.run --image takes them
+    inputs = inputs_from_settings(settings.templates, parse_vars(var))  # as vm.run --image takes them
     from lkctl.progress import Ticker
 
     with Ticker(f"building {source}"):

@@ -285,3 +285,25 @@ def test_a_ready_timeout_setting_below_zero_makes_no_vm(lkctl_home: Path, tmp_pa
         "got -1\n"
     )
     assert not list(lkctl_home.glob("state/vms/*"))
+
+
+def test_the_build_arch_setting_is_image_builds_default_arch(lkctl_home: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+    env.update(LKCTL_HOME=str(lkctl_home), HOME=str(tmp_path))
+
+    def build(arch: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([LKCTL, "image.build", "minimal", "--out", str(tmp_path / "out")], cwd=tmp_path,
+                              env={**env, "LKCTL_BUILD_ARCH": arch}, capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+
+    bad = build("sparc")
+    assert (bad.returncode, bad.stderr) == (
+        2, "lkctl: lkctl.build.arch 'sparc': unknown architecture; use one of amd64, arm64, riscv64\n"
+    )  # fmt: skip
+    other = build("riscv64")  # lkctl's base images are made for this machine only: refused, not built for it
+    from lkctl.build import host_arch
+
+    assert other.returncode == 1 and other.stderr.splitlines()[-1] == (
+        f"lkctl: image lkctl.local/kernel:latest is for linux/{host_arch()} only, not linux/riscv64"
+    )
+    assert not (tmp_path / "out").exists()

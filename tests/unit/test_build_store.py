@@ -72,3 +72,12 @@ def test_index_json_names_images_the_way_linuxkit_cache_does(store: Store) -> No
     assert [m["annotations"][REF_ANNOTATION] for m in index["manifests"]] == ["docker.io/library/alpine"]
     assert json.loads((store.root / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
     assert store.lookup("docker.io/library/alpine") is not None and store.lookup("alpine:latest") is None
+
+
+def test_a_single_platform_image_of_another_architecture_is_not_used_instead(store: Store) -> None:
+    add_image(store, "lkctl.local/kernel:latest", [[file("k", b"x86")]], architecture="amd64")
+    assert store.resolve("lkctl.local/kernel:latest", arch="amd64").config["architecture"] == "amd64"
+    with pytest.raises(ImageError, match=r"lkctl.local/kernel:latest is for linux/amd64 only, not linux/arm64"):
+        store.resolve("lkctl.local/kernel:latest", arch="arm64")
+    index = add_index(store, "lkctl.test/multi:1", {"amd64": [[file("a", b"1")]], "arm64": [[file("a", b"2")]]})
+    assert index and store.resolve("lkctl.test/multi:1", arch="arm64").config["architecture"] == "arm64"
