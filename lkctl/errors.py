@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lkctl.runtime.untrusted import printable
+
 if TYPE_CHECKING:
     from lkctl.api import ExecResult
 
@@ -42,7 +44,9 @@ class LkError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str, *, exit_code: int | None = None) -> None:
-        super().__init__(message)
+        # messages quote what servers, guests and files say (a registry's error text, a version, a file name):
+        # their control characters are shown escaped, never sent to the user's terminal as they are
+        super().__init__(printable(message))
         if exit_code is not None:
             self.exit_code = exit_code
 
@@ -151,8 +155,6 @@ class ExecFailed(VmError):
     """`exec(..., check=True)` of a command that exited non-zero; `.result` holds its output."""
 
     def __init__(self, argv: Sequence[str], result: ExecResult) -> None:
-        from lkctl.runtime.untrusted import printable  # the guest's stderr: no raw control sequences in a message
-
         tail = printable(result.stderr.decode(errors="replace")).strip().splitlines()
         super().__init__(
             f"{' '.join(argv)!r} exited {result.exit_code}" + (f": {tail[-1]}" if tail else ""),

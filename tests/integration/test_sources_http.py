@@ -247,3 +247,34 @@ def test_a_body_past_the_expected_size_is_refused_and_discarded(tmp_path: Path) 
         with pytest.raises(DownloadError, match=f"sent more than the {len(DATA)} bytes expected; download discarded"):
             download([url], tmp_path / "f", sha256=SHA, size=len(DATA), client=client, retry=policy([]))
     assert [p.name for p in tmp_path.iterdir()] == [".f.lock"]  # no .part of 64 MiB kept, no final file
+
+
+class HostileRegistry(QuietHandler):
+    """A registry whose error message would retitle the terminal and write the clipboard (OSC 0, OSC 52)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        import json
+
+        body = json.dumps({"errors": [{"code": "DENIED", "message": "\x1b]0;pwned\x07\x1b]52;c;ZWNobyBoaQ==\x07no"}]})
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+
+def test_a_servers_control_characters_reach_the_terminal_escaped(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with serve_http(HostileRegistry) as server:
+        ref = f"127.0.0.1:{server.server_address[1]}/x:1"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LKCTL_")}
+        env.update(LKCTL_HOME=str(tmp_path), LKCTL_SOURCES_RETRIES="1")
+        lkctl = str(Path(sys.executable).parent / "lkctl")
+        done = subprocess.run([lkctl, "image.pull", "--oci", ref], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1 and b"\x1b" not in done.stderr and b"\x07" not in done.stderr
+    assert b"DENIED: \\x1b]0;pwned\\x07\\x1b]52;c;ZWNobyBoaQ==\\x07no" in done.stderr
