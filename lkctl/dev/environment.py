@@ -28,7 +28,7 @@ from lkctl.dev.command import (
 )
 from lkctl.dev.gocache import GO_ENV
 from lkctl.dev.image import installed_dev_image
-from lkctl.dev.project import GUEST_APP, Project
+from lkctl.dev.project import GUEST_APP, Project, check_shareable
 from lkctl.errors import ConfigError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
@@ -131,6 +131,7 @@ def boot_dev(
     from lkctl.runtime.model import Volume
     from lkctl.runtime.vm import RunOptions
 
+    check_shareable(project)  # before anything is installed, booted or started again with the project shared
     image = installed_dev_image()
     if image is None:  # first use: get it as dev.install would (pulled if a source has it, else built here)
         from lkctl.dev.image import install_dev_image
