@@ -162,7 +162,7 @@ def boot_dev(
     else:
         from lkctl.dev.share import choose_share
 
-        share = choose_share(settings.dev.share)
+        share = choose_share(settings.dev.share, project.root)
         run = RunOptions(
             name=project.vm_name,
             memory=opts.memory or settings.dev.memory,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,31 @@ def test_dev_boot_in_the_home_directory_refuses_before_installing_or_booting(tmp
         "run dev.* in a project's own directory (the root of a git repository is the project)"
     )
     assert not (tmp_path / "lk" / "state").exists() and not (tmp_path / "lk" / "data").exists()
+
+
+@pytest.mark.parametrize("name", ["my,app", "back\\slash", "a, b\\,c"])
+def test_virtiofsd_serves_a_project_whose_path_has_commas_or_backslashes(tmp_path: Path, name: str) -> None:
+    # FUSE's -o syntax splits at commas: `source=/x/my,app` was `source=/x/my` plus an option `app`, and virtiofsd
+    # exited "failed to stat source" (dev.boot of such a project over virtiofs could not start)
+    from lkctl.runtime.disks import find_virtiofsd, virtiofsd_argv
+    from lkctl.runtime.model import BootImage, ImageFormat, VmSpec, Volume, volume_mounts
+
+    binary = find_virtiofsd()
+    if binary is None or os.geteuid() != 0:
+        pytest.skip("needs virtiofsd, which runs as root only")
+    project = tmp_path / name
+    project.mkdir()
+    spec = VmSpec("0a1b2c3d", BootImage(ImageFormat.ISO, Path("/i.iso")), virtiofs=True,
+                  volumes=(Volume(project, "/app"),))  # fmt: skip
+    (mount,) = volume_mounts(spec)
+    argv = virtiofsd_argv(binary, mount)
+    with subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as daemon:
+        try:
+            deadline = time.monotonic() + 30
+            while daemon.poll() is None and not (tmp_path / mount.socket).exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert daemon.poll() is None, daemon.stderr.read().decode() if daemon.stderr else ""
+            assert (tmp_path / mount.socket).is_socket()  # it found its source and waits for QEMU
+        finally:
+            daemon.kill()
+            daemon.wait()
