@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,12 +30,17 @@ def console_bytes(record: VmRecord) -> bytes:
     return read_console(record.dir)
 
 
+def _shown(text: str) -> str:
+    """Control characters (terminal escape sequences: the guest writes its console) as visible \\xNN."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def console_tail(record: VmRecord, lines: int = 20) -> str:
-    """The console's last `lines` lines, as text."""
+    """The console's last `lines` lines, as text for a terminal (no control characters but tabs)."""
     path = console_file(record.dir)
     if path.name == CONSOLE_RING:
         text = read_console_ring(path).decode(errors="replace").replace("\r", "")
-        return "\n".join(text.splitlines()[-lines:])
+        return _shown("\n".join(text.splitlines()[-lines:]))
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -43,7 +49,7 @@ def console_tail(record: VmRecord, lines: int = 20) -> str:
     except FileNotFoundError:
         return ""
     text = data.decode(errors="replace").replace("\r", "")
-    return "\n".join(text.splitlines()[-lines:])
+    return _shown("\n".join(text.splitlines()[-lines:]))
 
 
 def diagnose_not_ready(record: VmRecord, why: str) -> str:

@@ -159,3 +159,26 @@ def test_a_test_yaml_that_is_no_small_text_file_is_one_line(tmp_path: Path, make
     path.parent.mkdir()
     make(path)  # type: ignore[operator]
     assert _in_child("load_test_config(root)", tmp_path) == f"ConfigError: {path}: {message}"
+
+
+# --- what the guest prints ----------------------------------------------------------------------------------
+
+
+def test_a_boot_failure_shows_the_guest_console_without_its_terminal_escape_sequences(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # dev.boot of a VM whose guest broke its sshd ends in this message, printed to the user's terminal: the guest
+    # chose those bytes (here: OSC 52, which some terminals turn into a clipboard write, and a screen clear)
+    from lkctl.runtime.console import diagnose_not_ready
+    from lkctl.runtime.state import VmRecord
+
+    monkeypatch.setenv("LKCTL_STATE_DIR", str(tmp_path))
+    record = VmRecord(id="0badc0de", name="dev-x", image="lkctl-dev", image_format="kernel+initrd", created="",
+                      memory=1024, cpus=2, ssh_port=2222)  # fmt: skip
+    record.dir.mkdir(parents=True)
+    (record.dir / "console.log").write_bytes(
+        b"lkctl-init: start\r\n\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2Jok\tdone\xc2\x9b\n"
+    )  # \xc2\x9b: U+009B, CSI
+    message = diagnose_not_ready(record, "ssh did not answer")
+    assert "\x1b" not in message and "\x07" not in message and "\x9b" not in message  # C1 controls too
+    assert message.endswith("lkctl-init: start\n\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2Jok\tdone\\x9b")
