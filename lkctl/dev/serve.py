@@ -18,7 +18,7 @@ from typing import IO
 
 from lkctl.dev.command import app_command, app_path, require_running
 from lkctl.dev.detect import DetectedCommand, detect_serve_command
-from lkctl.dev.forward import add_forward, remove_forward
+from lkctl.dev.forward import add_forward, live_forwards, remove_forward
 from lkctl.dev.project import Project
 from lkctl.errors import ConfigError, VmError
 from lkctl.runtime.model import PortForward
@@ -97,6 +97,33 @@ exit 0
 """
 
 
+# exit 0 when a process of the session recorded in the pidfile is alive (checks as _STOP_SCRIPT's)
+_SERVING_SCRIPT = """\
+s=$(cat "$1" 2>/dev/null) || exit 1
+case $s in ''|*[!0-9]*) exit 1;; esac
+[ "$s" -gt 1 ] || exit 1
+ps -e -o sid= | tr -d ' ' | grep -qx "$s"
+"""
+
+
+def _reclaim_stale_forward(record: VmRecord, forward: PortForward, pidfile: str) -> None:
+    """A dev.serve that was killed (SIGKILL, a crash) left its forward on the VM, so the port looked taken by
+    something else on this host: remove it when no server of that port runs in the guest any more."""
+    from lkctl import ssh
+    from lkctl.runtime.vm import ssh_target
+
+    if forward not in live_forwards(record):
+        return
+    sink = io.BytesIO()
+    argv = ["/bin/sh", "-c", _SERVING_SCRIPT, "lkctl-serve-check", pidfile]
+    if ssh.exec_command(ssh_target(record), argv, stdout=sink, stderr=sink, timeout=60) == 0:
+        raise ConfigError(
+            f"port {forward.host_port} is already served from this dev VM by another dev.serve; stop that one "
+            "(Ctrl-C) or choose another port with --port"
+        )
+    remove_forward(record, forward)
+
+
 def _stop_remote(record: VmRecord, pidfile: str) -> None:
     """Stop the server's session in the guest (the channel's hangup reached it, but a server that ignores SIGHUP,
     or children it spawned, must not outlive dev.serve): SIGTERM, then SIGKILL for whatever is still there after
@@ -146,6 +173,7 @@ def serve_dev(
         if not done.is_set():
             say(f"{url} does not answer yet after {opts.ready_timeout:g}s; the server is still starting or stuck")
 
+    _reclaim_stale_forward(record, forward, pidfile)
     with _forwarded(record, forward):
         say(f"starting {server.command!r} ({server.reason}); forwarding 127.0.0.1:{opts.port} to the VM")
         watcher = threading.Thread(target=announce, daemon=True, name="lkctl-serve-ready")

@@ -121,8 +121,8 @@ def _serve(hostile: Hostile, port: int, command: str) -> subprocess.Popen[bytes]
     )  # fmt: skip
 
 
-def _serve_until_ctrl_c(hostile: Hostile, command: str, page: str, body: bytes) -> None:
-    port = _free_port()
+def _serve_until_ctrl_c(hostile: Hostile, command: str, page: str, body: bytes, port: int = 0) -> None:
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}/"
     with _serve(hostile, port, command) as serve:
         try:
@@ -149,3 +149,17 @@ def test_dev_serve_stop_kills_a_server_that_ignores_sigterm_and_sighup(hostile: 
     _serve_until_ctrl_c(hostile, "python3 stubborn.py", "sub/index.html", b"served-from-sub\n")
     procs = hostile.cli("dev.shell", "--", "ps", "-eo", "args").stdout
     assert "ps -eo args" in procs and "stubborn.py" not in procs, procs
+
+
+def test_dev_serve_after_a_killed_dev_serve_takes_its_port_back(hostile: Hostile) -> None:
+    # a dev.serve killed with SIGKILL leaves its forward on the VM: the next one said "port ... is already in use
+    # on this host; choose another with --port", for as long as the VM ran
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with _serve(hostile, port, "cd sub && exec python3 -m http.server $PORT") as killed:
+        assert killed.stderr is not None
+        said = _read_until(killed.stderr.fileno(), url.encode(), 300)
+        assert f"at {url}".encode() in said, said
+        killed.kill()
+        killed.wait()
+    _serve_until_ctrl_c(hostile, "python3 -m http.server $PORT", "sub/index.html", b"served-from-sub\n", port)
