@@ -133,7 +133,7 @@ def boot_dev(
     from lkctl.fsutil import file_lock, private_dir, try_lock
 
     check_shareable(project)  # before anything is installed, booted or started again with the project shared
-    lock = private_dir(paths.state_dir() / "dev") / f"{project.vm_name}.lock"
+    lock = private_dir(private_dir(paths.state_dir()) / "dev") / f"{project.vm_name}.lock"  # both 0700
     lock.touch(mode=0o600, exist_ok=True)  # try_lock counts a missing file as held
     with try_lock(lock) as free:
         if free:
