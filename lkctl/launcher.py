@@ -109,6 +109,12 @@ def _open_closed_std_fds() -> None:
 
 def main() -> None:
     _open_closed_std_fds()
+    try:  # every path reads config files relative to it: one line, not a FileNotFoundError traceback
+        os.getcwd()
+    except FileNotFoundError:
+        print("lkctl: the working directory no longer exists (removed, or its file system unmounted): "
+              "cd into an existing directory", file=sys.stderr)  # fmt: skip
+        os._exit(2)
     lean = _lean_path(sys.argv[1:])
     if lean is not None:
         handler, teardown = lean

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from lkctl.dev.environment import BootOptions, boot_dev, find_dev_vm, guest_shell_argv
-from lkctl.dev.project import GUEST_APP, Project
+from lkctl.dev.project import GUEST_APP, Project, check_shareable
 from lkctl.errors import ConfigError, ImageError, VmError
 from lkctl.runtime import state
 from lkctl.settings import Settings
@@ -160,6 +160,7 @@ def run_agent(
     from lkctl import ssh
     from lkctl.runtime.vm import ssh_target
 
+    check_shareable(project)  # a VM booted before the check existed may share more than the project
     kinds = () if opts.no_auth else (opts.auth if opts.auth is not None else parse_auth(settings.dev.agent_auth))
     if not settings.dev.agent_command.strip():
         raise ConfigError("lkctl.dev.agent_command is empty: set the command dev.claude runs (e.g. claude)")

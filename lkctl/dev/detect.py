@@ -2,12 +2,18 @@
 
 Pure functions of a directory's contents; the first matching rule wins. Commands are shell command lines run in
 the guest (they come from these tables or from the project's own files, never from host-side user input).
+
+The project is shared read-write with the guest, so every file read here may have been planted by it: a FIFO, a
+link to /dev/zero, a huge or deeply nested file. `_small_file` opens without blocking, reads only regular files
+and at most `_MAX_FILE` bytes; detection skips what it cannot read, `.lkctl/test.yaml` says what is wrong with it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +32,40 @@ __all__ = [
 ]
 
 TEST_YAML = Path(".lkctl") / "test.yaml"
+_MAX_FILE = 1 << 20  # bytes: far above any real package.json, Makefile or test.yaml
+
+
+class _Unreadable(Exception):
+    """Why a project file cannot be read as a small text file (one phrase)."""
+
+
+def _small_file(path: Path) -> bytes:
+    """The file's bytes; FileNotFoundError when it is missing, _Unreadable when it is no small regular file.
+
+    O_NONBLOCK: opening a FIFO does not wait for a writer; the type is checked on the open descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise _Unreadable(f"cannot read it: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable("is not a regular file")
+        chunks, size = [], 0
+        while size <= _MAX_FILE:
+            chunk = os.read(fd, _MAX_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > _MAX_FILE:
+            raise _Unreadable(f"is larger than {_MAX_FILE >> 20} MiB")
+    except OSError as e:
+        raise _Unreadable(f"cannot read it: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -61,11 +101,19 @@ def _file(root: Path, name: str) -> bool:
     return (root / name).is_file()
 
 
+def _read(path: Path) -> str:
+    """The file's text, or "" when it is missing or no small text file (detection skips it)."""
+    try:
+        return _small_file(path).decode("utf-8", errors="replace")
+    except (OSError, _Unreadable):
+        return ""
+
+
 def _json_scripts(path: Path) -> Mapping[str, Any]:
     """The `scripts` object of package.json/composer.json, or {} when the file is missing or not that shape."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(_read(path))
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return {}
     scripts = data.get("scripts") if isinstance(data, dict) else None
     return scripts if isinstance(scripts, dict) else {}
@@ -95,11 +143,7 @@ _MAKE_TEST = re.compile(r"^test\s*:(?!=)", re.MULTILINE)
 
 
 def _ini_has(path: Path, section: str) -> bool:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(rf"^\[{re.escape(section)}\]", text, re.MULTILINE) is not None
+    return re.search(rf"^\[{re.escape(section)}\]", _read(path), re.MULTILINE) is not None
 
 
 def detect_test_command(root: Path) -> DetectedCommand | None:
@@ -126,13 +170,6 @@ def detect_test_command(root: Path) -> DetectedCommand | None:
     return None
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def missing_test_command_help(root: Path) -> str:
     """One line telling the user how to say what their tests are."""
     return (
@@ -152,11 +189,13 @@ def load_test_config(root: Path) -> TestConfig | None:
     """`.lkctl/test.yaml` of the project, None if there is none; an invalid file is a ConfigError naming it."""
     path = root / TEST_YAML
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _small_file(path).decode("utf-8")
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it: {e.strerror}") from None
+    except _Unreadable as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text") from None
     import yaml  # only when there is a file to read: dev.test's lean path has no other use for it
 
     from lkctl.yamlio import safe_load

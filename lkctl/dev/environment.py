@@ -28,7 +28,7 @@ from lkctl.dev.command import (
 )
 from lkctl.dev.gocache import GO_ENV
 from lkctl.dev.image import installed_dev_image
-from lkctl.dev.project import GUEST_APP, Project
+from lkctl.dev.project import GUEST_APP, Project, check_shareable
 from lkctl.errors import ConfigError, VmError
 from lkctl.runtime import state
 from lkctl.runtime.state import VmRecord
@@ -125,7 +125,25 @@ def _start_console_shell(record: VmRecord) -> None:
 def boot_dev(
     project: Project, settings: Settings, opts: BootOptions, *, say: Callable[[str], None] = lambda _: None
 ) -> BootResult:
-    """Boot the project's dev VM detached and wait until it answers SSH (idempotent: running is fine)."""
+    """Boot the project's dev VM detached and wait until it answers SSH (idempotent: running is fine).
+
+    One at a time per project: a second dev.boot (another terminal, dev.claude) waits for the first and then finds
+    its VM running, instead of taking the VM being created for a stopped one and failing (or stopping it)."""
+    from lkctl import paths
+    from lkctl.fsutil import file_lock, private_dir, try_lock
+
+    check_shareable(project)  # before anything is installed, booted or started again with the project shared
+    lock = private_dir(private_dir(paths.state_dir()) / "dev") / f"{project.vm_name}.lock"  # both 0700
+    lock.touch(mode=0o600, exist_ok=True)  # try_lock counts a missing file as held
+    with try_lock(lock) as free:
+        if free:
+            return _boot_dev_locked(project, settings, opts, say)
+    say(f"another dev.boot of {project.root} is under way; waiting for it")
+    with file_lock(lock):
+        return _boot_dev_locked(project, settings, opts, say)
+
+
+def _boot_dev_locked(project: Project, settings: Settings, opts: BootOptions, say: Callable[[str], None]) -> BootResult:
     from lkctl.runtime.launch import run_image
     from lkctl.runtime.lifecycle import remove_vm, restart_vm
     from lkctl.runtime.model import Volume
@@ -161,7 +179,7 @@ def boot_dev(
     else:
         from lkctl.dev.share import choose_share
 
-        share = choose_share(settings.dev.share)
+        share = choose_share(settings.dev.share, project.root)
         run = RunOptions(
             name=project.vm_name,
             memory=opts.memory or settings.dev.memory,

@@ -83,11 +83,11 @@ class ConsoleView:
 
 
 def console_tail(record: VmRecord, lines: int = 20) -> str:
-    """The console's last `lines` lines, as text."""
+    """The console's last `lines` lines, as text for a terminal (no control characters but tabs)."""
     path = console_file(record.dir)
     if path.name == CONSOLE_RING:
         text = read_console_ring(path).decode(errors="replace").replace("\r", "")
-        return "\n".join(text.splitlines()[-lines:])
+        return printable("\n".join(text.splitlines()[-lines:]))
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -96,7 +96,7 @@ def console_tail(record: VmRecord, lines: int = 20) -> str:
     except FileNotFoundError:
         return ""
     text = data.decode(errors="replace").replace("\r", "")
-    return "\n".join(text.splitlines()[-lines:])
+    return printable("\n".join(text.splitlines()[-lines:]))
 
 
 def diagnose_not_ready(record: VmRecord, why: str) -> str:

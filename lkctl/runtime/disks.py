@@ -299,7 +299,9 @@ def virtiofsd_argv(binary: str, mount: VolumeMount, listen_fd: int | str | None 
     if mount.fstype != "virtiofs":
         raise ConfigError(f"volume {mount.volume} is shared with {mount.fstype}, not virtiofs")
     where = f"--fd={listen_fd}" if listen_fd is not None else f"--socket-path={mount.socket}"
-    return [binary, where, "-o", f"source={mount.volume.host}", "-o", "cache=auto"]
+    # -o values are comma-separated (FUSE option syntax): a comma or backslash in the path is backslash-escaped
+    source = os.fspath(mount.volume.host).replace("\\", "\\\\").replace(",", "\\,")
+    return [binary, where, "-o", f"source={source}", "-o", "cache=auto"]
 
 
 def listen_unix(path: Path) -> socket.socket:

@@ -141,6 +141,22 @@ def test_the_vm_root_is_the_ext4_disk_for_services_and_shells(dev: Dev) -> None:
     assert dev.cli("dev.shell", "--", "sh", "-c", "test -e /sysroot || test -e /containers", check=False).returncode
 
 
+TOOLCHAINS = (
+    "python3 -c 'import pytest, venv, pip; print(\"py\", 6*7)'"
+    " && node -e 'console.log(\"node\", 6*7)'"
+    " && php -r 'echo \"php \", 6*7, PHP_EOL;'"
+    " && go version && composer --version 2>/dev/null && npm --version"
+)
+
+
+def test_the_dev_image_has_python_node_php_go_composer_and_npm(dev: Dev) -> None:
+    # (was tests/boot/test_dev_image.py's, on a VM of its own)
+    out = dev.cli("dev.shell", "--", "sh", "-c", TOOLCHAINS, timeout=600).stdout.splitlines()
+    assert out[:3] == ["py 42", "node 42", "php 42"]
+    assert out[3].startswith("go version go1.") and out[4].startswith("Composer version 2.")
+    assert out[5].split(".")[0].isdigit()  # npm's version
+
+
 def test_a_file_written_in_the_vm_appears_on_the_host_owned_by_the_host_user(dev: Dev) -> None:
     dev.cli("dev.shell", "--", "sh", "-c", "mkdir -p out && echo from-the-vm > out/made.txt")
     made = dev.project / "out" / "made.txt"

@@ -19,18 +19,12 @@ def dev_image(cli: Cli, monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> 
     return install_dev_image(source="local")
 
 
-TOOLCHAINS = (
-    "python3 -c 'import pytest, venv, pip; print(\"py\", 6*7)'"
-    " && node -e 'console.log(\"node\", 6*7)'"
-    " && php -r 'echo \"php \", 6*7, PHP_EOL;'"
-    " && go version && composer --version 2>/dev/null && npm --version"
-)
-
-
-@pytest.mark.timeout(2400)  # three boots and the toolchains under TCG, on a machine shared with other boots
-def test_dev_image_boots_with_toolchains_app_volume_and_a_root_that_persists_per_vm(
+@pytest.mark.timeout(2400)  # two boots under TCG, on a machine shared with other boots
+def test_dev_image_boots_with_vm_run_an_app_volume_and_a_root_that_persists_and_leaves_the_base_unwritten(
     cli: Cli, dev_image: DevImage, tmp_path: Path
 ) -> None:
+    # the dev image through the generic runtime (vm.run --image, vm.stop, vm.restart); what dev.* adds, its
+    # toolchains, --fresh (a new VM starts from the base) and a kill are tests/boot/test_dev.py's, on its shared VM
     app = tmp_path / "project"
     app.mkdir()
     (app / "hello.txt").write_text("from the host\n")
@@ -39,10 +33,6 @@ def test_dev_image_boots_with_toolchains_app_volume_and_a_root_that_persists_per
     cli("vm.run", f"--image={image}", "-d", "--name", "dev1", "--volume", f"{app}:/app", "--memory", "1024",
         timeout=900)  # fmt: skip
     try:
-        out = cli("vm.exec", "dev1", "--", "sh", "-c", TOOLCHAINS, timeout=600).stdout.splitlines()
-        assert out[:3] == ["py 42", "node 42", "php 42"]
-        assert out[3].startswith("go version go1.") and out[4].startswith("Composer version 2.")
-        assert out[5].split(".")[0].isdigit()  # npm's version
         # the root is the ext4 disk, with the project mounted inside it
         script = (
             "df -T / | tail -n1; hostname; cat /etc/hostname; grep -c nameserver /etc/resolv.conf; cat /app/hello.txt"
@@ -60,12 +50,5 @@ def test_dev_image_boots_with_toolchains_app_volume_and_a_root_that_persists_per
         assert cli("vm.exec", "dev1", "--", "cat", "/root/marker").stdout == "kept\n"
     finally:
         cli("vm.stop", "dev1", timeout=120)
-    # a new VM from the same image starts from the base: the first VM's writes are its own
-    cli("vm.run", f"--image={image}", "-d", "--name", "dev2", "--memory", "512", timeout=900)
-    try:
-        fresh = cli("vm.exec", "dev2", "--", "sh", "-c", "test -e /root/marker && echo seen || echo fresh")
-        assert fresh.stdout == "fresh\n"
-    finally:
-        cli("vm.stop", "dev2", timeout=120)
-    base_after = dev_image.path.stat()  # two VMs booted, wrote and restarted: the base was never written
+    base_after = dev_image.path.stat()  # the VM booted, wrote and restarted: the base was never written
     assert (base_after.st_mtime_ns, base_after.st_size) == (base_before.st_mtime_ns, base_before.st_size)
