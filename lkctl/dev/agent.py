@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from lkctl.dev.environment import BootOptions, boot_dev, find_dev_vm, guest_shell_argv
+from lkctl.dev.gitguard import changed_control_files, control_files
 from lkctl.dev.project import GUEST_APP, Project, check_shareable
 from lkctl.errors import ConfigError, ImageError, VmError
 from lkctl.runtime import state
@@ -153,8 +154,11 @@ def run_agent(
     stdout: IO[bytes],
     stderr: IO[bytes],
     say: Callable[[str], None] = lambda _: None,
+    warn: Callable[[str], None] | None = None,
 ) -> int:
-    """Boot the dev VM if needed, hand over the chosen credentials, run the agent in /app on a pty."""
+    """Boot the dev VM if needed, hand over the chosen credentials, run the agent in /app on a pty. Afterwards,
+    `warn` (default `say`) names the git hooks and settings the session changed (lkctl.dev.gitguard)."""
+    warn = warn or say
     import io
 
     from lkctl import ssh
@@ -192,7 +196,16 @@ def run_agent(
     if creds.ssh_agent:
         command = f"{_AGENT_SOCKET_FIX}; {command}"
     argv = guest_shell_argv(command, env=creds.env)
-    return int(
-        ssh.exec_command(target, argv, stdin=stdin, stdout=stdout, stderr=stderr, pty=True,
-                         forward_agent=creds.ssh_agent)
-    )  # fmt: skip
+    before = control_files(project.root)
+    try:
+        return int(
+            ssh.exec_command(target, argv, stdin=stdin, stdout=stdout, stderr=stderr, pty=True,
+                             forward_agent=creds.ssh_agent)
+        )  # fmt: skip
+    finally:
+        if changed := changed_control_files(before, control_files(project.root)):
+            warn(
+                f"the session changed what the host's git runs: {', '.join(changed[:8])}"
+                + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+                + "; check them (git config --local --list; ls -la .git/hooks) before running git on this host"
+            )

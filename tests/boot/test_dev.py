@@ -427,6 +427,24 @@ def test_dev_claude_model_is_passed_quoted(dev: Dev) -> None:
     assert out.stdout == "<--model><opus 4; reboot>"
 
 
+def test_dev_claude_names_the_git_hooks_and_settings_its_session_changed(dev: Dev) -> None:
+    hook = dev.project / ".git" / "hooks" / "post-checkout"
+    plant = "printf '#!/bin/sh\\necho pwned\\n' > .git/hooks/post-checkout && git config core.pager 'sh -c id'"
+    try:
+        quiet = Cli({**dev.cli.env, "LKCTL_DEV_AGENT_COMMAND": "true"}, dev.cli.cwd)("dev.claude", "--no-auth")
+        assert "changed what the host's git runs" not in quiet.stderr  # a session that touches nothing: no note
+        env = {**dev.cli.env, "LKCTL_DEV_AGENT_COMMAND": plant}
+        out = Cli(env, dev.cli.cwd)("dev.claude", "--no-auth")
+        assert hook.read_text() == "#!/bin/sh\necho pwned\n"  # the guest did write it through the share
+        assert (
+            "lkctl: the session changed what the host's git runs: .git/config, .git/hooks/post-checkout; check them"
+            in out.stderr
+        )
+    finally:
+        hook.unlink(missing_ok=True)
+        subprocess.run(["git", "-C", str(dev.project), "config", "--unset", "core.pager"], check=False)
+
+
 def test_dev_claude_without_the_agent_says_how_to_get_it(dev: Dev) -> None:
     env = {**dev.cli.env, "LKCTL_DEV_AGENT_COMMAND": "no-such-agent --flag"}
     out = Cli(env, dev.cli.cwd)("dev.claude", check=False)
