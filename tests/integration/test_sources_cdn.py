@@ -356,8 +356,9 @@ def test_a_version_with_control_characters_is_refused(cdn: Callable[..., CdnSour
 @pytest.mark.parametrize(
     ("setting", "said"),
     [
-        ({"LKCTL_SOURCES_TIMEOUT": "-1"}, "lkctl.sources.timeout -1: give seconds from more than 0 up to 3600"),
-        ({"LKCTL_SOURCES_TIMEOUT": "0"}, "lkctl.sources.timeout 0: give seconds"),
+        ({"LKCTL_SOURCES_TIMEOUT": "-1"}, "LKCTL_SOURCES_TIMEOUT: lkctl.sources.timeout must be a number of seconds"),
+        ({"LKCTL_SOURCES_TIMEOUT": "0"}, "lkctl.sources.timeout must be a number of seconds above 0, got 0"),
+        ({"LKCTL_SOURCES_TIMEOUT": "7200"}, "lkctl.sources.timeout 7200: give seconds from more than 0 up to 3600"),
         ({"LKCTL_SOURCES_CDN_URL": "cdn.example.org/images"}, "'cdn.example.org/images' is not an http:// or"),
         ({"LKCTL_SOURCES_CDN_URL": "ftp://x/y"}, "lkctl.sources.cdn_url: 'ftp://x/y' is not an http:// or https://"),
     ],
