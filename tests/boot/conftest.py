@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,20 @@ class Cli:
         if check and proc.returncode != 0:
             raise AssertionError(f"{tool} {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+
+def read_until(stream: int, needle: bytes, timeout: float) -> bytes:
+    """What `stream` (a raw fd) gives until `needle` appears, it ends, or `timeout` seconds pass."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while needle not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], 0.5)
+        if ready:
+            chunk = os.read(stream, 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf
 
 
 def qemu_pids_for(home: Path) -> list[int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ import pytest
 
 from lkctl.dev.command import DEV_PATH
 from lkctl.dev.share import choose_share
-from tests.boot.conftest import BIN, Cli, qemu_pids_for
+from tests.boot.conftest import BIN, Cli, qemu_pids_for, read_until
 from tests.conftest import require_qemu
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(1200)]
@@ -313,19 +312,6 @@ def test_sample_projects_tests_pass_and_fail_in_the_dev_image(dev: Dev, sample: 
         saved.rmdir()
 
 
-def _read_until(stream: int, needle: bytes, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.5)
-        if ready:
-            chunk = os.read(stream, 4096)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev: Dev) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -338,7 +324,7 @@ def test_dev_serve_answers_on_the_host_and_ctrl_c_removes_server_and_forward(dev
     ) as serve:  # fmt: skip
         try:
             assert serve.stderr is not None
-            said = _read_until(serve.stderr.fileno(), url.encode(), 300)
+            said = read_until(serve.stderr.fileno(), url.encode(), 300)
             assert f"serving /app at {url}".encode() in said, said
             # the URL answers the moment it is printed, with the project's file
             with urllib.request.urlopen(url + "index.html", timeout=30) as page:
@@ -462,13 +448,13 @@ def test_console_attaches_to_the_serial_console_for_real_and_ctrl_bracket_detach
             time.sleep(1)
             console.stdin.write(b"\necho console-$((6*7)); cd /app && ls Makefile\n")
             console.stdin.flush()
-            seen = _read_until(console.stdout.fileno(), b"console-42", 120)  # the echoed line has $((6*7))
+            seen = read_until(console.stdout.fileno(), b"console-42", 120)  # the echoed line has $((6*7))
             if b"\r\nMakefile\r\n" not in seen:
-                seen += _read_until(console.stdout.fileno(), b"\r\nMakefile\r\n", 60)  # `ls` ran in /app
+                seen += read_until(console.stdout.fileno(), b"\r\nMakefile\r\n", 60)  # `ls` ran in /app
             assert b"console-42\r\n" in seen and b"\r\nMakefile\r\n" in seen, seen
             # what the guest writes to its console reaches the attached terminal and the log at the same time
             dev.cli("dev.shell", "--", "sh", "-c", "echo kernel-console-marker > /dev/console")
-            assert b"kernel-console-marker" in _read_until(console.stdout.fileno(), b"kernel-console-marker", 60)
+            assert b"kernel-console-marker" in read_until(console.stdout.fileno(), b"kernel-console-marker", 60)
             console.stdin.write(b"\x1d")
             console.stdin.flush()
             assert console.wait(30) == 0
@@ -508,7 +494,7 @@ def _console_says(dev: Dev, typed: bytes, expect: bytes) -> bytes:
             assert console.stdin is not None and console.stdout is not None
             console.stdin.write(b"\n" + typed + b"\n")
             console.stdin.flush()
-            seen = _read_until(console.stdout.fileno(), expect, 120)
+            seen = read_until(console.stdout.fileno(), expect, 120)
             console.stdin.write(b"\x1d")
             console.stdin.flush()
             assert console.wait(30) == 0

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.boot.conftest import BIN, Cli, qemu_pids_for
+from tests.boot.conftest import BIN, Cli, qemu_pids_for, read_until
 from tests.conftest import require_qemu
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(1200)]
@@ -77,19 +75,6 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
         assert not left, f"the hostile dev tests left QEMU processes running: {left}"
 
 
-def _read_until(stream: int, needle: bytes, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([stream], [], [], 0.5)
-        if ready:
-            chunk = os.read(stream, 4096)
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,7 +112,7 @@ def _serve_until_ctrl_c(hostile: Hostile, command: str, page: str, body: bytes, 
     with _serve(hostile, port, command) as serve:
         try:
             assert serve.stderr is not None
-            said = _read_until(serve.stderr.fileno(), url.encode(), 300)
+            said = read_until(serve.stderr.fileno(), url.encode(), 300)
             assert f"at {url}".encode() in said, said
             with urllib.request.urlopen(url + page, timeout=30) as answer:
                 assert answer.read() == body
@@ -158,7 +143,7 @@ def test_dev_serve_after_a_killed_dev_serve_takes_its_port_back(hostile: Hostile
     url = f"http://127.0.0.1:{port}/"
     with _serve(hostile, port, "cd sub && exec python3 -m http.server $PORT") as killed:
         assert killed.stderr is not None
-        said = _read_until(killed.stderr.fileno(), url.encode(), 300)
+        said = read_until(killed.stderr.fileno(), url.encode(), 300)
         assert f"at {url}".encode() in said, said
         killed.kill()
         killed.wait()
