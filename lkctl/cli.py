@@ -165,7 +165,7 @@ class LkProgram(Program):
             close = did_you_mean(word, contexts)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise Exit(f"lkctl: no task {word!r}{hint} ({self.binary} --list shows them all)", code=USAGE_ERROR)
-        head = rest[: rest.index("--")] if "--" in rest else rest
+        head = self._words_before_dashes()
         if "--help" in head or "-h" in head:
             # the help is for the task named last before the flag (`lkctl vm.stop a vm.rm --help` → vm.rm)
             flag_at = min(i for i, w in enumerate(head) if w in ("--help", "-h"))
@@ -188,11 +188,15 @@ class LkProgram(Program):
             raise Exit(msg, code=USAGE_ERROR) from None
         self._check_repeatable_flags()
 
+    def _words_before_dashes(self) -> list[str]:
+        """The task words and options lkctl parses: what follows the core options, up to a `--`."""
+        words = list(self.core.unparsed)
+        return words[: words.index("--")] if "--" in words else words
+
     def _check_follow_habit(self) -> None:
         """`vm.logs -f NAME` (docker's follow): -f is lkctl's config file option, so say how to follow instead of
         what invoke would make of it."""
-        words = list(self.core.unparsed)
-        words = words[: words.index("--")] if "--" in words else words
+        words = self._words_before_dashes()
         if len(words) > 1 and "-f" in words[1:]:
             ctx = self._contexts().get(words[0])
             if ctx is not None and "follow" in ctx.args:
@@ -204,8 +208,7 @@ class LkProgram(Program):
     def _check_repeatable_flags(self) -> None:
         """A repeatable option (`--port`, `--var`...) with no value after it: invoke takes it as given no times, so
         `vm.run --port` would run without the forward the user meant; refuse it as invoke refuses other options."""
-        words = list(self.core.unparsed)
-        words = words[: words.index("--")] if "--" in words else words
+        words = self._words_before_dashes()
         repeatable = {f for ctx in self.tasks for f, arg in ctx.flags.items() if arg.kind is list}
         flags = {f for ctx in [self.initial_context, *self.tasks] for f in [*ctx.flags, *ctx.inverse_flags]}
         for i, word in enumerate(words):

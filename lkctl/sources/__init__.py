@@ -47,6 +47,11 @@ SOURCE_NAMES = ("cdn", "github", "oci")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
 
 
+def _plain(name: str) -> bool:
+    """A name that is one path component and no more: letters, digits, '.', '_', '+', '-', no `..`."""
+    return bool(_PLAIN_NAME.fullmatch(name)) and ".." not in name
+
+
 @dataclass(frozen=True)
 class Download:
     """One resolved image file: where to get it (mirrors in order) and what it must be."""
@@ -64,7 +69,7 @@ class Download:
         # Both come from the server (an index, SHA256SUMS, a release). The file name becomes a path under lkctl's
         # data dir, where anything but a plain name could lead the download outside it (`../../.bashrc`); the
         # version is printed, so it may hold no control characters (a terminal's escape sequences)
-        if not _PLAIN_NAME.fullmatch(self.file_name) or ".." in self.file_name:
+        if not _plain(self.file_name):
             raise DownloadError(
                 f"{self.source}: refusing {self.image}'s file name {self.file_name[:80]!r} from the server: not a "
                 "plain file name (letters, digits, '.', '_', '+', '-')"
@@ -74,7 +79,7 @@ class Download:
     @property
     def version_dir(self) -> str:
         """The version as a file name: itself when plain, else a digest of it (a tag like `release/1.0`)."""
-        if _PLAIN_NAME.fullmatch(self.version) and ".." not in self.version:
+        if _plain(self.version):
             return self.version
         return "v-" + hashlib.sha256(self.version.encode()).hexdigest()[:16]
 
